@@ -1,0 +1,272 @@
+"""The DeepSpeed training engine shared by every training stage (tokenizer, backbone, joint, instruct).
+
+One code path from a laptop to a cluster. The same stage module runs as:
+
+    # 1 process (CPU here; the engine sets up a 1-rank gloo group itself)
+    DS_ACCELERATOR=cpu python -m fmrilm.stages.<stage> --config <stage>_demo
+    # 2 CPU ranks on one machine
+    DS_ACCELERATOR=cpu deepspeed --num_gpus 2 -m fmrilm.stages.<stage> --config <stage>_demo
+    # N GPUs on one node
+    deepspeed --num_gpus N -m fmrilm.stages.<stage> --config <stage>.yaml
+    # M nodes × N GPUs (hostfile lines: "node1 slots=N")
+    deepspeed --hostfile hostfile --num_nodes M --num_gpus N -m fmrilm.stages.<stage> --config <stage>.yaml
+
+Global batch = micro_batch_size × grad_accum_steps × world_size (DeepSpeed checks it).
+
+ZeRO configs ship in ``fmrilm/configs/deepspeed/``: ``zero2`` (optimizer state + gradients
+sharded; the default, and what runs on CPU ranks here), ``zero3`` (parameters sharded too, for
+models that don't fit one device), ``zero3_offload`` (ZeRO-3 with optimizer state and parameters
+in CPU memory, DeepSpeedCPUAdam; slowest, smallest GPU footprint).
+
+Checkpoints are DeepSpeed's own (torch pickles of *our* training state, for resuming our own runs
+only); exported artifacts are safetensors. Resumption is exact when the stage's data order is a
+pure function of (seed, step), which every fmrilm stage guarantees.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from fmrilm.config import CONFIG_DIR
+from fmrilm.errors import InputError
+
+DS_CONFIG_DIR = CONFIG_DIR / "deepspeed"
+
+
+@dataclass
+class EngineConfig:
+    deepspeed: str = "zero2"  # shipped name in fmrilm/configs/deepspeed/ or a path to a JSON file
+    micro_batch_size: int = 8
+    grad_accum_steps: int = 1
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.95)
+    warmup_steps: int = 10
+    max_steps: int = 100
+    min_lr_ratio: float = 0.1  # cosine decays to lr × this (Loshchilov & Hutter, SGDR)
+    grad_clip: float = 1.0
+    precision: str = "fp32"  # "bf16": autocast on CPU, DeepSpeed bf16 on GPU
+    seed: int = 0
+    checkpoint_every: int = 0  # optimizer steps; 0 = only when the stage asks
+    keep_checkpoints: int = 2
+    log_every: int = 10
+
+
+def stage_argument_parser(description: str, default_config: str):
+    """Command-line parser shared by the stage entry points (`python -m fmrilm.stages.<stage>`).
+
+    Accepts the ``--local_rank`` argument the ``deepspeed`` launcher appends to every rank.
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=default_config, help="YAML path or shipped config name (default: %(default)s)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, dotted keys")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    return parser
+
+
+def load_deepspeed_json(name_or_path: str) -> dict:
+    path = Path(name_or_path)
+    if not path.is_file():
+        path = DS_CONFIG_DIR / f"{name_or_path}.json"
+    if not path.is_file():
+        shipped = sorted(p.stem for p in DS_CONFIG_DIR.glob("*.json"))
+        raise InputError(name_or_path, "deepspeed", f"no such JSON file or shipped config (shipped: {shipped})")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise InputError(path, "json", str(err)) from None
+
+
+def cosine_with_warmup(warmup: int, total: int, min_ratio: float):
+    """LR multiplier: linear warm-up, then cosine decay to `min_ratio` at `total` steps."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed() -> None:
+    """Join the launcher's process group, or make a 1-rank group when run as a plain process."""
+    # Before deepspeed is imported: its accelerator is chosen once, at first use.
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
+    import deepspeed
+
+    if torch.distributed.is_initialized():
+        return
+    if "RANK" not in os.environ:  # plain `python -m ...`: a world of one
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=str(_free_port()))
+    backend = "nccl" if torch.cuda.is_available() and os.environ["DS_ACCELERATOR"] == "cuda" else "gloo"
+    deepspeed.init_distributed(dist_backend=backend, verbose=False)
+
+
+class TrainEngine:
+    """A model wrapped by ``deepspeed.initialize`` with AdamW and a warm-up + cosine schedule.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        ``model(**batch)`` returns a dict holding a scalar tensor ``"loss"`` and any other scalar
+        tensors to log.
+    cfg : EngineConfig
+    run_dir : path
+        Stage directory; checkpoints go to ``run_dir/checkpoints``, logs to ``run_dir/train_log.jsonl``.
+    """
+
+    def __init__(self, model: torch.nn.Module, cfg: EngineConfig, run_dir):
+        init_distributed()
+        import deepspeed
+
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.rank = torch.distributed.get_rank()
+        self.world_size = torch.distributed.get_world_size()
+        self.is_main = self.rank == 0
+        torch.manual_seed(cfg.seed)
+        ds_config = self._deepspeed_config()
+        params = [p for p in model.parameters() if p.requires_grad]
+        if not params:
+            raise InputError("model", "parameters", "no trainable parameters")
+        schedule = cosine_with_warmup(cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
+        client_optimizer = None
+        if "optimizer" not in ds_config:  # the offload config asks DeepSpeed for DeepSpeedCPUAdam
+            client_optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas),
+                                                 weight_decay=cfg.weight_decay)
+        self.ds, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=model, model_parameters=params, optimizer=client_optimizer, config=ds_config,
+            lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule))
+        self.device = self.ds.device
+        self._autocast = cfg.precision == "bf16" and not ds_config.get("bf16", {}).get("enabled", False)
+        self._log_path = self.run_dir / "train_log.jsonl"
+        self._t0 = time.time()
+
+    def _deepspeed_config(self) -> dict:
+        cfg = self.cfg
+        ds = load_deepspeed_json(cfg.deepspeed)
+        ds.update(train_micro_batch_size_per_gpu=cfg.micro_batch_size,
+                  gradient_accumulation_steps=cfg.grad_accum_steps,
+                  gradient_clipping=cfg.grad_clip, steps_per_print=10**9, wall_clock_breakdown=False)
+        ds.pop("train_batch_size", None)  # derived by DeepSpeed from the three factors above
+        if "optimizer" in ds:
+            ds["optimizer"].setdefault("params", {}).update(lr=cfg.lr, betas=list(cfg.betas),
+                                                            weight_decay=cfg.weight_decay)
+        on_gpu = torch.cuda.is_available() and os.environ.get("DS_ACCELERATOR", "cuda") == "cuda"
+        ds["bf16"] = {"enabled": cfg.precision == "bf16" and on_gpu}
+        return ds
+
+    # ----------------------------------------------------------------- training
+    @property
+    def module(self) -> torch.nn.Module:
+        return self.ds.module
+
+    @property
+    def global_step(self) -> int:
+        """Optimizer steps taken (micro-batches / grad_accum_steps)."""
+        return int(self.ds.global_steps)
+
+    @property
+    def global_batch_size(self) -> int:
+        return self.cfg.micro_batch_size * self.cfg.grad_accum_steps * self.world_size
+
+    def autocast(self):
+        if self._autocast:
+            return torch.autocast(device_type=self.device.type if hasattr(self.device, "type") else "cpu",
+                                  dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def to_device(self, batch: dict) -> dict:
+        return {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+    def train_step(self, batch: dict) -> dict[str, float]:
+        """One micro-batch: forward, backward, and an optimizer step at accumulation boundaries."""
+        self.ds.train()
+        with self.autocast():
+            out = self.ds(**self.to_device(batch))
+        self.ds.backward(out["loss"])
+        self.ds.step()
+        metrics = {k: float(v.detach().float()) for k, v in out.items() if torch.is_tensor(v) and v.numel() == 1}
+        metrics["lr"] = float(self.scheduler.get_last_lr()[0])
+        return metrics
+
+    def all_reduce_mean(self, metrics: dict[str, float]) -> dict[str, float]:
+        if self.world_size == 1 or not metrics:
+            return dict(metrics)
+        keys = sorted(metrics)
+        t = torch.tensor([metrics[k] for k in keys], dtype=torch.float64)
+        torch.distributed.all_reduce(t)
+        return {k: float(v) / self.world_size for k, v in zip(keys, t)}
+
+    def log(self, step: int, metrics: dict[str, float], force: bool = False) -> dict | None:
+        """Average metrics over ranks; every `log_every` steps the main rank prints and appends a JSON line."""
+        if not force and (self.cfg.log_every <= 0 or step % self.cfg.log_every):
+            return None
+        row = {"step": step, **self.all_reduce_mean(metrics), "elapsed_s": round(time.time() - self._t0, 2)}
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            with open(self._log_path, "a") as fh:
+                fh.write(json.dumps(row) + "\n")
+            print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
+                  flush=True)
+        return row
+
+    # ----------------------------------------------------------------- checkpoints
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    def should_checkpoint(self, step: int) -> bool:
+        return self.cfg.checkpoint_every > 0 and step > 0 and step % self.cfg.checkpoint_every == 0
+
+    def save_checkpoint(self, step: int, client_state: dict | None = None) -> None:
+        """Collective: every rank must call it. Writes ``checkpoints/step-000123`` and ``latest``."""
+        state = dict(client_state or {}, step=step, torch_rng=torch.get_rng_state())
+        self.ds.save_checkpoint(str(self.checkpoint_dir), tag=f"step-{step:06d}", client_state=state)
+        if self.is_main:
+            self._prune_checkpoints()
+        torch.distributed.barrier()
+
+    def load_checkpoint(self) -> tuple[int, dict] | None:
+        """Resume from ``checkpoints/latest`` if present: returns (step, client_state) or None."""
+        if not (self.checkpoint_dir / "latest").is_file():
+            return None
+        path, state = self.ds.load_checkpoint(str(self.checkpoint_dir))
+        if path is None:
+            raise InputError(self.checkpoint_dir, "latest", "names a checkpoint that could not be loaded")
+        torch.set_rng_state(state.pop("torch_rng"))
+        return int(state.pop("step")), state
+
+    def _prune_checkpoints(self) -> None:
+        import shutil
+
+        tags = sorted(p for p in self.checkpoint_dir.glob("step-*") if p.is_dir())
+        for old in tags[: max(0, len(tags) - self.cfg.keep_checkpoints)]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def barrier(self) -> None:
+        torch.distributed.barrier()
+
+    def cleanup(self) -> None:
+        if torch.distributed.is_initialized():
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()
