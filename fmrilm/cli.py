@@ -16,6 +16,7 @@ from fmrilm.errors import InputError
 
 # Module that registers each top-level sub-command. Added as capabilities land.
 COMMAND_MODULES = (
+    "fmrilm.commands",
     "fmrilm.brain.commands",
 )
 

@@ -25,5 +25,5 @@ def check_finite(array, source: str | Path, field: str = "values") -> None:
     arr = np.asarray(array)
     finite = np.isfinite(arr)
     if not finite.all():
-        first = np.unravel_index(np.argmin(finite), arr.shape)
+        first = tuple(int(i) for i in np.unravel_index(np.argmin(finite), arr.shape))
         raise InputError(source, field, f"{(~finite).sum()} non-finite values (NaN/inf), first at index {first}")

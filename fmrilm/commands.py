@@ -1,0 +1,24 @@
+"""`fmrilm pipeline`: the main job (registered by fmrilm/cli.py)."""
+
+from __future__ import annotations
+
+import json
+
+
+def register(sub) -> None:
+    p = sub.add_parser("pipeline", help="run every stage on one run directory (the main job)",
+                       description="Run world → tokenizer → corpus → LM stages → index → evaluation on one "
+                                   "run directory, skipping finished stages.")
+    p.add_argument("--config", default="demo", help="pipeline YAML path or shipped name (default: %(default)s)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides, e.g. run_dir=runs/x")
+    p.add_argument("--force", nargs="*", default=[], metavar="STAGE",
+                   help="stages to redo (and every stage after them); 'all' redoes everything")
+    p.set_defaults(handler=_pipeline)
+
+
+def _pipeline(args) -> int:
+    from fmrilm.pipeline import load_pipeline_config, run_pipeline
+
+    report = run_pipeline(load_pipeline_config(args.config, args.set), force=args.force)
+    print(json.dumps(report, indent=2))
+    return 0
