@@ -18,6 +18,7 @@ from fmrilm.errors import InputError
 COMMAND_MODULES = (
     "fmrilm.commands",
     "fmrilm.brain.commands",
+    "fmrilm.corpus.commands",
 )
 
 

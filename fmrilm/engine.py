@@ -210,12 +210,14 @@ class TrainEngine:
         return metrics
 
     def all_reduce_mean(self, metrics: dict[str, float]) -> dict[str, float]:
-        if self.world_size == 1 or not metrics:
+        """Average metrics over ranks; a key missing on some ranks (e.g. an objective absent from
+        that rank's batch) is averaged over the ranks that have it, so ranks never disagree on shapes."""
+        if self.world_size == 1:
             return dict(metrics)
-        keys = sorted(metrics)
-        t = torch.tensor([metrics[k] for k in keys], dtype=torch.float64)
-        torch.distributed.all_reduce(t)
-        return {k: float(v) / self.world_size for k, v in zip(keys, t)}
+        gathered: list[dict] = [{} for _ in range(self.world_size)]
+        torch.distributed.all_gather_object(gathered, dict(metrics))
+        keys = sorted({k for m in gathered for k in m})
+        return {k: sum(m[k] for m in gathered if k in m) / sum(k in m for m in gathered) for k in keys}
 
     def log(self, step: int, metrics: dict[str, float], force: bool = False) -> dict | None:
         """Average metrics over ranks; every `log_every` steps the main rank prints and appends a JSON line."""

@@ -21,6 +21,29 @@ def register(sub) -> None:
         k.add_argument("--force", action="store_true", help="replace an existing dataset")
         k.set_defaults(handler=_world)
 
+    imp = sub.add_parser("import", help="import real data into a dataset directory",
+                         description="Import a real resting-state run or NSD-style task betas.")
+    srcs = imp.add_subparsers(dest="source", required=True, metavar="SOURCE")
+    r = srcs.add_parser("rest", help="a surface rest run (default: the real run shipped in brainspace)",
+                        description="Load, clean (nilearn) and parcellate a surface rest run → rest dataset.")
+    r.add_argument("--lh", help="left hemisphere MGH/MGZ/GIFTI run (default: brainspace's run)")
+    r.add_argument("--rh", help="right hemisphere run")
+    r.add_argument("--confounds", help="confound table, one row per time point")
+    r.add_argument("--tr", type=float, help="repetition time in seconds (default: from the header)")
+    r.add_argument("--out", required=True, help="output dataset directory")
+    r.add_argument("--force", action="store_true", help="replace an existing dataset")
+    r.set_defaults(handler=_import_rest)
+    n = srcs.add_parser("nsd", help="NSD-style fsaverage betas + trial table + COCO captions",
+                        description="Import NSD-style single-trial betas (see fmrilm.brain.nsd) → task dataset.")
+    n.add_argument("--betas-dir", required=True, help="directory of lh./rh.betas_sessionNN.mgh files")
+    n.add_argument("--trials", required=True, help="TSV/CSV with columns session, trial, stimulus")
+    n.add_argument("--captions", required=True, help="COCO-style captions JSON")
+    n.add_argument("--subject", default="subj01")
+    n.add_argument("--sessions", type=int, nargs="*", help="only these sessions (default: all in the table)")
+    n.add_argument("--out", required=True, help="output dataset directory")
+    n.add_argument("--force", action="store_true", help="replace an existing dataset")
+    n.set_defaults(handler=_import_nsd)
+
 
 def _atlas(args) -> int:
     from fmrilm.brain.atlas import Atlas
@@ -44,5 +67,24 @@ def _world(args) -> int:
         from fmrilm.brain.rest_world import generate_rest_population as generate
     cfg = load_config(Config, args.config, args.set)
     out = generate(cfg, args.out, overwrite=args.force)
+    print(Dataset(out))
+    return 0
+
+
+def _import_rest(args) -> int:
+    from fmrilm.brain.rest_run import import_rest_run, load_rest_run
+    from fmrilm.brain.store import Dataset
+
+    run = load_rest_run(args.lh, args.rh, args.confounds, tr=args.tr)
+    print(Dataset(import_rest_run(run, args.out, overwrite=args.force)))
+    return 0
+
+
+def _import_nsd(args) -> int:
+    from fmrilm.brain.nsd import import_nsd
+    from fmrilm.brain.store import Dataset
+
+    out = import_nsd(args.betas_dir, args.trials, args.captions, args.out, subject=args.subject,
+                     sessions=args.sessions, overwrite=args.force)
     print(Dataset(out))
     return 0

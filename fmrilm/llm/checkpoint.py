@@ -1,0 +1,164 @@
+"""Saving, loading and merging BrainLM checkpoints.
+
+A saved model directory::
+
+    DIR/brainlm.json               format, base identity (name, path, fingerprint), vocab, resolved config
+    DIR/adapter/                   peft LoRA adapter (LoRA runs), kept apart from ...
+    DIR/brain_parts.safetensors    ... the other trainable weights: brain embedding and brain head
+    DIR/backbone/                  the whole fine-tuned HF model instead of adapter/ (runs without LoRA)
+
+:func:`load_brainlm` is the one call that loads it (or a merged directory); it refuses an adapter
+whose recorded base differs from the backbone it is given, naming both. :func:`merge_to_hf` writes a
+standalone HF checkpoint: LoRA merged into full-precision base weights, the vocabulary resized, brain
+embeddings written into the input table and the brain head into the output rows of the brain tokens.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from fmrilm.config import from_dict
+from fmrilm.errors import InputError
+from fmrilm.io import read_json, write_json
+from fmrilm.llm.backbone import check_backbone_dir, load_causal_lm
+from fmrilm.llm.config import LLMConfig
+from fmrilm.llm.model import BrainLM
+from fmrilm.llm.peft_setup import META_FILE, build_brainlm
+from fmrilm.llm.storage import atomic_dir, checkpoint_identity
+
+FORMAT_VERSION = 1
+BRAIN_PARTS = "brain_parts.safetensors"
+
+
+def _is_peft(model: BrainLM) -> bool:
+    return hasattr(model.lm, "peft_config")
+
+
+def save_brainlm(model: BrainLM, out_dir: str | Path, overwrite: bool = False) -> Path:
+    """Save the trainable state of `model` (adapter or whole backbone, plus brain parts) atomically."""
+    with atomic_dir(out_dir, overwrite) as tmp:
+        if _is_peft(model):
+            model.lm.save_pretrained(tmp / "adapter")
+        else:
+            model.lm.save_pretrained(tmp / "backbone")
+            model.tokenizer.save_pretrained(tmp / "backbone")
+        save_file(
+            {k: v.detach().contiguous() for k, v in model.brain_state_dict().items()}, tmp / BRAIN_PARTS
+        )
+        write_json(
+            tmp / META_FILE,
+            {
+                "format_version": FORMAT_VERSION,
+                "merged": False,
+                "weights": "adapter" if _is_peft(model) else "backbone",
+                "base": model.base_identity,
+                "vocab": model.vocab.to_dict(),
+                "config": dataclasses.asdict(model.llm_config),
+            },
+        )
+    return Path(out_dir)
+
+
+def load_brainlm(model_dir: str | Path, backbone: str | Path | None = None) -> BrainLM:
+    """Load a saved or merged BrainLM in one call.
+
+    Parameters
+    ----------
+    model_dir : path
+        Written by :func:`save_brainlm` or :func:`merge_to_hf`.
+    backbone : path, optional
+        Base checkpoint of an adapter, when it has moved from the path recorded at save time. It must
+        be the same checkpoint (same fingerprint): an adapter made for another base is refused.
+    """
+    model_dir = Path(model_dir)
+    meta = read_json(model_dir / META_FILE)
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise InputError(
+            model_dir / META_FILE, "format_version", f"{meta.get('format_version')} is not {FORMAT_VERSION}"
+        )
+    if meta["merged"]:
+        cfg = LLMConfig(codebook_size=meta["vocab"]["codebook_size"])
+        cfg.lora.enabled = False
+        return build_brainlm(cfg, None, model_dir)
+    cfg = from_dict(LLMConfig, meta["config"], str(model_dir / META_FILE))
+    parts = load_file(model_dir / BRAIN_PARTS)
+    if meta["weights"] == "backbone":
+        model = build_brainlm(cfg, parts["brain_embed.codes"], model_dir / "backbone")
+    else:
+        base = check_backbone_dir(backbone if backbone is not None else meta["base"]["path"])
+        found, wanted = checkpoint_identity(base), meta["base"]
+        if found["fingerprint"] != wanted["fingerprint"]:
+            raise InputError(
+                model_dir,
+                "base",
+                f"adapter was made for base '{wanted['name']}' ({wanted['path']}, "
+                f"fingerprint {wanted['fingerprint'][:12]}) but the backbone is "
+                f"'{found['name']}' ({found['path']}, fingerprint "
+                f"{found['fingerprint'][:12]})",
+            )
+        from peft import set_peft_model_state_dict
+
+        model = build_brainlm(cfg, parts["brain_embed.codes"], base)
+        result = set_peft_model_state_dict(
+            model.lm, load_file(model_dir / "adapter" / "adapter_model.safetensors")
+        )
+        if getattr(result, "unexpected_keys", None):
+            raise InputError(
+                model_dir / "adapter", "weights", f"unexpected adapter keys {result.unexpected_keys[:3]}"
+            )
+    missing, unexpected = model.load_state_dict(parts, strict=False)
+    wrong = unexpected + [k for k in missing if k.startswith(("brain_embed.", "brain_head."))]
+    if wrong:
+        raise InputError(model_dir / BRAIN_PARTS, "keys", f"do not match the model: {wrong[:5]}")
+    return model
+
+
+def merge_to_hf(
+    model: BrainLM, out_dir: str | Path, overwrite: bool = False, dtype: torch.dtype = torch.float32
+) -> Path:
+    """Write `model` as a standalone HF causal-LM directory over the extended vocabulary.
+
+    LoRA is merged into a full-precision reload of the base rather than into the live model, so the
+    model being trained is untouched and a QLoRA adapter is not merged into lossy 4-bit weights.
+    """
+    with atomic_dir(out_dir, overwrite) as tmp:
+        if _is_peft(model):
+            from peft import PeftModel
+
+            model.lm.save_pretrained(tmp / "_adapter")
+            base = load_causal_lm(check_backbone_dir(model.base_identity["path"]), dtype=dtype)
+            lm = PeftModel.from_pretrained(base, tmp / "_adapter").merge_and_unload()
+            shutil.rmtree(tmp / "_adapter")
+        else:
+            lm = copy.deepcopy(model.lm).to(dtype)
+        vocab = model.vocab
+        if getattr(lm.config, "tie_word_embeddings", False):
+            # The brain head and the brain input embeddings differ, so one shared table cannot hold both.
+            lm.config.tie_word_embeddings = False
+            lm.get_output_embeddings().weight = torch.nn.Parameter(
+                lm.get_input_embeddings().weight.detach().clone()
+            )
+        lm.resize_token_embeddings(vocab.size, mean_resizing=False)
+        with torch.no_grad():
+            lm.get_input_embeddings().weight[vocab.n_text : vocab.size] = model.brain_embed.table().to(dtype)
+            head = lm.get_output_embeddings().weight
+            head[vocab.brain_offset : vocab.scan_start] = model.brain_head.weight.to(dtype)
+            head[vocab.scan_start : vocab.size] = 0.0  # delimiters are placed, never predicted
+        lm.save_pretrained(tmp)
+        model.tokenizer.save_pretrained(tmp)
+        write_json(
+            tmp / META_FILE,
+            {
+                "format_version": FORMAT_VERSION,
+                "merged": True,
+                "vocab": vocab.to_dict(),
+                "merged_from": model.base_identity,
+            },
+        )
+    return Path(out_dir)

@@ -1,0 +1,71 @@
+"""Typed settings of the brain–language model: backbone bootstrap, brain vocabulary, LoRA, losses.
+
+Loaded from YAML with ``fmrilm.config.load_config(LLMConfig, path, overrides)``; every field has a
+default so a config file only names what it changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# The objectives a training sample can belong to; per-objective losses are reported under these names.
+OBJECTIVES = ("text", "brain", "brain_to_text", "text_to_brain", "instruction")
+
+
+@dataclass
+class BootstrapConfig:
+    """The compact Llama-architecture decoder and SentencePiece tokenizer built by stage 0.
+
+    The default (~5M parameters, 4000-token vocabulary) trains on two CPU cores; tests use a tinier one.
+    """
+
+    vocab_size: int = 4000
+    hidden_size: int = 256
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int = 688
+    max_position_embeddings: int = 2048
+    seed: int = 0
+
+
+@dataclass
+class LoraSettings:
+    """LoRA / QLoRA settings (CorText: rank 16 on the attention query and value projections)."""
+
+    enabled: bool = True
+    rank: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    targets: tuple[str, ...] = ("q_proj", "v_proj")
+    quantize_4bit: bool = False  # QLoRA: NF4 base weights through bitsandbytes
+
+
+@dataclass
+class LossWeights:
+    """Weights of the stage-2/3 loss mixture, one per objective in ``OBJECTIVES``."""
+
+    text: float = 1.0
+    brain: float = 1.0
+    brain_to_text: float = 1.0
+    text_to_brain: float = 1.0
+    instruction: float = 1.0
+
+    def as_list(self) -> list[float]:
+        return [float(getattr(self, name)) for name in OBJECTIVES]
+
+
+@dataclass
+class LLMConfig:
+    """Everything needed to build a :class:`fmrilm.llm.model.BrainLM`.
+
+    ``backbone`` is a local Hugging Face causal-LM directory (e.g. Llama-3.1-8B); None means the
+    compact default that stage 0 bootstraps into the run directory.
+    """
+
+    backbone: str | None = None
+    codebook_size: int = 1024
+    bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    loss_weights: LossWeights = field(default_factory=LossWeights)
+    max_length: int = 1024
+    seed: int = 0

@@ -1,0 +1,230 @@
+"""Generation from a BrainLM: captions and answers, closed answers, next scans.
+
+- :func:`generate` continues chat prompts (with ``<scan>`` placeholders filled by brain tokens) into
+  text, batched with left padding and a KV cache, greedy or sampled (temperature, top-k, top-p).
+- :func:`choose_answer` is constrained decoding for closed questions (yes/no, counts, classes): each
+  allowed answer is scored by its log-likelihood under the training template, the best one wins, so
+  the output is always one of the allowed answers.
+- :func:`generate_scan` predicts the next scan of a run token by token with the brain head.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from fmrilm.errors import InputError
+from fmrilm.llm.formatting import collate, encode_instruction, encode_prompt
+from fmrilm.llm.model import BrainLM
+
+
+@dataclass
+class Sampling:
+    """Decoding settings: greedy when `do_sample` is False."""
+
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int = 0
+
+
+def _pick(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator) -> torch.Tensor:
+    """Next token per row from logits [B, V]."""
+    if not sampling.do_sample:
+        return logits.argmax(-1)
+    if sampling.temperature <= 0:
+        raise InputError("sampling", "temperature", f"must be > 0 when sampling, got {sampling.temperature}")
+    logits = logits / sampling.temperature
+    if sampling.top_k > 0:
+        kth = logits.topk(min(sampling.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if sampling.top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        # Drop a token once the mass before it already reaches top_p (the first token always stays).
+        drop = (cumulative - sorted_logits.softmax(-1)) >= sampling.top_p
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
+
+
+def _decode(
+    model: BrainLM, prompts: list[list[int]], steps: int, head, sampling: Sampling, stop_id: int | None
+):
+    """Left-padded, KV-cached autoregressive decoding; `head` maps hidden [B, d] → (logits, id offset)."""
+    pad = model.tokenizer.eos_token_id
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    model.check_ids(ids, "prompt")
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    generator = torch.Generator().manual_seed(sampling.seed)
+    hidden, past = model.hidden_states(ids, mask, positions, use_cache=True)
+    out = torch.empty((len(prompts), 0), dtype=torch.long)
+    done = torch.zeros(len(prompts), dtype=torch.bool)
+    for _ in range(steps):
+        logits, offset = head(hidden[:, -1])
+        token = _pick(logits, sampling, generator) + offset
+        if stop_id is not None:
+            token = token.masked_fill(done, stop_id)
+            done |= token == stop_id
+        out = torch.cat([out, token[:, None]], dim=1)
+        if done.all():
+            break
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        positions = positions[:, -1:] + 1
+        hidden, past = model.hidden_states(token[:, None], mask, positions, past, use_cache=True)
+    return out
+
+
+def _as_lists(brain_tokens, prompts):
+    if isinstance(prompts, str):
+        prompts, brain_tokens = [prompts], [brain_tokens]
+    if len(brain_tokens) != len(prompts):
+        raise InputError(
+            "generate", "brain_tokens", f"{len(brain_tokens)} token arrays for {len(prompts)} prompts"
+        )
+    return list(brain_tokens), list(prompts)
+
+
+def _room(model: BrainLM, prompt_length: int, wanted: int, source: str) -> int:
+    """New tokens that fit after a prompt; InputError if the prompt alone fills the context."""
+    if model.max_length is None:
+        return wanted
+    if prompt_length >= model.max_length:
+        raise InputError(
+            source,
+            "prompt",
+            f"{prompt_length} tokens, the context holds {model.max_length}: "
+            "shorten the prompt or use fewer scans",
+        )
+    return min(wanted, model.max_length - prompt_length)
+
+
+@torch.no_grad()
+def generate(
+    model: BrainLM,
+    brain_tokens,
+    prompts,
+    max_new_tokens: int = 48,
+    sampling: Sampling | None = None,
+    batch_size: int = 16,
+    progress: bool = False,
+) -> list[str]:
+    """Answers / captions for prompts that may refer to brain scans.
+
+    Parameters
+    ----------
+    brain_tokens : array [n_scans, P·L] or None, or a list of them (one per prompt)
+        Codebook ids filling each prompt's ``<scan>`` placeholders in order.
+    prompts : str or list of str
+    sampling : Sampling, optional
+        Greedy by default.
+
+    Returns
+    -------
+    list of str
+        The generated text of each prompt, up to (not including) the end-of-sequence token.
+    """
+    brain_tokens, prompts = _as_lists(brain_tokens, prompts)
+    sampling = sampling or Sampling()
+    # Every prompt is encoded and checked before any generation starts.
+    encoded = [
+        encode_prompt(model.tokenizer, model.vocab, p, t, f"prompt {i}")
+        for i, (p, t) in enumerate(zip(prompts, brain_tokens, strict=True))
+    ]
+    room = [_room(model, len(e), max_new_tokens, f"prompt {i}") for i, e in enumerate(encoded)]
+    was_training = model.training
+    model.eval()
+    texts: list[str] = []
+    try:
+        for start in tqdm(range(0, len(prompts), batch_size), disable=not progress, desc="generate"):
+            batch, steps = encoded[start : start + batch_size], min(room[start : start + batch_size])
+            eos = model.tokenizer.eos_token_id
+            out = _decode(model, batch, steps, lambda h: (model.text_logits(h), 0), sampling, eos)
+            for row in out.tolist():
+                row = row[: row.index(eos)] if eos in row else row
+                texts.append(model.tokenizer.decode(row, skip_special_tokens=True).strip())
+    finally:
+        model.train(was_training)
+    return texts
+
+
+@torch.no_grad()
+def choose_answer(model: BrainLM, brain_tokens, prompts, candidates, batch_size: int = 32):
+    """Constrained decoding: the most likely answer among `candidates` for each prompt.
+
+    Parameters
+    ----------
+    candidates : list of str, or list of lists of str (one candidate set per prompt)
+
+    Returns
+    -------
+    answers : list of str
+    log_likelihoods : list of np.ndarray
+        Summed log-probability of each candidate (answer tokens and end-of-sequence).
+    """
+    brain_tokens, prompts = _as_lists(brain_tokens, prompts)
+    if candidates and isinstance(candidates[0], str):
+        candidates = [list(candidates)] * len(prompts)
+    if len(candidates) != len(prompts) or any(len(c) == 0 for c in candidates):
+        raise InputError("choose_answer", "candidates", "need a non-empty candidate list for every prompt")
+    samples = [
+        encode_instruction(
+            model.tokenizer, model.vocab, {"prompt": p, "answer": c, "tokens": t}, f"prompt {i}"
+        )
+        for i, (p, t, cands) in enumerate(zip(prompts, brain_tokens, candidates, strict=True))
+        for c in cands
+    ]
+    was_training = model.training
+    model.eval()
+    scores = []
+    try:
+        for start in range(0, len(samples), batch_size):
+            batch = collate(
+                samples[start : start + batch_size], model.tokenizer.eos_token_id, model.max_length
+            )
+            hidden, _ = model.hidden_states(batch["input_ids"], batch["attention_mask"])
+            losses, _, _ = model.token_losses(hidden, batch["labels"])
+            scores.append(-losses.sum(dim=1))
+    finally:
+        model.train(was_training)
+    flat = torch.cat(scores).numpy()
+    bounds = np.cumsum([0] + [len(c) for c in candidates])
+    log_likelihoods = [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    answers = [cands[int(np.argmax(ll))] for cands, ll in zip(candidates, log_likelihoods, strict=True)]
+    return answers, log_likelihoods
+
+
+@torch.no_grad()
+def generate_scan(model: BrainLM, runs, tokens_per_scan: int, sampling: Sampling | None = None) -> np.ndarray:
+    """Predict the next scan of each run [n_scans, P·L] with the brain head → codebook ids [B, P·L]."""
+    runs = [np.asarray(r) for r in runs]
+    prompts = [
+        model.vocab.run_ids(r, f"run {i}") + [model.vocab.time_sep, model.vocab.scan_start]
+        for i, r in enumerate(runs)
+    ]
+    for i, p in enumerate(prompts):
+        if _room(model, len(p), tokens_per_scan, f"run {i}") < tokens_per_scan:
+            raise InputError(
+                f"run {i}",
+                "length",
+                f"{len(p)} tokens + {tokens_per_scan} exceed the context of {model.max_length}",
+            )
+    was_training = model.training
+    model.eval()
+    try:
+        out = _decode(
+            model,
+            prompts,
+            tokens_per_scan,
+            lambda h: (model.brain_logits(h), model.vocab.brain_offset),
+            sampling or Sampling(),
+            None,
+        )
+    finally:
+        model.train(was_training)
+    return model.vocab.ids_to_codes(out.numpy())

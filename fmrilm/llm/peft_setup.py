@@ -1,0 +1,136 @@
+"""Building a BrainLM: backbone (optionally NF4 4-bit), brain vocabulary, LoRA adapters.
+
+With LoRA enabled only the adapters (``targets``, rank and alpha from the config; CorText's default
+rank 16 on q/v) and the brain parts (brain embedding projection, delimiter vectors, brain head) are
+trained; with ``quantize_4bit`` the frozen base is NF4 through bitsandbytes (QLoRA). With LoRA
+disabled the whole backbone trains, which suits the compact bootstrapped default.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from fmrilm.errors import InputError
+from fmrilm.llm.backbone import check_backbone_dir, load_causal_lm, load_tokenizer, set_offline
+from fmrilm.llm.config import LLMConfig, LoraSettings
+from fmrilm.llm.model import BrainLM
+from fmrilm.llm.storage import checkpoint_identity
+from fmrilm.llm.vocab import BrainEmbedding, extend_tokenizer
+
+META_FILE = "brainlm.json"
+
+
+def apply_lora(lm, settings: LoraSettings):
+    """Wrap `lm` with LoRA adapters per `settings` (returned unchanged when LoRA is disabled)."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if not settings.enabled:
+        if settings.quantize_4bit:
+            raise InputError(
+                "lora",
+                "quantize_4bit",
+                "a 4-bit base cannot be trained without LoRA adapters (set lora.enabled=true)",
+            )
+        return lm
+    names = [name for name, _ in lm.named_modules()]
+    missing = [t for t in settings.targets if not any(n == t or n.endswith(f".{t}") for n in names)]
+    if missing or not settings.targets:
+        raise InputError(
+            "lora",
+            "targets",
+            f"{missing or 'none given'}: no such modules in the backbone "
+            f"(e.g. q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj)",
+        )
+    if settings.quantize_4bit:
+        # Casts the unquantized weights (norms, embeddings) to fp32 for stable updates; no
+        # activation checkpointing, which would cost time on CPU for no memory need at test scale.
+        lm = prepare_model_for_kbit_training(lm, use_gradient_checkpointing=False)
+    config = LoraConfig(
+        r=settings.rank,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=list(settings.targets),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(lm, config)
+
+
+def read_meta(model_dir: str | Path) -> dict | None:
+    """The ``brainlm.json`` of a saved or merged model directory, or None if it has none."""
+    path = Path(model_dir) / META_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def build_brainlm(
+    cfg: LLMConfig, code_embeddings: torch.Tensor | None = None, backbone: str | Path | None = None
+) -> BrainLM:
+    """Assemble a trainable BrainLM on a local backbone.
+
+    Parameters
+    ----------
+    cfg : LLMConfig
+        Codebook size, LoRA/QLoRA settings, loss weights, context length, seed.
+    code_embeddings : Tensor [K, d_code], optional
+        Stage-1 code embeddings. Not needed when the backbone is a merged BrainLM (its brain rows
+        are reused).
+    backbone : path, optional
+        HF model directory; defaults to ``cfg.backbone``.
+    """
+    set_offline()
+    path = check_backbone_dir(backbone if backbone is not None else cfg.backbone)
+    meta = read_meta(path)
+    merged = bool(meta and meta.get("merged"))
+    if merged and meta["vocab"]["codebook_size"] != cfg.codebook_size:
+        raise InputError(
+            path,
+            "codebook_size",
+            f"merged model has {meta['vocab']['codebook_size']} brain tokens, "
+            f"config asks for {cfg.codebook_size}",
+        )
+    tokenizer = load_tokenizer(path)
+    vocab = extend_tokenizer(tokenizer, cfg.codebook_size)
+    lm = load_causal_lm(path, quantize_4bit=cfg.lora.quantize_4bit)
+    text_table = lm.get_input_embeddings().weight
+    if merged:
+        brain_embed = BrainEmbedding.from_table(text_table[vocab.n_text : vocab.size], vocab.codebook_size)
+    else:
+        if code_embeddings is None:
+            raise InputError(
+                path,
+                "code_embeddings",
+                "a backbone without brain tokens needs the stage-1 code "
+                "embeddings [K, d_code] to initialise them",
+            )
+        code_embeddings = torch.as_tensor(code_embeddings)
+        if code_embeddings.ndim != 2 or code_embeddings.shape[0] != cfg.codebook_size:
+            raise InputError(
+                "code_embeddings",
+                "shape",
+                f"expected [{cfg.codebook_size}, d_code], got {tuple(code_embeddings.shape)}",
+            )
+        generator = torch.Generator().manual_seed(cfg.seed)
+        brain_embed = BrainEmbedding(
+            code_embeddings,
+            text_table.shape[1],
+            scale=float(text_table[: vocab.n_text].detach().float().std()),
+            generator=generator,
+        )
+    torch.manual_seed(cfg.seed)  # LoRA's A matrices draw from the global generator
+    model = BrainLM(apply_lora(lm, cfg.lora), tokenizer, vocab, brain_embed, cfg.loss_weights, cfg.max_length)
+    if merged:
+        with torch.no_grad():
+            head = model.base_lm.get_output_embeddings().weight
+            model.brain_head.weight.copy_(head[vocab.brain_offset : vocab.scan_start])
+    model.llm_config = cfg
+    model.base_identity = checkpoint_identity(path)
+    return model
+
+
+def trainable_parameters(model: BrainLM) -> dict[str, int]:
+    """Counts of trainable and total parameters (for logs)."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"trainable": trainable, "total": sum(p.numel() for p in model.parameters())}

@@ -1,0 +1,22 @@
+"""Shared fixtures: the Schaefer-100 atlas and one tiny synthetic task world per test session."""
+
+from __future__ import annotations
+
+import pytest
+
+from fmrilm.brain.atlas import Atlas
+
+
+@pytest.fixture(scope="session")
+def atlas() -> Atlas:
+    return Atlas.schaefer(100)
+
+
+@pytest.fixture(scope="session")
+def tiny_task_world(tmp_path_factory):
+    """Path of a task dataset generated once from the shipped ``task_world_tiny`` config."""
+    from fmrilm.brain.task_world import TaskWorldConfig, generate_task_world
+    from fmrilm.config import load_config
+
+    cfg = load_config(TaskWorldConfig, "task_world_tiny")
+    return generate_task_world(cfg, tmp_path_factory.mktemp("task_world") / "tiny")

@@ -1,0 +1,88 @@
+"""Write small test files in the real neuroimaging formats (MGH/MGZ, GIFTI, NIfTI, NSD layout).
+
+Tests use these to build inputs in ``tmp_path`` exactly as real tools would have written them, so
+the readers are exercised through nibabel and nilearn rather than through in-memory shortcuts.
+Arrays are passed vertex-major ``[V, T]`` (the on-disk layout of surface files).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+NSD_INT16_SCALE = 300.0
+
+
+def write_mgh(path: str | Path, data: np.ndarray, tr_seconds: float | None = None, dtype=np.float32) -> Path:
+    """Write ``[V, T]`` data as an MGH/MGZ surface file of shape ``(V, 1, 1, T)`` (compressed if .mgz)."""
+    data = np.asarray(data)
+    img = nib.MGHImage(data.reshape(data.shape[0], 1, 1, -1).astype(dtype), np.eye(4))
+    if tr_seconds is not None:
+        img.header.set_zooms((1.0, 1.0, 1.0, tr_seconds * 1000.0))  # MGH stores the TR in ms
+    nib.save(img, str(path))
+    return Path(path)
+
+
+def write_gifti(path: str | Path, data: np.ndarray, per_timepoint: bool = True) -> Path:
+    """Write ``[V, T]`` data as GIFTI: one darray per time point (fMRIPrep style) or one 2-D darray."""
+    data = np.asarray(data, np.float32)
+    arrays = [np.ascontiguousarray(col) for col in data.T] if per_timepoint else [data]
+    darrays = [nib.gifti.GiftiDataArray(a, intent="NIFTI_INTENT_TIME_SERIES", datatype="NIFTI_TYPE_FLOAT32")
+               for a in arrays]
+    nib.save(nib.gifti.GiftiImage(darrays=darrays), str(path))
+    return Path(path)
+
+
+def write_nifti(path: str | Path, data: np.ndarray, tr_seconds: float | None = None,
+                voxel_mm: float = 3.0) -> Path:
+    """Write a 3-D label image or a 4-D run as NIfTI-1 with an isotropic affine (TR in seconds)."""
+    data = np.asarray(data)
+    img = nib.Nifti1Image(data, np.diag([voxel_mm, voxel_mm, voxel_mm, 1.0]))
+    if data.ndim == 4 and tr_seconds is not None:
+        img.header.set_zooms((voxel_mm,) * 3 + (tr_seconds,))
+        img.header.set_xyzt_units("mm", "sec")
+    nib.save(img, str(path))
+    return Path(path)
+
+
+def write_confounds(path: str | Path, values: np.ndarray, names: list[str] | None = None) -> Path:
+    """Write a confound table: tab-separated with a header (fMRIPrep), headerless (brainspace) if no names."""
+    lines = ["\t".join(names)] if names is not None else []
+    lines += ["\t".join(f"{v:.10f}" for v in row) for row in np.asarray(values, np.float64)]
+    Path(path).write_text("\n".join(lines) + "\n")
+    return Path(path)
+
+
+def write_nsd_session(betas_dir: str | Path, session: int, betas: np.ndarray, hemi_sizes=(10242, 10242),
+                      int16: bool = False) -> tuple[Path, Path]:
+    """Write one session's ``[V, n_trials]`` betas as NSD's ``{lh,rh}.betas_sessionNN.mgh``.
+
+    With `int16` the betas are stored as NSD does in some releases: ``round(beta * 300)`` as int16.
+    """
+    betas_dir = Path(betas_dir)
+    betas_dir.mkdir(parents=True, exist_ok=True)
+    stored = np.round(betas * NSD_INT16_SCALE).astype(np.int16) if int16 else betas.astype(np.float32)
+    parts = stored[: hemi_sizes[0]], stored[hemi_sizes[0]:]
+    return tuple(write_mgh(betas_dir / f"{h}.betas_session{session:02d}.mgh", part, dtype=part.dtype)
+                 for h, part in zip(("lh", "rh"), parts, strict=True))
+
+
+def write_trials(path: str | Path, sessions, trials, stimuli, sep: str = "\t") -> Path:
+    """Write an NSD trial table with columns ``session``, ``trial`` and ``stimulus`` (one row per trial)."""
+    rows = ["session", "trial", "stimulus"], *zip(sessions, trials, stimuli, strict=True)
+    Path(path).write_text("\n".join(sep.join(str(v) for v in row) for row in rows) + "\n")
+    return Path(path)
+
+
+def write_captions(path: str | Path, captions: dict[int, list[str]], with_images: bool = True) -> Path:
+    """Write a COCO-style captions JSON: ``annotations`` (image_id, caption) and optionally ``images``."""
+    pairs = [(image, text) for image, texts in captions.items() for text in texts]
+    doc = {"annotations": [{"id": i, "image_id": int(image), "caption": text}
+                           for i, (image, text) in enumerate(pairs)]}
+    if with_images:
+        doc["images"] = [{"id": int(image), "file_name": f"{int(image):012d}.jpg"} for image in captions]
+    Path(path).write_text(json.dumps(doc))
+    return Path(path)

@@ -1,0 +1,139 @@
+"""Corpus build: leak-free splits, bad inputs refused before writing, and the CLI."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections import defaultdict
+
+import numpy as np
+import pytest
+
+from fmrilm.config import load_config
+from fmrilm.corpus import commands
+from fmrilm.corpus.build import CorpusConfig, build_corpus, plan_corpus
+from fmrilm.corpus.inputs import open_inputs
+from fmrilm.corpus.splits import LeakageError, SplitConfig, check_leakage, stimulus_splits
+from fmrilm.corpus.toy import write_toy_inputs, write_toy_rest, write_toy_tokens
+from fmrilm.errors import InputError
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory, atlas):
+    return write_toy_inputs(tmp_path_factory.mktemp("inputs"), atlas, n_stimuli=18, n_task_subjects=3,
+                            repeats=3, n_rest_subjects=9)
+
+
+def _cfg(paths, *overrides):
+    return load_config(CorpusConfig, "corpus_tiny", [f"{k}={v}" for k, v in paths.items()] + list(overrides))
+
+
+@pytest.fixture(scope="module")
+def plan(toy):
+    cfg = _cfg(toy, "splits.task_fewshot_subjects=1")
+    inputs = open_inputs(cfg.task_dataset, cfg.task_tokens, cfg.rest_dataset, cfg.rest_tokens)
+    return inputs, plan_corpus(cfg, inputs, progress=False)
+
+
+def test_splits_do_not_leak(plan):
+    inputs, p = plan
+    stimuli = inputs.task.table("stimuli")
+    novel = {i for i, r in enumerate(stimuli) if r["novel"]}
+    assert novel and p.novel_categories == ["zebra"]
+    splits_of = defaultdict(set)
+    brain = [s.meta for s in p.samples if s.task != "text"]
+    for m in brain:
+        if m["stimulus"] is not None and m["split"] != "fewshot":
+            splits_of[m["stimulus"]].add(m["split"])
+        if m["split"] == "train":
+            assert m["stimulus"] not in novel
+            text = " ".join([m["prompt"], m["answer"]] + [s["answer"] for s in m["shots"]])
+            assert not re.search(r"zebra", text, re.IGNORECASE)
+        assert (m["subject"] in p.fewshot_subjects) == (m["split"] == "fewshot")
+    # every stimulus — all its repeats and subjects — sits in exactly one split; novel ones in test
+    assert all(len(v) == 1 for v in splits_of.values())
+    assert all(splits_of[m] == {"test"} for m in novel if m in splits_of)
+    assert {"train", "val", "test", "fewshot"} <= {m["split"] for m in brain}
+    assert p.dropped_novel > 0  # toy stimuli 0, 4, 8... ask about zebras: dropped from training
+    # the novel category's words still reach the LM through text-only training data
+    assert any("zebra" in s.meta["answer"] and s.split == "train" for s in p.samples if s.task == "text")
+    assert len(p.fewshot_subjects) == 3  # 2 rest + 1 task subject
+
+
+def test_check_leakage_catches_violations(plan):
+    inputs, p = plan
+    metas = [dict(s.meta) for s in p.samples]
+    check_leakage(metas, set(), ["zebra"], p.fewshot_subjects)
+    test_sample = next(m for m in metas if m["split"] == "test" and m["stimulus"] is not None)
+    moved = dict(test_sample, split="train")
+    with pytest.raises(LeakageError, match="several splits"):
+        check_leakage(metas + [moved], set(), [], p.fewshot_subjects)
+    caption = next(m for m in metas if m["split"] == "train" and m["task"] == "caption")
+    named = dict(caption, answer="two zebras")
+    with pytest.raises(LeakageError, match="novel category"):
+        check_leakage([named], set(), ["zebra"], set())
+
+
+def test_stimulus_splits_fractions_and_novel():
+    novel = np.array([False] * 20 + [True] * 3)
+    split = stimulus_splits(novel, SplitConfig(val_fraction=0.1, test_fraction=0.25), seed=3)
+    assert list(split[20:]) == ["test"] * 3
+    assert (split[:20] == "test").sum() == 5 and (split[:20] == "val").sum() == 2
+
+
+def test_tokens_from_another_atlas_are_refused(toy, tmp_path, atlas):
+    other = dict(atlas.describe(), fingerprint="0123456789abcdef")
+    bad = write_toy_tokens(tmp_path / "tok", toy["task_dataset"], tokenizer_atlas=other)
+    cfg = _cfg(dict(toy, task_tokens=str(bad)))
+    with pytest.raises(InputError, match=r"atlas\.fingerprint.*does not match atlas schaefer100_fsaverage5"):
+        build_corpus(cfg, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_tokens_of_the_wrong_dataset_are_refused(toy, tmp_path):
+    cfg = _cfg(dict(toy, task_tokens=toy["rest_tokens"]))
+    with pytest.raises(InputError, match="tokens"):
+        build_corpus(cfg, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_short_run_is_refused_before_writing(toy, tmp_path, atlas):
+    rest = write_toy_rest(tmp_path / "rest", atlas, n_subjects=4, n_timepoints=24)
+    tokens = write_toy_tokens(tmp_path / "rest_tokens", rest, window=4)
+    cfg = _cfg(dict(toy, rest_dataset=str(rest), rest_tokens=str(tokens)))
+    with pytest.raises(InputError, match=r"run too short to estimate FC: 24 TRs \(48 s at TR 2 s\); "
+                                         r"need at least 34 TRs"):
+        build_corpus(cfg, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_config_errors(toy, tmp_path):
+    with pytest.raises(InputError, match="unknown task"):
+        build_corpus(_cfg(toy, "samples.tasks=[caption,dance]"), tmp_path / "o", progress=False)
+    with pytest.raises(InputError, match="needs its tokens"):
+        build_corpus(_cfg({"task_dataset": toy["task_dataset"]}), tmp_path / "o", progress=False)
+
+
+def test_cli_build_and_inspect(toy, tmp_path, capsys):
+    parser = argparse.ArgumentParser()
+    commands.register(parser.add_subparsers(dest="command"))
+    out = tmp_path / "corpus"
+    sets = [f"{k}={v}" for k, v in toy.items()] + ["samples.tasks=[caption,phenotype,text]"]
+    args = parser.parse_args(["corpus", "build", "--config", "corpus_tiny", "--out", str(out),
+                              "--set", *sets])
+    assert args.handler(args) == 0
+    args = parser.parse_args(["corpus", "inspect", str(out), "--verify", "--preview", "1"])
+    assert args.handler(args) == 0
+    printed = capsys.readouterr().out
+    assert re.search(r"caption\s+\d+\s+\d+\s+\d+", printed) and "match their sha256" in printed
+    assert "prompt:" in printed and "vqa" in printed  # vqa row present, with zero counts
+
+
+def test_builds_from_the_synthetic_task_world(tiny_task_world, tmp_path):
+    tokens = write_toy_tokens(tmp_path / "tokens", tiny_task_world)
+    sets = [f"task_dataset={tiny_task_world}", f"task_tokens={tokens}", "samples.tasks=[caption,vqa,text]"]
+    cfg = load_config(CorpusConfig, "corpus_tiny", sets)
+    summary = build_corpus(cfg, tmp_path / "corpus", progress=False)
+    train = summary["splits"]["train"]["counts"]
+    assert train["caption"] > 0 and train["vqa"] > 0 and train["text"] > 0
+    assert set(summary["novel_categories"]) and "test" in summary["splits"]
