@@ -65,7 +65,8 @@ def from_dict(cls: type[T], data: dict | None, source: str = "config") -> T:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(data) - set(fields)
     if unknown:
-        raise InputError(source, ", ".join(sorted(unknown)), f"unknown key(s) for {cls.__name__}; known: {sorted(fields)}")
+        raise InputError(source, ", ".join(sorted(unknown)),
+                         f"unknown key(s) for {cls.__name__}; known: {sorted(fields)}")
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in data.items():

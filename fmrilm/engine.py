@@ -69,7 +69,8 @@ def stage_argument_parser(description: str, default_config: str):
     import argparse
 
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=default_config, help="YAML path or shipped config name (default: %(default)s)")
+    parser.add_argument("--config", default=default_config,
+                        help="YAML path or shipped config name (default: %(default)s)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, dotted keys")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     return parser
