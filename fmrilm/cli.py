@@ -18,7 +18,9 @@ from fmrilm.errors import InputError
 COMMAND_MODULES = (
     "fmrilm.commands",
     "fmrilm.brain.commands",
+    "fmrilm.tokenizer.commands",
     "fmrilm.corpus.commands",
+    "fmrilm.retrieval.commands",
 )
 
 

@@ -5,11 +5,11 @@ One code path from a laptop to a cluster. The same stage module runs as:
     # 1 process (CPU here; the engine sets up a 1-rank gloo group itself)
     DS_ACCELERATOR=cpu python -m fmrilm.stages.<stage> --config <stage>_demo
     # 2 CPU ranks on one machine
-    DS_ACCELERATOR=cpu deepspeed --num_gpus 2 -m fmrilm.stages.<stage> --config <stage>_demo
+    DS_ACCELERATOR=cpu deepspeed --num_gpus 2 --module fmrilm.stages.<stage> --config <stage>_demo
     # N GPUs on one node
-    deepspeed --num_gpus N -m fmrilm.stages.<stage> --config <stage>.yaml
+    deepspeed --num_gpus N --module fmrilm.stages.<stage> --config <stage>.yaml
     # M nodes × N GPUs (hostfile lines: "node1 slots=N")
-    deepspeed --hostfile hostfile --num_nodes M --num_gpus N -m fmrilm.stages.<stage> --config <stage>.yaml
+    deepspeed --hostfile hostfile --num_nodes M --num_gpus N --module fmrilm.stages.<stage> --config <stage>.yaml
 
 Global batch = micro_batch_size × grad_accum_steps × world_size (DeepSpeed checks it).
 
@@ -115,7 +115,8 @@ def init_distributed() -> None:
 
     if torch.distributed.is_initialized():
         return
-    if "RANK" not in os.environ:  # plain `python -m ...`: a world of one
+    if "RANK" not in os.environ:  # plain `python -m ...`: a world of one, kept for the process's life
+        os.environ["FMRILM_OWN_PROCESS_GROUP"] = "1"
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=str(_free_port()))
     backend = "nccl" if torch.cuda.is_available() and os.environ["DS_ACCELERATOR"] == "cuda" else "gloo"
@@ -270,6 +271,10 @@ class TrainEngine:
         torch.distributed.barrier()
 
     def cleanup(self) -> None:
+        """End of a stage. A launcher's group is torn down; a 1-rank group made by
+        :func:`init_distributed` stays, because DeepSpeed caches it and a later engine in the same
+        process (the pipeline runs several stages) must find it again."""
         if torch.distributed.is_initialized():
             torch.distributed.barrier()
-            torch.distributed.destroy_process_group()
+            if os.environ.get("FMRILM_OWN_PROCESS_GROUP") != "1":
+                torch.distributed.destroy_process_group()

@@ -95,3 +95,13 @@ def test_two_cpu_ranks_under_the_deepspeed_launcher(tmp_path):
     log = [json.loads(l) for l in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [4, 8]
     assert (tmp_path / "run" / "checkpoints" / "latest").read_text().strip() == "step-000008"
+
+
+def test_a_second_engine_in_the_same_process_after_cleanup(tmp_path):
+    """The pipeline runs several stages in one process: cleanup must not break the next engine."""
+    cfg = EngineConfig(max_steps=2, warmup_steps=1, micro_batch_size=5, log_every=0)
+    first = TrainEngine(Regressor(), cfg, tmp_path / "a")
+    first.train_step(batch_for(1))
+    first.cleanup()
+    second = TrainEngine(Regressor(), cfg, tmp_path / "b")
+    assert second.train_step(batch_for(1))["loss"] > 0

@@ -26,7 +26,7 @@ import numpy as np
 
 from fmrilm.config import save_config
 from fmrilm.errors import InputError
-from fmrilm.io import load_npy, read_json, read_jsonl, write_json, write_jsonl
+from fmrilm.io import load_npy, read_json, read_jsonl, replace_dir, write_json, write_jsonl
 
 FORMAT_VERSION = 1
 
@@ -98,13 +98,7 @@ class DatasetWriter:
         self._memmaps.clear()
         self.manifest.update(extra)
         write_json(self.tmp_dir / "manifest.json", self.manifest)
-        if self.out_dir.exists():
-            old = self.out_dir.with_name(f"{self.out_dir.name}.old-{os.getpid()}")
-            os.replace(self.out_dir, old)
-            os.replace(self.tmp_dir, self.out_dir)
-            shutil.rmtree(old)
-        else:
-            os.replace(self.tmp_dir, self.out_dir)
+        replace_dir(self.tmp_dir, self.out_dir)
         return self.out_dir
 
     def abort(self) -> None:

@@ -18,8 +18,8 @@ import torch
 
 from fmrilm.config import save_config
 from fmrilm.errors import InputError
+from fmrilm.io import atomic_dir
 from fmrilm.llm.config import BootstrapConfig
-from fmrilm.llm.storage import atomic_dir
 
 # SentencePiece reserves 256 byte pieces (byte fallback) and 3 specials before any learned piece.
 _MIN_VOCAB = 256 + 3 + 64

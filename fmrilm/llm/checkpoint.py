@@ -25,12 +25,12 @@ from safetensors.torch import load_file, save_file
 
 from fmrilm.config import from_dict
 from fmrilm.errors import InputError
-from fmrilm.io import read_json, write_json
+from fmrilm.io import atomic_dir, read_json, write_json
 from fmrilm.llm.backbone import check_backbone_dir, load_causal_lm
 from fmrilm.llm.config import LLMConfig
 from fmrilm.llm.model import BrainLM
 from fmrilm.llm.peft_setup import META_FILE, build_brainlm
-from fmrilm.llm.storage import atomic_dir, checkpoint_identity
+from fmrilm.llm.storage import checkpoint_identity
 
 FORMAT_VERSION = 1
 BRAIN_PARTS = "brain_parts.safetensors"

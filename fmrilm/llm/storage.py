@@ -7,12 +7,8 @@ interrupted save never leaves a half model under the final name.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 from fmrilm.errors import InputError
@@ -34,31 +30,6 @@ _VOLATILE_KEYS = {
     "return_dict",
     "pad_token_id",
 }
-
-
-@contextlib.contextmanager
-def atomic_dir(out_dir: str | Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a scratch directory that replaces `out_dir` only if the block succeeds.
-
-    Raises InputError before anything is written when `out_dir` exists and `overwrite` is False.
-    """
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise InputError(out_dir, "out", "already exists (pass overwrite=True / --force to replace it)")
-    tmp = out_dir.with_name(f"{out_dir.name}.partial-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        yield tmp
-        if out_dir.exists():
-            old = out_dir.with_name(f"{out_dir.name}.old-{os.getpid()}")
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def checkpoint_identity(model_dir: str | Path) -> dict:

@@ -1,0 +1,152 @@
+"""Field-standard linear baselines: ridge caption decoding and FC-based phenotype prediction.
+
+- :class:`RidgeCaptionDecoder`: ridge regression from brain activity (vertices, parcels or any
+  feature vector) to MiniLM caption embeddings, then the nearest caption of a training bank by
+  cosine similarity: the linear decoder used as the reference point in brain captioning work.
+- :func:`fc_features` + :func:`phenotype_baseline`: Fisher-z functional connectivity (upper
+  triangle) of each subject's parcel time series, then cross-validated logistic regression
+  (sex, diagnosis) or ridge regression (age) — the standard resting-state phenotype baseline.
+
+The temporal-prediction baselines (persistence, linear AR) live in
+:mod:`fmrilm.evaluation.temporal_baselines`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fmrilm.corpus.descriptors_rest import fisher_fc
+from fmrilm.errors import InputError, check_finite
+from fmrilm.evaluation.regression import classification_scores, regression_scores
+from fmrilm.retrieval.index import IndexConfig, SemanticIndex
+
+# Ridge penalties searched by efficient leave-one-out (GCV); brain data needs strong shrinkage.
+DEFAULT_ALPHAS = tuple(np.logspace(-1, 6, 15))
+# Inverse regularisation strengths searched by the logistic baseline.
+DEFAULT_CS = tuple(np.logspace(-4, 2, 13))
+
+
+def _features(values, field: str, width: int | None = None) -> np.ndarray:
+    x = np.asarray(values, np.float64)
+    if x.ndim != 2 or (width is not None and x.shape[1] != width):
+        raise InputError(field, "shape", f"{x.shape}; expected [N, {width or 'F'}]")
+    check_finite(x, field)
+    return x
+
+
+def _standardizer(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    std = x.std(0)
+    return x.mean(0), np.where(std > 1e-12, std, 1.0)
+
+
+class RidgeCaptionDecoder:
+    """Brain features → MiniLM embedding by ridge regression, then nearest caption from a bank.
+
+    Parameters
+    ----------
+    alphas : sequence of float
+        Penalties searched by generalised cross-validation on the training rows (one shared alpha).
+    """
+
+    def __init__(self, alphas=DEFAULT_ALPHAS):
+        self.alphas = tuple(alphas)
+        self.model = None
+
+    def fit(self, features, text_embeddings) -> RidgeCaptionDecoder:
+        """Fit on paired rows: features [N, F] and caption embeddings [N, 384]."""
+        from sklearn.linear_model import RidgeCV
+
+        x, y = _features(features, "features"), _features(text_embeddings, "text_embeddings")
+        if len(x) != len(y):
+            raise InputError("features", "rows", f"{len(x)} feature rows but {len(y)} text embeddings")
+        # Standardise with training statistics so one alpha suits every feature's scale.
+        self.mean, self.scale = _standardizer(x)
+        self.model = RidgeCV(alphas=self.alphas).fit((x - self.mean) / self.scale, y)
+        return self
+
+    @property
+    def alpha(self) -> float:
+        return float(self.model.alpha_)
+
+    def predict(self, features) -> np.ndarray:
+        """Predicted caption embeddings float32 [N, 384], unit norm."""
+        if self.model is None:
+            raise InputError("RidgeCaptionDecoder", "model", "not fitted; call fit() first")
+        x = _features(features, "features", self.mean.shape[0])
+        pred = self.model.predict((x - self.mean) / self.scale)
+        norms = np.linalg.norm(pred, axis=1, keepdims=True)
+        return (pred / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+
+    def decode(self, features, bank_captions, bank_embeddings) -> list[str]:
+        """The bank caption nearest to each predicted embedding (exact cosine search)."""
+        bank_captions = list(bank_captions)
+        index = SemanticIndex.build(bank_embeddings, ids=range(len(bank_captions)),
+                                    config=IndexConfig(kind="flat"))
+        _, ids, _ = index.search(self.predict(features), k=1)
+        return [bank_captions[int(row[0])] for row in ids]
+
+
+def fc_features(timeseries) -> np.ndarray:
+    """Fisher-z FC upper triangle per subject: [S, T, P] → float32 [S, P·(P-1)/2]."""
+    ts = np.asarray(timeseries)
+    if ts.ndim != 3 or ts.shape[1] < 3:
+        raise InputError("timeseries", "shape", f"{ts.shape}; expected [S, T >= 3, P]")
+    check_finite(ts, "timeseries")
+    upper = np.triu_indices(ts.shape[2], k=1)
+    return np.stack([fisher_fc(run)[upper] for run in ts]).astype(np.float32)
+
+
+def phenotype_baseline(train_features, train_targets, test_features, test_targets, task: str,
+                       seed: int = 0, cv: int = 5) -> dict:
+    """Fit a linear phenotype predictor on training subjects and score it on test subjects.
+
+    Parameters
+    ----------
+    train_features, test_features : float [S, F]
+        E.g. :func:`fc_features` of the rest time series.
+    train_targets, test_targets : [S]
+        Labels ("F"/"M", "control"/"patient") or numbers (age in years).
+    task : {"classification", "regression"}
+        Logistic regression (L2, C by cross-validated log loss) or ridge (alpha by GCV).
+    seed : int
+        Seeds the cross-validation folds' shuffling.
+    cv : int
+        Folds for the logistic C search.
+
+    Returns
+    -------
+    dict
+        :func:`classification_scores` or :func:`regression_scores` on the test subjects, plus
+        ``"predictions"`` (list) and the chosen ``"regularization"``.
+    """
+    from sklearn.linear_model import LogisticRegressionCV, RidgeCV
+    from sklearn.model_selection import StratifiedKFold
+
+    x_train = _features(train_features, "train_features")
+    x_test = _features(test_features, "test_features", x_train.shape[1])
+    y_train, y_test = np.asarray(train_targets), np.asarray(test_targets)
+    if len(y_train) != len(x_train) or len(y_test) != len(x_test):
+        raise InputError("phenotype", "rows", f"features {len(x_train)}/{len(x_test)} vs targets "
+                         f"{len(y_train)}/{len(y_test)} (train/test)")
+    mean, scale = _standardizer(x_train)
+    z_train, z_test = (x_train - mean) / scale, (x_test - mean) / scale
+    if task == "classification":
+        folds = StratifiedKFold(n_splits=cv, shuffle=True, random_state=seed)
+        model = LogisticRegressionCV(Cs=DEFAULT_CS, l1_ratios=(0.0,), cv=folds, scoring="neg_log_loss",
+                                     max_iter=2000, use_legacy_attributes=False).fit(z_train, y_train)
+        pred = model.predict(z_test)
+        # Scores for AUC: probability of the larger sorted label, as classification_scores expects.
+        labels, score = np.unique(y_test), None
+        if len(labels) == 2 and labels[-1] in model.classes_:
+            score = model.predict_proba(z_test)[:, list(model.classes_).index(labels[-1])]
+        out = classification_scores(y_test, pred, score)
+        out["regularization"] = {"C": float(np.ravel(model.C_)[0])}
+    elif task == "regression":
+        model = RidgeCV(alphas=DEFAULT_ALPHAS).fit(z_train, y_train.astype(np.float64))
+        pred = model.predict(z_test)
+        out = regression_scores(y_test.astype(np.float64), pred)
+        out["regularization"] = {"alpha": float(model.alpha_)}
+    else:
+        raise InputError("phenotype", "task", f"{task!r}; expected 'classification' or 'regression'")
+    out["predictions"] = pred.tolist()
+    return out

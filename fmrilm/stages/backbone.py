@@ -1,0 +1,208 @@
+"""Stage 0: the language-model backbone — record a local checkpoint, or bootstrap a compact one.
+
+Launch (``--set`` overrides any config key)::
+
+    # 1 process (CPU here)
+    python -m fmrilm.stages.backbone --config backbone_demo --set corpus=runs/demo/corpus out_dir=runs/demo
+    # 2 CPU ranks on this machine
+    DS_ACCELERATOR=cpu deepspeed --num_gpus 2 --master_port 29600 --module fmrilm.stages.backbone \
+        --config backbone_demo --set corpus=runs/demo/corpus out_dir=runs/demo
+    # N GPUs on one node
+    deepspeed --num_gpus N --module fmrilm.stages.backbone --config backbone_demo --set corpus=...
+    # M nodes x N GPUs (hostfile lines: "node1 slots=N")
+    deepspeed --hostfile hostfile --num_nodes M --num_gpus N --module fmrilm.stages.backbone \
+        --config backbone_demo --set corpus=...
+    # or through the CLI wrapper
+    fmrilm train backbone --config backbone_demo --nproc 2 --set corpus=...
+
+With ``backbone: PATH`` (a local Hugging Face causal-LM directory, e.g. Llama-3.1-8B; nothing is
+fetched from the hub) the stage validates it and records it in ``OUT/stage0_backbone-<name>/stage.json``.
+Without it, it trains a SentencePiece tokenizer on the corpus's text-only training samples (captions
+of every stimulus, novel categories included, and the descriptor texts), initialises a compact
+Llama-architecture decoder and, for ``engine.max_steps`` > 0, pretrains it on those texts (text
+next-token objective) through the DeepSpeed engine. The result is an ordinary HF model directory
+``OUT/stage0_backbone-llama<params>_sp<vocab>/`` (``stage.json`` written last marks it finished);
+checkpoints and the training log go to ``OUT/train-stage0_backbone-<...>/``. A rerun resumes from
+the latest checkpoint, and is a no-op once the export exists (``--set force=true`` redoes it).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from fmrilm.config import load_config, save_config
+from fmrilm.engine import EngineConfig, TrainEngine, stage_argument_parser
+from fmrilm.errors import InputError
+from fmrilm.io import atomic_dir, write_json
+from fmrilm.llm.config import BootstrapConfig
+from fmrilm.stages import lm_common
+
+STAGE = "backbone"
+
+
+@dataclass
+class BackboneStageConfig:
+    """Stage-0 settings (YAML: ``fmrilm/configs/backbone_*.yaml``).
+
+    Attributes
+    ----------
+    out_dir : str
+        Run directory; the export and the training directory are created inside it.
+    corpus : str
+        Corpus directory (its ``train`` split's ``text`` samples train tokenizer and model).
+    backbone : str or None
+        A local HF causal-LM directory to record instead of bootstrapping.
+    bootstrap : BootstrapConfig
+        Size of the compact model and its tokenizer.
+    max_length : int
+        Longest text sample, in tokens.
+    engine : EngineConfig
+        ``max_steps: 0`` keeps the freshly initialised weights (no pretraining).
+    force : bool
+        Redo a finished stage from scratch.
+    """
+
+    out_dir: str = "runs/demo"
+    corpus: str = ""
+    backbone: str | None = None
+    bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
+    max_length: int = 512
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    force: bool = False
+
+
+class TextLM(nn.Module):
+    """A HF causal LM with the engine's interface: ``forward(**batch)`` → ``{"loss": ...}``."""
+
+    def __init__(self, lm):
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, input_ids, labels, attention_mask=None, objective=None):
+        # `objective` comes with every collated batch; the text-only stage has a single objective.
+        return {"loss": self.lm(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss}
+
+
+def _short_count(n: float) -> str:
+    """7_300_000 → '7m', 420 → '420', 4000 → '4k' (names of sizes in directory names)."""
+    for unit, scale in (("m", 1e6), ("k", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.0f}{unit}"
+    return f"{n:.0f}"
+
+
+def bootstrap_tag(cfg: BootstrapConfig) -> str:
+    """Name of the bootstrapped backbone from its configured size, e.g. ``llama7m_sp4k``."""
+    h, i, v = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
+    # untied input and output tables + per layer q/k/v/o, gate/up/down and two norms + final norm
+    params = 2 * v * h + cfg.num_layers * (4 * h * h + 3 * h * i + 2 * h) + h
+    return f"llama{_short_count(params)}_sp{_short_count(v)}"
+
+
+def export_dir_for(cfg: BackboneStageConfig) -> Path:
+    tag = lm_common.resolve_backbone(cfg.backbone)[1] if cfg.backbone else bootstrap_tag(cfg.bootstrap)
+    return Path(cfg.out_dir) / f"stage0_{STAGE}-{tag}"
+
+
+def record_backbone(cfg: BackboneStageConfig, export_dir: Path) -> Path:
+    """Validate an external checkpoint (config, tokenizer, weights) and record it without copying."""
+    from fmrilm.llm.backbone import load_tokenizer
+    from fmrilm.llm.storage import checkpoint_identity
+
+    hf_dir, tag = lm_common.resolve_backbone(cfg.backbone)
+    identity = checkpoint_identity(hf_dir)
+    tokenizer = load_tokenizer(hf_dir)
+    if tokenizer.bos_token_id is None or tokenizer.eos_token_id is None:
+        raise InputError(hf_dir, "tokenizer", "needs BOS and EOS tokens (the chat template uses both)")
+    with atomic_dir(export_dir, overwrite=True) as tmp:
+        save_config(cfg, tmp / "stage_config.yaml")
+        write_json(tmp / lm_common.STAGE_FILE, {
+            "stage": STAGE, "backbone_tag": tag, "backbone_path": str(hf_dir.resolve()), "identity": identity,
+            "bootstrapped": False, "steps": 0})
+    print(f"backbone {hf_dir} recorded in {export_dir}", flush=True)
+    return export_dir
+
+
+def setup(cfg: BackboneStageConfig, train_dir: Path):
+    """Bootstrap (main rank) and build the engine. Returns (engine, tokenizer, encoded texts)."""
+    from transformers import AutoModelForCausalLM
+
+    from fmrilm.llm.backbone import bootstrap_backbone, load_tokenizer
+    from fmrilm.llm.formatting import encode_joint
+    from fmrilm.llm.vocab import BrainVocab
+
+    if not cfg.corpus:
+        raise InputError("config", "corpus", "no corpus given (--set corpus=DIR), and no backbone to record "
+                                             "(--set backbone=PATH to a local HF causal-LM directory)")
+    samples, _ = lm_common.read_split(cfg.corpus, "train", ["text"])
+    texts = [s["json"]["answer"] for s in samples]
+    init = train_dir / "init"
+    if torch.distributed.get_rank() == 0 and not (init / "config.json").is_file():
+        bootstrap_backbone(texts, init, cfg.bootstrap, overwrite=True)
+    torch.distributed.barrier()
+    tokenizer = load_tokenizer(init)
+    text_only = BrainVocab(n_text=len(tokenizer), codebook_size=0)
+    encoded = lm_common.encode_samples(
+        samples, lambda s, i: encode_joint(tokenizer, text_only, "text", text=s["json"]["answer"],
+                                           source=s["__key__"]), cfg.max_length)
+    model = TextLM(AutoModelForCausalLM.from_pretrained(init, local_files_only=True, dtype=torch.float32))
+    return TrainEngine(model, cfg.engine, train_dir), tokenizer, encoded
+
+
+def train(engine: TrainEngine, tokenizer, encoded: list[dict], cfg: BackboneStageConfig) -> int:
+    """Pretrain on the texts up to ``engine.max_steps`` (resuming); returns the last step."""
+    return lm_common.train_loop(engine, encoded, tokenizer.eos_token_id, cfg.max_length, STAGE)
+
+
+def save_checkpoint(engine: TrainEngine, tokenizer, export_dir: Path, cfg: BackboneStageConfig, step: int):
+    """Export the pretrained backbone as an ordinary HF directory (``stage.json`` last)."""
+
+    def save(out: Path) -> None:
+        with atomic_dir(out, overwrite=True) as tmp:
+            engine.module.lm.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            save_config(cfg.bootstrap, tmp / "bootstrap.yaml")
+
+    return lm_common.export(engine, export_dir, save, cfg, {
+        "stage": STAGE, "backbone_tag": bootstrap_tag(cfg.bootstrap), "bootstrapped": True, "steps": step})
+
+
+def run(cfg: BackboneStageConfig) -> Path | None:
+    """Record or bootstrap (+ pretrain) the backbone; returns the export directory on the main rank."""
+    export_dir = export_dir_for(cfg)
+    if lm_common.skip_finished(export_dir, cfg.force):
+        return export_dir
+    if cfg.backbone:
+        return record_backbone(cfg, export_dir)
+    train_dir = Path(cfg.out_dir) / f"train-{export_dir.name}"
+    lm_common.prepare_run(train_dir, export_dir, cfg.force)
+    engine, tokenizer, encoded = setup(cfg, train_dir)
+    try:
+        step = train(engine, tokenizer, encoded, cfg)
+        return save_checkpoint(engine, tokenizer, export_dir, cfg, step)
+    finally:
+        cleanup(engine)
+
+
+def cleanup(engine: TrainEngine) -> None:
+    engine.cleanup()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = stage_argument_parser(__doc__.splitlines()[0], "backbone_demo")
+    args = parser.parse_args(argv)
+    try:
+        run(load_config(BackboneStageConfig, args.config, args.set))
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

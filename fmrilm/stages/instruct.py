@@ -1,0 +1,202 @@
+"""Stage 3: multi-task instruction tuning (captioning, VQA, description, phenotypes, temporal).
+
+Launch (``--set`` overrides any config key)::
+
+    # 1 process (CPU here)
+    python -m fmrilm.stages.instruct --config instruct_demo --set out_dir=runs/demo corpus=runs/demo/corpus \
+        model=runs/demo/stage2_joint-llama7m_sp4k-vqK1024L1-step000300
+    # 2 CPU ranks on this machine (ZeRO-2)
+    DS_ACCELERATOR=cpu deepspeed --num_gpus 2 --master_port 29600 --module fmrilm.stages.instruct \
+        --config instruct_demo --set ...
+    # N GPUs on one node
+    deepspeed --num_gpus N --module fmrilm.stages.instruct --config instruct_demo --set ...
+    # M nodes x N GPUs (hostfile lines: "node1 slots=N")
+    deepspeed --hostfile hostfile --num_nodes M --num_gpus N --module fmrilm.stages.instruct \
+        --config instruct_demo --set ...
+    # or through the CLI wrapper
+    fmrilm train instruct --config instruct_demo --nproc 2 --set ...
+
+Starts from the stage-2 export (``load_brainlm``: the same adapter or backbone keeps training, on the
+same base, which is checked by fingerprint). Every corpus sample of the configured tasks, k-shot
+examples included, is written in the chat template of :mod:`fmrilm.llm.formatting` with the loss on
+the answer tokens only; :func:`~fmrilm.llm.formatting.check_answer_mask` verifies that on every
+sample before training starts. After training, closed questions of the validation split (yes/no,
+classes) are answered by constrained decoding (:func:`~fmrilm.llm.generate.choose_answer`) and the
+accuracy is stored in the export's ``eval.json``.
+
+Output: ``OUT/stage3_instruct-<backbone>-<tokenizer>-step<N>/`` (``save_brainlm`` layout, optional
+``merged/``), ``stage.json`` last; training state in ``OUT/train-stage3_instruct-<backbone>-<tokenizer>/``.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fmrilm.config import load_config
+from fmrilm.engine import EngineConfig, TrainEngine, stage_argument_parser
+from fmrilm.errors import InputError
+from fmrilm.io import write_json
+from fmrilm.stages import lm_common
+
+STAGE = "instruct"
+INSTRUCTION_TASKS = ("caption", "vqa", "describe", "phenotype", "temporal")
+CLOSED_ANSWERS = ("yesno", "class")  # answer types with a finite choice set
+
+
+@dataclass
+class InstructStageConfig:
+    """Stage-3 settings (YAML: ``fmrilm/configs/instruct_*.yaml``).
+
+    Attributes
+    ----------
+    out_dir, corpus : str
+        Run directory and corpus directory.
+    model : str
+        The stage-2 export directory to start from.
+    tasks : tuple of str
+        Instruction tasks of the mixture (subset of ``INSTRUCTION_TASKS``).
+    eval_split : str
+        Split whose closed questions are scored after training ("" to skip).
+    eval_max_samples : int
+        At most this many closed questions scored.
+    merge : bool
+        Also write a standalone merged HF checkpoint into the export (``merged/``).
+    """
+
+    out_dir: str = "runs/demo"
+    corpus: str = ""
+    model: str = ""
+    tasks: tuple[str, ...] = INSTRUCTION_TASKS
+    split: str = "train"
+    eval_split: str = "val"
+    eval_max_samples: int = 64
+    merge: bool = False
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    force: bool = False
+
+
+def names(cfg: InstructStageConfig) -> tuple[Path, Path, dict]:
+    """(export dir, training dir, stage-2 info) — decided before any work."""
+    for key in ("corpus", "model"):
+        if not getattr(cfg, key):
+            raise InputError("config", key, f"not given (--set {key}=DIR)")
+    unknown = sorted(set(cfg.tasks) - set(INSTRUCTION_TASKS))
+    if unknown or not cfg.tasks:
+        raise InputError("config", "tasks", f"{unknown or 'none'}: instruction tasks are {list(INSTRUCTION_TASKS)}")
+    joint = lm_common.read_stage(cfg.model, "joint")
+    base = f"stage3_{STAGE}-{joint['backbone_tag']}-{joint['tokenizer_tag']}"
+    out = Path(cfg.out_dir)
+    return out / f"{base}-step{cfg.engine.max_steps:06d}", out / f"train-{base}", joint
+
+
+def instruction_encoder(model):
+    """`encode(sample, index)` for stage 3: the chat template, loss on the answer, masking checked."""
+    from fmrilm.llm.formatting import encode_instruction
+
+    def encode(sample: dict, index: int) -> dict:
+        meta = sample["json"]
+        return encode_instruction(model.tokenizer, model.vocab, {
+            "prompt": meta["prompt"], "answer": meta["answer"],
+            "tokens": np.asarray(sample["tokens.npy"]).astype(np.int64)}, sample["__key__"])
+
+    return encode
+
+
+def setup(cfg: InstructStageConfig, train_dir: Path, joint: dict):
+    """Load the stage-2 model, encode the instruction mixture, build the engine."""
+    from fmrilm.llm.checkpoint import load_brainlm
+
+    for split in filter(None, (cfg.split, cfg.eval_split)):
+        lm_common.check_corpus_tokenizer(cfg.corpus, split, joint["tokenizer"])
+    model = load_brainlm(cfg.model)
+    samples, skipped = lm_common.read_split(cfg.corpus, cfg.split, cfg.tasks)
+    encoded = lm_common.encode_samples(samples, instruction_encoder(model), model.max_length)
+    engine = TrainEngine(model, cfg.engine, train_dir)
+    if engine.is_main:
+        print(f"instruct: {len(encoded)} samples, answer-only loss checked on every one", flush=True)
+    return engine, encoded, skipped
+
+
+def train(engine: TrainEngine, encoded: list[dict], skipped) -> int:
+    """Instruction tuning up to ``engine.max_steps`` (resuming from the latest checkpoint)."""
+    model = engine.module
+    return lm_common.train_loop(engine, encoded, model.tokenizer.eos_token_id, model.max_length, STAGE, skipped)
+
+
+def closed_question_accuracy(model, corpus: str, split: str, tasks, max_samples: int) -> dict:
+    """Accuracy of constrained decoding on the split's yes/no and class questions, per task."""
+    from fmrilm.llm.generate import choose_answer
+
+    samples, _ = lm_common.read_split(corpus, split, tasks, progress=False)
+    closed = [s for s in samples if s["json"].get("answer_type") in CLOSED_ANSWERS and s["json"].get("choices")]
+    closed = closed[:max_samples]
+    if not closed:
+        return {"n": 0}
+    meta = [s["json"] for s in closed]
+    # the answer's own scans (none for closed answers) never reach the prompt
+    tokens = [np.asarray(s["tokens.npy"]).astype(np.int64) for s in closed]
+    with torch.no_grad():
+        answers, _ = choose_answer(model, tokens, [m["prompt"] for m in meta], [m["choices"] for m in meta])
+    hits = np.array([a == m["answer"] for a, m in zip(answers, meta, strict=True)])
+    by_task = {t: float(hits[[m["task"] == t for m in meta]].mean()) for t in sorted({m["task"] for m in meta})}
+    return {"n": len(closed), "accuracy": float(hits.mean()), "by_task": by_task,
+            "chance": float(np.mean([1 / len(m["choices"]) for m in meta]))}
+
+
+def save_checkpoint(engine: TrainEngine, export_dir: Path, cfg: InstructStageConfig, step: int,
+                    joint: dict) -> Path | None:
+    """Export with ``save_brainlm`` (+ ``merged/`` if asked) and the closed-question accuracy."""
+    from fmrilm.llm.checkpoint import merge_to_hf, save_brainlm
+
+    def save(out: Path) -> None:
+        model = engine.module
+        save_brainlm(model, out, overwrite=True)
+        if cfg.merge:
+            merge_to_hf(model, out / "merged", overwrite=True)
+        if cfg.eval_split:
+            report = closed_question_accuracy(model, cfg.corpus, cfg.eval_split, cfg.tasks, cfg.eval_max_samples)
+            write_json(out / "eval.json", report)
+            print(f"instruct: closed questions on {cfg.eval_split}: {report}", flush=True)
+
+    return lm_common.export(engine, export_dir, save, cfg, {
+        "stage": STAGE, "backbone_tag": joint["backbone_tag"], "tokenizer_tag": joint["tokenizer_tag"],
+        "tokenizer": joint["tokenizer"], "from": str(Path(cfg.model).resolve()), "steps": step,
+        "world_size": engine.world_size, "merged": cfg.merge})
+
+
+def cleanup(engine: TrainEngine) -> None:
+    engine.cleanup()
+
+
+def run(cfg: InstructStageConfig) -> Path | None:
+    """setup → train → save_checkpoint → cleanup; returns the export directory on the main rank."""
+    export_dir, train_dir, joint = names(cfg)
+    if lm_common.skip_finished(export_dir, cfg.force):
+        return export_dir
+    lm_common.prepare_run(train_dir, export_dir, cfg.force)
+    engine, encoded, skipped = setup(cfg, train_dir, joint)
+    try:
+        step = train(engine, encoded, skipped)
+        return save_checkpoint(engine, export_dir, cfg, step, joint)
+    finally:
+        cleanup(engine)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = stage_argument_parser(__doc__.splitlines()[0], "instruct_demo")
+    args = parser.parse_args(argv)
+    try:
+        run(load_config(InstructStageConfig, args.config, args.set))
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

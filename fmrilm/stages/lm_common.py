@@ -1,0 +1,245 @@
+"""Shared machinery of the language-model stages (0 backbone, 2 joint, 3 instruct).
+
+- reading a corpus split into memory through the corpus reader's checked shard reader (corrupt
+  shards are skipped and counted, never silently lost);
+- encoding samples once, up front, so a sample that does not fit the context is an error before
+  the first step, naming the sample;
+- a data order that is a pure function of (seed, step, rank), so a run resumed from a DeepSpeed
+  checkpoint sees exactly the batches the uninterrupted run saw;
+- the train loop (resume, logging with skip counts, periodic checkpoints) and the export protocol:
+  each stage writes ``stage.json`` last inside its export directory, which marks it finished.
+
+Every rank holds the whole split in memory and draws its own slice of each global batch: simple and
+exact, and the corpus is small next to the model (a sample is a few hundred token ids plus text).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from fmrilm.config import save_config
+from fmrilm.corpus.reader import Decode, ShardReader, SkipCounter
+from fmrilm.corpus.shards import load_manifest
+from fmrilm.engine import EngineConfig, TrainEngine, init_distributed
+from fmrilm.errors import InputError
+from fmrilm.io import read_json, write_json
+from fmrilm.llm.formatting import collate
+from fmrilm.stages.tokenizer import micro_batch_positions
+
+STAGE_FILE = "stage.json"  # written last into every export: its presence marks a finished stage
+CODE_EMBEDDINGS_FILE = "code_embeddings.safetensors"
+TOKENIZER_FORMAT = "fmrilm-brain-tokenizer"
+
+
+# ------------------------------------------------------------------------------ stage artifacts
+def is_finished(export_dir: str | Path) -> bool:
+    return (Path(export_dir) / STAGE_FILE).is_file()
+
+
+def read_stage(export_dir: str | Path, stage: str | None = None) -> dict:
+    """The ``stage.json`` of a finished export; InputError if missing or from another stage."""
+    info = read_json(Path(export_dir) / STAGE_FILE)
+    if stage is not None and info.get("stage") != stage:
+        raise InputError(export_dir, "stage", f"is a {info.get('stage')!r} export, expected {stage!r}")
+    return info
+
+
+def tokenizer_identity(tokenizer_dir: str | Path) -> dict:
+    """Tag (for directory names), fingerprint and codebook layout of a stage-1 tokenizer directory."""
+    tokenizer_dir = Path(tokenizer_dir)
+    meta = read_json(tokenizer_dir / "config.json")
+    if meta.get("format") != TOKENIZER_FORMAT:
+        raise InputError(tokenizer_dir / "config.json", "format",
+                         f"{meta.get('format')!r} is not a brain tokenizer (run stage 1: fmrilm.stages.tokenizer)")
+    q = meta["tokenizer"]["quantizer"]
+    return {"tag": f"{q['kind']}K{q['codebook_size']}L{q['levels']}", "path": str(tokenizer_dir.resolve()),
+            "fingerprint": meta["fingerprint"]}
+
+
+def load_code_embeddings(tokenizer_dir: str | Path) -> torch.Tensor:
+    """The stage-1 code embeddings ``[vocab, d_code]`` (row i: the vector of brain token id i).
+
+    Read from ``code_embeddings.safetensors`` when the tokenizer directory has it; otherwise through
+    the tokenizer's own public loader (``BrainTokenizer.from_pretrained(dir).code_embeddings()``),
+    the one place that knows how each quantizer kind lays out its codebook.
+    """
+    from safetensors.torch import load_file
+
+    tokenizer_dir = Path(tokenizer_dir)
+    tokenizer_identity(tokenizer_dir)
+    path = tokenizer_dir / CODE_EMBEDDINGS_FILE
+    if path.is_file():
+        tensors = load_file(str(path))
+        if "code_embeddings" not in tensors:
+            raise InputError(path, "code_embeddings", f"missing tensor (has {sorted(tensors)})")
+        table = tensors["code_embeddings"]
+    else:
+        from fmrilm.tokenizer.model import BrainTokenizer
+
+        table = BrainTokenizer.from_pretrained(tokenizer_dir).code_embeddings()
+    table = table.float()
+    if table.ndim != 2 or not torch.isfinite(table).all():
+        raise InputError(tokenizer_dir, "code_embeddings", f"expected finite [K, d_code], got {tuple(table.shape)}")
+    return table
+
+
+def check_corpus_tokenizer(corpus_dir: str | Path, split: str, tokenizer: dict) -> dict:
+    """The split's manifest, after checking its tokens were made by `tokenizer` (same fingerprint)."""
+    manifest = load_manifest(corpus_dir, split)
+    made_by = manifest.get("tokenizer") or {}
+    if made_by.get("fingerprint") != tokenizer["fingerprint"]:
+        raise InputError(corpus_dir, "tokenizer",
+                         f"corpus tokens were made by tokenizer {made_by.get('name')!r} (fingerprint "
+                         f"{made_by.get('fingerprint')}), not by {tokenizer['path']} (fingerprint "
+                         f"{tokenizer['fingerprint']}): rebuild the corpus with this tokenizer's tokens")
+    return manifest
+
+
+# ------------------------------------------------------------------------------------- data
+def read_split(corpus_dir: str | Path, split: str, tasks, verify: bool = True,
+               progress: bool = True) -> tuple[list[dict], SkipCounter]:
+    """All samples of `split` whose task is in `tasks`, in manifest order, plus the skip counter.
+
+    Uses the corpus reader's shard reader and decoder, so a corrupt or truncated shard is skipped
+    whole with a warning and counted (log ``counter.shards``), exactly as in streaming mode.
+    """
+    corpus_dir = Path(corpus_dir)
+    manifest = load_manifest(corpus_dir, split)
+    counter = SkipCounter()
+    reader = ShardReader({s["name"]: s["sha256"] for s in manifest["shards"]}, counter, verify)
+    urls = tqdm([{"url": str(corpus_dir / s["name"])} for s in manifest["shards"]], desc=f"reading {split}",
+                unit="shard", disable=not progress)
+    tasks = set(tasks)
+    samples = [s for s in Decode(counter)(reader(iter(urls))) if s["json"]["task"] in tasks]
+    if not samples:
+        raise InputError(corpus_dir, split, f"no readable samples of tasks {sorted(tasks)}")
+    return samples, counter
+
+
+def encode_samples(samples: list[dict], encode: Callable[[dict, int], dict], max_length: int | None,
+                   progress: bool = True) -> list[dict]:
+    """Encode every sample once; InputError naming the first sample longer than the context."""
+    encoded = []
+    for i, sample in enumerate(tqdm(samples, desc="encoding", unit="sample", disable=not progress)):
+        item = encode(sample, i)
+        if max_length is not None and len(item["input_ids"]) > max_length:
+            raise InputError(sample["__key__"], "length",
+                             f"{len(item['input_ids'])} tokens exceed the context of {max_length}: raise "
+                             f"llm.max_length (up to the backbone's context) or leave this task out")
+        encoded.append(item)
+    return encoded
+
+
+def batch_for_step(encoded: list[dict], step: int, engine: TrainEngine, pad_id: int,
+                   max_length: int | None) -> dict[str, torch.Tensor]:
+    """This rank's micro-batch at micro-step `step`: a pure function of (seed, step, rank, world)."""
+    e = engine.cfg
+    positions = micro_batch_positions(len(encoded), step, e.micro_batch_size, engine.rank, engine.world_size,
+                                      e.seed)
+    return collate([encoded[i] for i in positions], pad_id, max_length)
+
+
+# ----------------------------------------------------------------------------------- training
+def prepare_run(train_dir: Path, export_dir: Path, force: bool) -> None:
+    """Join the process group; with `force`, the main rank removes the old run and export first."""
+    init_distributed()
+    if force and torch.distributed.get_rank() == 0:
+        for path in (train_dir, export_dir):
+            shutil.rmtree(path, ignore_errors=True)
+    torch.distributed.barrier()
+
+
+def train_loop(engine: TrainEngine, encoded: list[dict], pad_id: int, max_length: int | None, desc: str,
+               skipped: SkipCounter | None = None) -> int:
+    """Optimizer steps up to ``max_steps``, resuming from the latest checkpoint; returns the last step.
+
+    Checkpoints every ``checkpoint_every`` steps and once at the end (so a kill between training and
+    export resumes straight into the export).
+    """
+    e: EngineConfig = engine.cfg
+    if len(encoded) < e.micro_batch_size * engine.world_size:
+        raise InputError(desc, "samples", f"{len(encoded)} training samples, fewer than one global batch "
+                                          f"({e.micro_batch_size} × {engine.world_size} ranks)")
+    resumed = engine.load_checkpoint()
+    step = resumed[0] if resumed else 0
+    last_saved = step if resumed else None
+    bar = tqdm(total=e.max_steps, initial=step, disable=not engine.is_main, desc=desc)
+    metrics: dict[str, float] = {}
+    while step < e.max_steps:
+        for micro in range(e.grad_accum_steps):
+            metrics = engine.train_step(batch_for_step(encoded, step * e.grad_accum_steps + micro, engine, pad_id,
+                                                       max_length))
+        step += 1
+        bar.update(1)
+        if skipped is not None:
+            metrics.update(skipped_shards=float(skipped.shards), skipped_samples=float(skipped.samples))
+        engine.log(step, metrics, force=step == e.max_steps)
+        if engine.should_checkpoint(step):
+            engine.save_checkpoint(step)
+            last_saved = step
+    bar.close()
+    if e.checkpoint_every > 0 and last_saved != step:
+        engine.save_checkpoint(step)
+    return step
+
+
+@contextlib.contextmanager
+def full_parameters(engine: TrainEngine):
+    """Under ZeRO-3 gather the sharded parameters on every rank (collective); a no-op otherwise."""
+    if engine.ds.zero_optimization_stage() == 3:
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), modifier_rank=None):
+            yield
+    else:
+        yield
+
+
+def export(engine: TrainEngine, export_dir: Path, save: Callable[[Path], None], stage_cfg,
+           info: dict) -> Path | None:
+    """Write the stage's export on the main rank: `save(dir)`, the resolved config, ``stage.json`` last.
+
+    Collective (every rank calls it, for ZeRO-3 gathering); returns the directory on the main rank.
+    """
+    with full_parameters(engine):
+        if engine.is_main:
+            save(export_dir)
+            save_config(stage_cfg, export_dir / "stage_config.yaml")
+            write_json(export_dir / STAGE_FILE, info)
+            print(f"{info['stage']} export written to {export_dir}", flush=True)
+    engine.barrier()
+    return export_dir if engine.is_main else None
+
+
+def skip_finished(export_dir: Path, force: bool) -> bool:
+    """True (with a message) when `export_dir` is a finished export and the run is not forced."""
+    if is_finished(export_dir) and not force:
+        print(f"{export_dir} is already finished; nothing to do (--set force=true to redo it)", flush=True)
+        return True
+    return False
+
+
+def resolve_backbone(path: str | Path | None) -> tuple[Path, str]:
+    """The HF directory and name tag of a backbone given as a stage-0 export or a local HF directory.
+
+    Stage 0 either holds the bootstrapped model itself or records an external checkpoint's path.
+    """
+    from fmrilm.llm.backbone import check_backbone_dir
+
+    if path is not None and is_finished(path):
+        info = read_stage(path, "backbone")
+        hf_dir = Path(path) if (Path(path) / "config.json").is_file() else Path(info["backbone_path"])
+        return check_backbone_dir(hf_dir), info["backbone_tag"]
+    hf_dir = check_backbone_dir(path)
+    return hf_dir, name_tag(hf_dir.resolve().name)
+
+
+def name_tag(text: str) -> str:
+    """`text` reduced to characters safe in a directory name component (no '-' separators)."""
+    return "".join(c if c.isalnum() or c in "._" else "_" for c in text)

@@ -1,0 +1,181 @@
+"""Stage 1: train the region-wise VQ brain tokenizer (DeepSpeed engine shared with stages 0, 2, 3).
+
+Launch (``--set`` overrides any config key, e.g. ``data.dataset=runs/demo/task_world``)::
+
+    # 1 process (CPU)
+    python -m fmrilm.stages.tokenizer --config tokenizer_demo
+    # 2 CPU ranks on this machine (codebook statistics all-reduced, so every rank's codebook is identical)
+    DS_ACCELERATOR=cpu deepspeed --num_gpus 2 --module fmrilm.stages.tokenizer --config tokenizer_demo
+    # N GPUs on one node
+    deepspeed --num_gpus N --module fmrilm.stages.tokenizer --config tokenizer_demo
+    # M nodes x N GPUs (hostfile lines: "node1 slots=N")
+    deepspeed --hostfile hostfile --num_nodes M --num_gpus N \
+        --module fmrilm.stages.tokenizer --config tokenizer_demo
+
+Outputs under ``out_dir``: ``train/`` (DeepSpeed checkpoints, ``train_log.jsonl`` with losses and
+codebook health every ``engine.log_every`` steps) and the tokenizer itself in a directory named
+after what it is, e.g. ``tokenizer_schaefer100_fsaverage5_vq_K1024_L1_task_synthetic/``
+(``model.safetensors``, ``config.json`` written last, ``stage_config.yaml``, ``eval.json``).
+A rerun resumes from the latest checkpoint in ``train/``.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fmrilm.config import load_config, save_config
+from fmrilm.engine import EngineConfig, TrainEngine, init_distributed, stage_argument_parser
+from fmrilm.errors import InputError
+from fmrilm.io import write_json
+from fmrilm.tokenizer.config import TokenizerConfig, artifact_name
+
+
+@dataclass
+class TokenizerDataConfig:
+    """Where the training scans come from.
+
+    Attributes
+    ----------
+    dataset : str
+        Task or rest dataset directory (kind must match ``tokenizer.input``).
+    heldout_fraction : float
+        Held-out stimuli (task) or trailing windows per subject (rest), for evaluation only.
+    tag : str
+        Names the data in the artifact directory; default: the dataset's ``source``.
+    """
+
+    dataset: str = ""
+    heldout_fraction: float = 0.1
+    tag: str = ""
+
+
+@dataclass
+class TokenizerStageConfig:
+    out_dir: str = "runs/tokenizer"
+    data: TokenizerDataConfig = field(default_factory=TokenizerDataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    eval_batch_size: int = 256
+
+
+def micro_batch_positions(n: int, step: int, micro: int, rank: int, world: int, seed: int) -> np.ndarray:
+    """Positions of one rank's micro-batch: a pure function of (seed, step), so resuming is exact.
+
+    Each epoch is a fresh seeded permutation; the global batch of a step is cut into per-rank slices.
+    """
+    global_batch = micro * world
+    per_epoch = max(1, n // global_batch)
+    epoch, offset = divmod(step, per_epoch)
+    order = np.random.default_rng([seed, epoch]).permutation(n)
+    start = offset * global_batch + rank * micro
+    return order[np.arange(start, start + micro) % n]
+
+
+def codebook_rank_spread(model) -> float:
+    """Largest |codebook − rank 0's codebook| over ranks (0.0 when they are in sync)."""
+    tables = [cb.embed.detach().clone() for cb in model.quantizer.codebooks()]
+    if not tables or not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
+        return 0.0
+    flat = torch.cat([t.reshape(-1) for t in tables]).float()
+    reference = flat.clone()
+    torch.distributed.broadcast(reference, src=0)
+    spread = (flat - reference).abs().max()
+    torch.distributed.all_reduce(spread, op=torch.distributed.ReduceOp.MAX)
+    return float(spread)
+
+
+def setup(cfg: TokenizerStageConfig):
+    """Validate the config, build tokenizer, data splits and engine. Returns (engine, train, heldout)."""
+    from fmrilm.tokenizer.data import load_splits, tokenizer_for_dataset
+
+    if not cfg.data.dataset:
+        raise InputError("config", "data.dataset", "no dataset given (--set data.dataset=DIR)")
+    cfg.tokenizer.validate()
+    init_distributed()
+    world = torch.distributed.get_world_size()
+    torch.manual_seed(cfg.engine.seed)  # identical initial weights on every rank
+    model = tokenizer_for_dataset(cfg.tokenizer, cfg.data.dataset, sync_codebook=world > 1)
+    use_text = cfg.tokenizer.contrastive != "none" and cfg.tokenizer.contrastive_weight > 0
+    train, heldout = load_splits(cfg.data.dataset, model, cfg.data.heldout_fraction, cfg.engine.seed,
+                                 use_text)
+    if len(train) < cfg.engine.micro_batch_size * world:
+        raise InputError(cfg.data.dataset, "scans",
+                         f"{len(train)} training scans, fewer than one global batch")
+    engine = TrainEngine(model, cfg.engine, Path(cfg.out_dir) / "train")
+    return engine, train, heldout
+
+
+def train(engine: TrainEngine, train_set, cfg: TokenizerStageConfig) -> int:
+    """Optimizer steps up to ``engine.max_steps``, resuming from a checkpoint; returns the last step."""
+    from tqdm import tqdm
+
+    resumed = engine.load_checkpoint()
+    step = resumed[0] if resumed else 0
+    e = cfg.engine
+    bar = tqdm(total=e.max_steps, initial=step, disable=not engine.is_main, desc="tokenizer")
+    while step < e.max_steps:
+        for micro in range(e.grad_accum_steps):
+            positions = micro_batch_positions(len(train_set), step * e.grad_accum_steps + micro,
+                                              e.micro_batch_size, engine.rank, engine.world_size, e.seed)
+            metrics = engine.train_step(train_set.batch(positions))
+        step += 1
+        bar.update(1)
+        if e.log_every > 0 and step % e.log_every == 0:
+            engine.log(step, {**metrics, "codebook_rank_spread": codebook_rank_spread(engine.module)})
+        if engine.should_checkpoint(step):
+            engine.save_checkpoint(step)
+    bar.close()
+    return step
+
+
+def save_tokenizer(engine: TrainEngine, heldout, cfg: TokenizerStageConfig) -> Path | None:
+    """Evaluate on held-out scans and save the tokenizer (main rank writes; all ranks return)."""
+    from fmrilm.brain.store import Dataset
+    from fmrilm.tokenizer.evaluate import evaluate_tokenizer
+
+    model = engine.module
+    spread = codebook_rank_spread(model)
+    out = None
+    if engine.is_main:
+        tag = cfg.data.tag or str(Dataset(cfg.data.dataset).manifest.get("source", "data"))
+        out = Path(cfg.out_dir) / artifact_name(cfg.tokenizer, model.atlas_info, tag)
+        report = evaluate_tokenizer(model, heldout, cfg.eval_batch_size) if len(heldout) else {}
+        report.update(codebook_rank_spread=spread, world_size=engine.world_size, steps=cfg.engine.max_steps)
+        save_config(cfg, out / "stage_config.yaml")
+        write_json(out / "eval.json", report)
+        model.save_pretrained(out)  # config.json last: marks the artifact complete
+        nan = float("nan")
+        print(f"tokenizer saved to {out}: held-out r2={report.get('r2', nan):.3f} "
+              f"usage={report.get('usage', nan):.3f} perplexity/K={report.get('perplexity_ratio', nan):.3f}")
+    engine.barrier()
+    return out
+
+
+def run(cfg: TokenizerStageConfig) -> Path | None:
+    """setup → train → save → cleanup; returns the tokenizer directory on the main rank."""
+    engine, train_set, heldout = setup(cfg)
+    try:
+        train(engine, train_set, cfg)
+        return save_tokenizer(engine, heldout, cfg)
+    finally:
+        engine.cleanup()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = stage_argument_parser(__doc__.splitlines()[0], "tokenizer_demo")
+    args = parser.parse_args(argv)
+    try:
+        run(load_config(TokenizerStageConfig, args.config, args.set))
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
