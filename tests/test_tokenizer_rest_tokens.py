@@ -2,11 +2,11 @@
 
 import numpy as np
 import pytest
+from test_tokenizer_fixtures import tiny_config
 
 from fmrilm.brain.store import Dataset, DatasetWriter
 from fmrilm.tokenizer.model import BrainTokenizer
 from fmrilm.tokenizer.tokens import write_tokens_dataset
-from test_tokenizer_fixtures import tiny_config
 
 
 def initialised_tokenizer(atlas):
