@@ -20,7 +20,10 @@ COMMAND_MODULES = (
     "fmrilm.brain.commands",
     "fmrilm.tokenizer.commands",
     "fmrilm.corpus.commands",
+    "fmrilm.stages.commands",
     "fmrilm.retrieval.commands",
+    "fmrilm.evaluation.commands",
+    "fmrilm.stimulation.commands",
 )
 
 

@@ -34,6 +34,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from fmrilm.config import CONFIG_DIR
@@ -101,10 +102,29 @@ def cosine_with_warmup(warmup: int, total: int, min_ratio: float):
     return factor
 
 
+def micro_batch_positions(n: int, step: int, micro: int, rank: int, world: int, seed: int) -> np.ndarray:
+    """Positions of one rank's micro-batch: a pure function of (seed, step), so resuming is exact.
+
+    Each epoch is a fresh seeded permutation; the global batch of a step is cut into per-rank slices.
+    """
+    global_batch = micro * world
+    per_epoch = max(1, n // global_batch)
+    epoch, offset = divmod(step, per_epoch)
+    order = np.random.default_rng([seed, epoch]).permutation(n)
+    start = offset * global_batch + rank * micro
+    return order[np.arange(start, start + micro) % n]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _plain_process() -> bool:
+    """True unless a launcher set up this rank. A child process inherits the 1-rank variables its
+    parent set for itself (marked by FMRILM_OWN_GROUP_PORT); those must not be mistaken for a launch."""
+    return "RANK" not in os.environ or os.environ.get("FMRILM_OWN_GROUP_PORT") == os.environ.get("MASTER_PORT")
 
 
 def init_distributed() -> None:
@@ -115,10 +135,10 @@ def init_distributed() -> None:
 
     if torch.distributed.is_initialized():
         return
-    if "RANK" not in os.environ:  # plain `python -m ...`: a world of one, kept for the process's life
-        os.environ["FMRILM_OWN_PROCESS_GROUP"] = "1"
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=str(_free_port()))
+    if _plain_process():  # plain `python -m ...`: a world of one, kept for the process's life
+        port = str(_free_port())
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=port,
+                          FMRILM_OWN_GROUP_PORT=port)
     backend = "nccl" if torch.cuda.is_available() and os.environ["DS_ACCELERATOR"] == "cuda" else "gloo"
     deepspeed.init_distributed(dist_backend=backend, verbose=False)
 
@@ -276,5 +296,5 @@ class TrainEngine:
         process (the pipeline runs several stages) must find it again."""
         if torch.distributed.is_initialized():
             torch.distributed.barrier()
-            if os.environ.get("FMRILM_OWN_PROCESS_GROUP") != "1":
+            if os.environ.get("FMRILM_OWN_GROUP_PORT") != os.environ.get("MASTER_PORT"):
                 torch.distributed.destroy_process_group()

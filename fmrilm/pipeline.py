@@ -1,23 +1,25 @@
 """The main job: every stage in order on one run directory, skipping stages already finished.
 
-    fmrilm pipeline --config demo            # what `make demo` runs → runs/demo/
-    fmrilm pipeline --config demo --force tokenizer   # redo one stage (and so everything after it)
+    fmrilm pipeline --config demo                       # what `make demo` runs → runs/demo/
+    fmrilm pipeline --config demo --force tokenizer     # redo one stage and every stage after it
 
-A run directory holds one subdirectory per stage. A stage counts as finished when its directory
-holds a ``manifest.json`` (datasets) or ``config.json``/``tokenizer_config.json`` (models):
-every stage writes that file last, atomically, so an interrupted stage is simply run again.
-Stages only exchange saved artifacts (data flows forward through the directory tree).
+A run directory holds one subdirectory per stage and ``stages.json``, which maps each finished
+stage to the artifact it produced. A stage is recorded only after its artifact is complete (every
+artifact is itself written atomically), so an interrupted run resumes at the first unfinished
+stage. Stages exchange nothing but these saved artifacts: each runner receives the paths of the
+earlier stages' artifacts and returns the path of its own.
 """
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from fmrilm.config import apply_overrides, from_dict, load_config, load_yaml, save_config
 from fmrilm.errors import InputError
-from fmrilm.io import write_json
+from fmrilm.io import read_json, write_json
 
 
 @dataclass
@@ -34,76 +36,178 @@ class PipelineConfig:
     stages: dict[str, StageSpec] = field(default_factory=dict)
 
 
-def _task_world(run: Path, spec: StageSpec, seed: int) -> Path:
+@dataclass
+class StageContext:
+    """What a stage runner gets: its own spec, the run directory, and earlier stages' artifacts."""
+
+    name: str
+    run: Path
+    spec: StageSpec
+    seed: int
+    artifacts: dict[str, str]
+
+    @property
+    def out_dir(self) -> Path:
+        """The stage's own directory, ``run/<stage name>``: everything it writes goes here."""
+        return self.run / self.name
+
+    def load(self, cls, seed_key: str | None = "seed", extra: list[str] | None = None):
+        """The stage's typed config: its YAML, then the pipeline's seed and paths, then its own overrides."""
+        overrides = ([f"{seed_key}={self.seed}"] if seed_key else []) + list(extra or []) + list(self.spec.set)
+        return load_config(cls, self.spec.config, overrides)
+
+    def artifact(self, stage: str) -> str:
+        if stage not in self.artifacts:
+            raise InputError(self.run / "stages.json", stage, "needed by a later stage but not finished")
+        return self.artifacts[stage]
+
+
+def _task_world(ctx: StageContext) -> Path:
     from fmrilm.brain.task_world import TaskWorldConfig, generate_task_world
 
-    cfg = load_config(TaskWorldConfig, spec.config, [f"seed={seed}", *spec.set])
-    return generate_task_world(cfg, run / "task_world", overwrite=True)
+    return generate_task_world(ctx.load(TaskWorldConfig), ctx.out_dir, overwrite=True)
 
 
-def _rest_world(run: Path, spec: StageSpec, seed: int) -> Path:
+def _rest_world(ctx: StageContext) -> Path:
     from fmrilm.brain.rest_world import RestWorldConfig, generate_rest_population
 
-    cfg = load_config(RestWorldConfig, spec.config, [f"seed={seed}", *spec.set])
-    return generate_rest_population(cfg, run / "rest_world", overwrite=True)
+    return generate_rest_population(ctx.load(RestWorldConfig), ctx.out_dir, overwrite=True)
 
 
-# Stage name → (output directory, file that marks it finished, runner). Order is execution order.
+def _tokenizer(ctx: StageContext) -> Path:
+    from fmrilm.stages.tokenizer import TokenizerStageConfig, run
+
+    cfg = ctx.load(TokenizerStageConfig, "engine.seed",
+                   [f"data.dataset={ctx.artifact('task_world')}", f"out_dir={ctx.out_dir}"])
+    return run(cfg)
+
+
+def _tokens(source: str):
+    def runner(ctx: StageContext) -> Path:
+        from fmrilm.tokenizer.model import BrainTokenizer
+        from fmrilm.tokenizer.tokens import write_tokens_dataset
+
+        tok_dir = ctx.artifact("tokenizer")
+        tokenizer = BrainTokenizer.from_pretrained(tok_dir).eval()
+        return write_tokens_dataset(tokenizer, ctx.artifact(source), ctx.out_dir, overwrite=True,
+                                    tokenizer_dir=tok_dir)
+
+    return runner
+
+
+def _corpus(ctx: StageContext) -> Path:
+    from fmrilm.corpus.build import CorpusConfig, build_corpus
+
+    cfg = ctx.load(CorpusConfig, "seed", [
+        f"task_dataset={ctx.artifact('task_world')}", f"task_tokens={ctx.artifact('task_tokens')}",
+        f"rest_dataset={ctx.artifact('rest_world')}", f"rest_tokens={ctx.artifact('rest_tokens')}"])
+    build_corpus(cfg, ctx.out_dir, overwrite=True)
+    return ctx.out_dir
+
+
+def _backbone(ctx: StageContext) -> Path:
+    from fmrilm.stages.backbone import BackboneStageConfig, run
+
+    return run(ctx.load(BackboneStageConfig, "engine.seed",
+                        [f"out_dir={ctx.out_dir}", f"corpus={ctx.artifact('corpus')}"]))
+
+
+def _joint(ctx: StageContext) -> Path:
+    from fmrilm.stages.joint import JointStageConfig, run
+
+    return run(ctx.load(JointStageConfig, "engine.seed", [
+        f"out_dir={ctx.out_dir}", f"corpus={ctx.artifact('corpus')}",
+        f"tokenizer={ctx.artifact('tokenizer')}", f"llm.backbone={ctx.artifact('backbone')}"]))
+
+
+def _instruct(ctx: StageContext) -> Path:
+    from fmrilm.stages.instruct import InstructStageConfig, run
+
+    return run(ctx.load(InstructStageConfig, "engine.seed", [
+        f"out_dir={ctx.out_dir}", f"corpus={ctx.artifact('corpus')}",
+        f"model={ctx.artifact('joint')}"]))
+
+
+def _evaluation(ctx: StageContext) -> Path:
+    from fmrilm.evaluation.runner import EvalConfig, run_evaluation
+
+    cfg = ctx.load(EvalConfig, "seed", [f"out={ctx.out_dir}", f"corpus={ctx.artifact('corpus')}",
+                                        f"tokenizer={ctx.artifact('tokenizer')}", f"model={ctx.artifact('instruct')}"])
+    run_evaluation(cfg, overwrite=True)
+    return Path(cfg.out)
+
+
+def _stimulation(ctx: StageContext) -> Path:
+    from fmrilm.stimulation.experiment import StimulationConfig, run_stimulation
+
+    cfg = ctx.load(StimulationConfig, "seed", [
+        f"out={ctx.out_dir}", f"corpus={ctx.artifact('corpus')}",
+        f"tokenizer={ctx.artifact('tokenizer')}", f"model={ctx.artifact('instruct')}"])
+    run_stimulation(cfg, overwrite=True)
+    return Path(cfg.out)
+
+
+# Stage name → runner, in execution order.
 STAGES = {
-    "task_world": ("task_world", "manifest.json", _task_world),
-    "rest_world": ("rest_world", "manifest.json", _rest_world),
+    "task_world": _task_world,
+    "rest_world": _rest_world,
+    "tokenizer": _tokenizer,
+    "task_tokens": _tokens("task_world"),
+    "rest_tokens": _tokens("rest_world"),
+    "corpus": _corpus,
+    "backbone": _backbone,
+    "joint": _joint,
+    "instruct": _instruct,
+    "evaluation": _evaluation,
+    "stimulation": _stimulation,
 }
 
 
-def summarize(run: Path) -> dict:
-    """What exists in the run directory, stage by stage (the report grows as stages land)."""
-    from fmrilm.brain.store import Dataset
-
-    report = {"run_dir": str(run), "stages": {}}
-    for name, (sub, marker, _) in STAGES.items():
-        path = run / sub
-        if not (path / marker).is_file():
-            continue
-        entry = {"path": str(path)}
-        if marker == "manifest.json":
-            ds = Dataset(path)
-            entry.update(kind=ds.kind, arrays={k: v["shape"] for k, v in ds.manifest["arrays"].items()},
-                         tables=ds.manifest.get("tables", {}))
-        report["stages"][name] = entry
-    return report
+def read_state(run: Path) -> dict[str, str]:
+    """Finished stages → artifact paths (only those whose artifact still exists)."""
+    path = run / "stages.json"
+    state = read_json(path) if path.is_file() else {}
+    return {k: v for k, v in state.items() if Path(v).exists()}
 
 
 def run_pipeline(cfg: PipelineConfig, force: list[str] | None = None) -> dict:
     """Run every enabled stage not yet finished; `force` names stages to redo (with all later ones)."""
+    force = list(force or [])
+    unknown = sorted(set(force) - set(STAGES) - {"all"})
+    if unknown:
+        raise InputError("--force", ", ".join(unknown), f"unknown stage(s); known: {list(STAGES)}")
     run = Path(cfg.run_dir)
     run.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run / "pipeline_config.yaml")
-    redo = False
+    state = read_state(run)
+    redo = "all" in force
     timings = {}
-    for name, (sub, marker, runner) in STAGES.items():
+    for name, runner in STAGES.items():
         spec = cfg.stages.get(name)
         if spec is None or not spec.enabled:
             continue
-        redo = redo or name in (force or []) or "all" in (force or [])
-        if (run / sub / marker).is_file() and not redo:
-            print(f"[pipeline] {name}: finished earlier, skipped ({run / sub})", flush=True)
+        redo = redo or name in force
+        if name in state and not redo:
+            print(f"[pipeline] {name}: finished earlier, skipped ({state[name]})", flush=True)
             continue
         redo = True  # everything after a re-run stage depends on it
+        if name in state:  # a forced redo starts clean: no stale checkpoints to resume from
+            shutil.rmtree(run / name, ignore_errors=True)
         print(f"[pipeline] {name}: running", flush=True)
         t0 = time.time()
-        runner(run, spec, cfg.seed)
+        state[name] = str(runner(StageContext(name, run, spec, cfg.seed, dict(state))))
         timings[name] = round(time.time() - t0, 2)
-        print(f"[pipeline] {name}: done in {timings[name]} s", flush=True)
-    report = summarize(run)
-    report["timings_s"] = timings
-    write_json(run / "report.json", report)
+        write_json(run / "stages.json", state)
+        print(f"[pipeline] {name}: done in {timings[name]} s → {state[name]}", flush=True)
+    report = {"run_dir": str(run), "artifacts": state, "timings_s": timings}
+    write_json(run / "pipeline_report.json", report)
     return report
 
 
 def load_pipeline_config(name_or_path: str, overrides: list[str] | None = None) -> PipelineConfig:
-    data = load_yaml(name_or_path)
-    apply_overrides(data, overrides)
-    stages = {k: from_dict(StageSpec, v or {}, f"{name_or_path}.stages.{k}") for k, v in data.pop("stages", {}).items()}
+    data = apply_overrides(load_yaml(name_or_path), overrides)
+    stages = {k: from_dict(StageSpec, v or {}, f"{name_or_path}.stages.{k}")
+              for k, v in data.pop("stages", {}).items()}
     unknown = sorted(set(stages) - set(STAGES))
     if unknown:
         raise InputError(name_or_path, "stages", f"unknown stage(s) {unknown}; known: {list(STAGES)}")

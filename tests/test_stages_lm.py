@@ -33,6 +33,16 @@ def fake_tokenizer(path, codebook: int = TOY_CODEBOOK, fingerprint: str = f"toy-
     return path
 
 
+def local_backbone(path):
+    """A small HF causal-LM directory unrelated to the stage-0 export (another base)."""
+    from fmrilm.llm.backbone import bootstrap_backbone
+    from fmrilm.llm.config import BootstrapConfig
+
+    texts = ["a zebra in the park", "two dogs near a field", "the boat in the harbour"] * 10
+    return bootstrap_backbone(texts, path, BootstrapConfig(vocab_size=330, hidden_size=64, num_layers=1,
+                                                           num_heads=2, intermediate_size=128, seed=1))
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """Corpus, tokenizer and stage-0 backbone shared by the tests (stage 0 runs once, in-process)."""
@@ -150,8 +160,6 @@ def test_two_cpu_ranks_train_stage2_under_the_deepspeed_launcher(world, tmp_path
 
 def test_bad_inputs_are_refused_with_clear_errors(world, tmp_path):
     from fmrilm.llm.checkpoint import load_brainlm
-    from fmrilm.llm.config import BootstrapConfig
-    from fmrilm.llm.backbone import bootstrap_backbone
 
     with pytest.raises(InputError, match="--backbone PATH"):  # says how to provide one
         joint.run(joint_cfg(world, tmp_path, f"llm.backbone={tmp_path / 'no-such-model'}"))
@@ -166,9 +174,7 @@ def test_bad_inputs_are_refused_with_clear_errors(world, tmp_path):
     assert not list(tmp_path.glob("stage2_*"))  # nothing was exported by any of them
 
     stage2 = joint.run(joint_cfg(world, tmp_path / "ok", "engine.max_steps=1", "engine.checkpoint_every=0"))
-    texts = ["a zebra in the park", "two dogs near a field", "the boat in the harbour"] * 10
-    foreign = bootstrap_backbone(texts, tmp_path / "foreign", BootstrapConfig(
-        vocab_size=330, hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128, seed=1))
+    foreign = local_backbone(tmp_path / "foreign")
     with pytest.raises(InputError, match="adapter was made for base"):
         load_brainlm(stage2, backbone=foreign)
 
@@ -187,3 +193,14 @@ def test_train_command_builds_the_launcher_line(tmp_path):
     with pytest.raises(InputError, match="not one of"):
         commands.stage_module("pretrain")
     assert commands.launch_env({})["DS_ACCELERATOR"] in ("cpu", "cuda")
+
+
+def test_stage0_records_a_local_checkpoint_instead_of_bootstrapping(tmp_path):
+    local = local_backbone(tmp_path / "My-LLM-1B")
+    cfg = load_config(backbone.BackboneStageConfig, "backbone_tiny", [f"out_dir={tmp_path}", f"backbone={local}"])
+    export = backbone.run(cfg)
+    assert export.name == "stage0_backbone-My_LLM_1B" and not (export / "model.safetensors").exists()
+    assert lm_common.resolve_backbone(export) == (local.resolve(), "My_LLM_1B")
+    with pytest.raises(InputError, match="--backbone PATH"):
+        backbone.run(load_config(backbone.BackboneStageConfig, "backbone_tiny",
+                                 [f"out_dir={tmp_path}", f"backbone={tmp_path / 'missing'}"]))

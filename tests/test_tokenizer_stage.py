@@ -11,8 +11,9 @@ import pytest
 import fmrilm.cli
 from fmrilm.brain.atlas import Atlas
 from fmrilm.brain.store import Dataset, DatasetWriter
+from fmrilm.engine import micro_batch_positions
 from fmrilm.errors import InputError
-from fmrilm.stages.tokenizer import TokenizerStageConfig, micro_batch_positions, run
+from fmrilm.stages.tokenizer import TokenizerStageConfig, run
 from fmrilm.tokenizer.model import BrainTokenizer
 
 N_STIMULI, N_TRIALS = 12, 60

@@ -28,6 +28,7 @@ the latest checkpoint, and is a no-op once the export exists (``--set force=true
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,7 +98,7 @@ def _short_count(n: float) -> str:
 
 
 def bootstrap_tag(cfg: BootstrapConfig) -> str:
-    """Name of the bootstrapped backbone from its configured size, e.g. ``llama7m_sp4k``."""
+    """Name of the bootstrapped backbone from its configured size, e.g. ``llama5m_sp4k``."""
     h, i, v = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
     # untied input and output tables + per layer q/k/v/o, gate/up/down and two norms + final norm
     params = 2 * v * h + cfg.num_layers * (4 * h * h + 3 * h * i + 2 * h) + h
@@ -178,7 +179,8 @@ def run(cfg: BackboneStageConfig) -> Path | None:
     if lm_common.skip_finished(export_dir, cfg.force):
         return export_dir
     if cfg.backbone:
-        return record_backbone(cfg, export_dir)
+        # nothing to train: only the launcher's rank 0 writes the record (no process group is needed)
+        return record_backbone(cfg, export_dir) if int(os.environ.get("RANK", "0")) == 0 else export_dir
     train_dir = Path(cfg.out_dir) / f"train-{export_dir.name}"
     lm_common.prepare_run(train_dir, export_dir, cfg.force)
     engine, tokenizer, encoded = setup(cfg, train_dir)

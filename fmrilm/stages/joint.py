@@ -4,7 +4,7 @@ Launch (``--set`` overrides any config key)::
 
     # 1 process (CPU here)
     python -m fmrilm.stages.joint --config joint_demo --set out_dir=runs/demo corpus=runs/demo/corpus \
-        tokenizer=runs/demo/tokenizer/<tokenizer dir> llm.backbone=runs/demo/stage0_backbone-llama7m_sp4k
+        tokenizer=runs/demo/tokenizer/<tokenizer dir> llm.backbone=runs/demo/stage0_backbone-llama5m_sp4k
     # 2 CPU ranks on this machine (ZeRO-2)
     DS_ACCELERATOR=cpu deepspeed --num_gpus 2 --master_port 29600 --module fmrilm.stages.joint \
         --config joint_demo --set ...

@@ -26,11 +26,10 @@ from tqdm import tqdm
 from fmrilm.config import save_config
 from fmrilm.corpus.reader import Decode, ShardReader, SkipCounter
 from fmrilm.corpus.shards import load_manifest
-from fmrilm.engine import EngineConfig, TrainEngine, init_distributed
+from fmrilm.engine import EngineConfig, TrainEngine, init_distributed, micro_batch_positions
 from fmrilm.errors import InputError
 from fmrilm.io import read_json, write_json
 from fmrilm.llm.formatting import collate
-from fmrilm.stages.tokenizer import micro_batch_positions
 
 STAGE_FILE = "stage.json"  # written last into every export: its presence marks a finished stage
 CODE_EMBEDDINGS_FILE = "code_embeddings.safetensors"
@@ -184,7 +183,7 @@ def train_loop(engine: TrainEngine, encoded: list[dict], pad_id: int, max_length
             engine.save_checkpoint(step)
             last_saved = step
     bar.close()
-    if e.checkpoint_every > 0 and last_saved != step:
+    if e.checkpoint_every > 0 and step > 0 and last_saved != step:
         engine.save_checkpoint(step)
     return step
 

@@ -25,11 +25,10 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from fmrilm.config import load_config, save_config
-from fmrilm.engine import EngineConfig, TrainEngine, init_distributed, stage_argument_parser
+from fmrilm.engine import EngineConfig, TrainEngine, init_distributed, micro_batch_positions, stage_argument_parser
 from fmrilm.errors import InputError
 from fmrilm.io import write_json
 from fmrilm.tokenizer.config import TokenizerConfig, artifact_name
@@ -61,19 +60,6 @@ class TokenizerStageConfig:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     eval_batch_size: int = 256
-
-
-def micro_batch_positions(n: int, step: int, micro: int, rank: int, world: int, seed: int) -> np.ndarray:
-    """Positions of one rank's micro-batch: a pure function of (seed, step), so resuming is exact.
-
-    Each epoch is a fresh seeded permutation; the global batch of a step is cut into per-rank slices.
-    """
-    global_batch = micro * world
-    per_epoch = max(1, n // global_batch)
-    epoch, offset = divmod(step, per_epoch)
-    order = np.random.default_rng([seed, epoch]).permutation(n)
-    start = offset * global_batch + rank * micro
-    return order[np.arange(start, start + micro) % n]
 
 
 def codebook_rank_spread(model) -> float:

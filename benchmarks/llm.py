@@ -1,0 +1,263 @@
+"""Language-model benchmark: stage-2 training throughput, MFU, DeepSpeed overhead, LoRA vs QLoRA, generation.
+
+    python benchmarks/llm.py            # ~4 min on 2 cores
+    python benchmarks/llm.py --quick    # ~1.5 min: fewer steps
+
+On the demo backbone (``backbone_demo``'s compact Llama, bootstrapped here on a toy corpus's texts)
+with stage-2 batches (``joint_demo``: whole model trained, micro-batch 8) of a toy corpus:
+
+1. matmul throughput in bf16 and fp32 (one large GEMM), the reference for model FLOP utilisation;
+2. stage-2 training tokens/s through the DeepSpeed engine (shipped ZeRO-2 config, 1 rank) in fp32 and
+   bf16, and the same steps in a plain PyTorch loop (AdamW, same schedule, clipping, autocast):
+   DeepSpeed overhead; in bf16 also ZeRO stage 0, which separates the engine's own cost from ZeRO-2's
+   gradient-partition bookkeeping (pure overhead on one rank);
+   MFU = 6 · (matmul parameters) · tokens/s ÷ the GEMM rate (attention scores excluded, padding not
+   counted as tokens);
+3. LoRA vs QLoRA (NF4 through bitsandbytes) step time and peak memory, each in its own process
+   (peak resident memory above the process's level just before the model is built);
+4. generation latency per caption (greedy, 24 new tokens), one prompt at a time and batched.
+
+Steps of the compared loops are interleaved in rounds and each figure is a median, so load from
+other processes hits both sides alike. The last line is one JSON object with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fmrilm.brain.atlas import Atlas
+from fmrilm.config import load_config
+from fmrilm.corpus.build import CorpusConfig, build_corpus
+from fmrilm.corpus.toy import write_toy_inputs
+from fmrilm.engine import EngineConfig, TrainEngine, cosine_with_warmup, micro_batch_positions
+from fmrilm.llm.formatting import collate
+from fmrilm.stages import joint, lm_common
+from fmrilm.stages.backbone import BackboneStageConfig
+
+CODEBOOK, MICRO_BATCH = 512, 8
+
+
+# ------------------------------------------------------------------------------ fixtures
+def make_world(root: Path) -> dict:
+    """Toy corpus + a code-embedding table standing in for stage 1 + the bootstrapped demo backbone."""
+    from safetensors.torch import save_file
+
+    from fmrilm.io import write_json
+    from fmrilm.llm.backbone import bootstrap_backbone
+
+    paths = write_toy_inputs(root / "inputs", Atlas.schaefer(100), n_stimuli=60, n_task_subjects=2)
+    build_corpus(load_config(CorpusConfig, "corpus_tiny", [f"{k}={v}" for k, v in paths.items()]),
+                 root / "corpus", progress=False)
+    tok = root / "tokenizer"
+    tok.mkdir()
+    save_file({"code_embeddings": torch.randn(CODEBOOK, 64, generator=torch.Generator().manual_seed(0))},
+              str(tok / lm_common.CODE_EMBEDDINGS_FILE))
+    write_json(tok / "config.json", {"format": lm_common.TOKENIZER_FORMAT, "fingerprint": f"toy-0-{CODEBOOK}",
+                                     "tokenizer": {"quantizer": {"kind": "vq", "codebook_size": CODEBOOK,
+                                                                 "levels": 1}}})
+    texts = [s["json"]["answer"] for s in lm_common.read_split(root / "corpus", "train", ["text"], progress=False)[0]]
+    backbone = bootstrap_backbone(texts, root / "backbone", load_config(BackboneStageConfig, "backbone_demo").bootstrap)
+    return {"corpus": str(root / "corpus"), "tokenizer": str(tok), "backbone": str(backbone)}
+
+
+def build(world: dict, lora: bool = False, quantize: bool = False):
+    """The stage-2 model and its encoded samples, exactly as ``fmrilm.stages.joint.setup`` makes them."""
+    from fmrilm.llm.peft_setup import build_brainlm
+
+    cfg = load_config(joint.JointStageConfig, "joint_demo", [
+        f"corpus={world['corpus']}", f"tokenizer={world['tokenizer']}", f"llm.backbone={world['backbone']}",
+        f"llm.lora.enabled={str(lora).lower()}", f"llm.lora.quantize_4bit={str(quantize).lower()}"])
+    codes = lm_common.load_code_embeddings(cfg.tokenizer)
+    cfg.llm.codebook_size = int(codes.shape[0])
+    model = build_brainlm(cfg.llm, codes, cfg.llm.backbone)
+    samples, _ = lm_common.read_split(cfg.corpus, "train", cfg.tasks, progress=False)
+    encoded = lm_common.encode_samples(samples, joint.joint_encoder(model, 0, cfg.text_to_brain_fraction,
+                                                                    len(samples)), model.max_length, progress=False)
+    return model, encoded, cfg
+
+
+def batches(model, encoded, n: int) -> list[dict]:
+    return [collate([encoded[i] for i in micro_batch_positions(len(encoded), s, MICRO_BATCH, 0, 1, 0)],
+                    model.tokenizer.eos_token_id, model.max_length) for s in range(n)]
+
+
+def n_tokens(batch) -> int:
+    return int(batch["attention_mask"].sum())
+
+
+def matmul_params(model) -> int:
+    """Parameters in a per-token matmul: the decoder layers and the LM head (embedding lookups excluded;
+    brain-token positions use the smaller brain head, so this slightly overstates their cost)."""
+    decoder = model.base_lm.get_decoder()
+    embed = decoder.get_input_embeddings().weight
+    layers = sum(p.numel() for p in decoder.parameters() if p is not embed)
+    return layers + model.base_lm.get_output_embeddings().weight.numel()
+
+
+# ------------------------------------------------------------------------------ measurements
+def gemm_rate(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
+    """FLOP/s of one n×n×n matmul (best of `repeats`)."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    return 2 * n**3 / best
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+class PlainLoop:
+    """The reference: the engine's step without DeepSpeed (AdamW, LambdaLR, clipping, autocast)."""
+
+    def __init__(self, model, e: EngineConfig):
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.model, self.params, self.e = model, params, e
+        self.opt = torch.optim.AdamW(params, lr=e.lr, betas=tuple(e.betas), weight_decay=e.weight_decay)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, cosine_with_warmup(e.warmup_steps, e.max_steps,
+                                                                                    e.min_lr_ratio))
+
+    def train_step(self, batch) -> dict:
+        self.model.train()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.e.precision == "bf16"):
+            out = self.model(**batch)
+        out["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(self.params, self.e.grad_clip)
+        self.opt.step()
+        self.sched.step()
+        self.opt.zero_grad(set_to_none=True)
+        return {"loss": float(out["loss"].detach())}
+
+
+def throughput(loops: dict, data: list[dict], warmup: int, rounds: int = 4) -> dict:
+    """Median tokens/s of each loop over the same batches, interleaved in rounds after `warmup` steps."""
+    for loop in loops.values():
+        for b in data[:warmup]:
+            loop.train_step(b)
+    rates = {name: [] for name in loops}
+    for chunk in np.array_split(np.arange(warmup, len(data)), rounds):
+        tokens = sum(n_tokens(data[i]) for i in chunk)
+        for name, loop in loops.items():
+            rates[name].append(tokens / _timed(lambda loop=loop, chunk=chunk: [loop.train_step(data[i])
+                                                                              for i in chunk]))
+    return {name: float(np.median(r)) for name, r in rates.items()}
+
+
+def stage2_loops(world: dict, precision: str, run_dir: Path, zero0: bool) -> dict:
+    """Plain loop and DeepSpeed engine (shipped ZeRO-2, and optionally ZeRO stage 0), each on a fresh
+    model built the same way, at one precision."""
+    configs = {f"deepspeed_{precision}": "zero2"}
+    if zero0:  # no partitioning at all: what one rank needs; isolates ZeRO-2's bookkeeping cost
+        path = run_dir / "zero0.json"
+        path.write_text(json.dumps({"zero_optimization": {"stage": 0}}))
+        configs[f"deepspeed_zero0_{precision}"] = str(path)
+    loops = {}
+    for name, ds_config in configs.items():
+        model, _, cfg = build(world)
+        e = EngineConfig(**{**cfg.engine.__dict__, "precision": precision, "log_every": 0, "checkpoint_every": 0,
+                            "micro_batch_size": MICRO_BATCH, "deepspeed": ds_config})
+        loops[name] = TrainEngine(model, e, run_dir / name)
+    loops[f"plain_{precision}"] = PlainLoop(build(world)[0], e)
+    return loops
+
+
+def generation_latency(world: dict, n: int = 8, new_tokens: int = 24) -> dict:
+    from fmrilm.llm.generate import generate
+
+    model, _, cfg = build(world)
+    samples, _ = lm_common.read_split(cfg.corpus, "val", ["caption"], progress=False)
+    samples = samples[:n]
+    prompts = [s["json"]["prompt"] for s in samples]
+    tokens = [np.asarray(s["tokens.npy"]).astype(np.int64) for s in samples]
+    model.eval()
+    with torch.no_grad():
+        generate(model, tokens[:1], prompts[:1], max_new_tokens=4)  # warm-up
+        one = _timed(lambda: [generate(model, [t], [p], max_new_tokens=new_tokens) for t, p in zip(tokens, prompts)])
+        batched = _timed(lambda: generate(model, tokens, prompts, max_new_tokens=new_tokens, batch_size=n))
+    return {"per_caption_s_single": one / len(samples), "per_caption_s_batched": batched / len(samples),
+            "new_tokens": new_tokens, "n": len(samples)}
+
+
+def peft_child(world: dict, kind: str, steps: int) -> dict:
+    """Run in a child process: one PEFT variant's step time and peak memory above the pre-model level."""
+    def rss(field: str) -> int:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError(field)
+
+    before = rss("VmRSS:")
+    model, encoded, cfg = build(world, lora=True, quantize=kind == "qlora")
+    loop = PlainLoop(model, EngineConfig(**{**cfg.engine.__dict__, "precision": "bf16"}))
+    data = batches(model, encoded, steps + 2)
+    for b in data[:2]:
+        loop.train_step(b)
+    times = [_timed(lambda b=b: loop.train_step(b)) for b in data[2:]]
+    return {"step_s": float(np.median(times)), "peak_mb": (rss("VmHWM:") - before) / 2**20,
+            "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer steps")
+    parser.add_argument("--child", nargs=3, metavar=("WORLD_JSON", "KIND", "STEPS"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(peft_child(json.loads(args.child[0]), args.child[1], int(args.child[2]))))
+        return 0
+    steps, warmup = (8, 2) if args.quick else (24, 3)
+    os.environ["TQDM_DISABLE"] = "1"
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        world = make_world(tmp)
+        gemm = {"bf16": gemm_rate(torch.bfloat16), "fp32": gemm_rate(torch.float32)}
+        probe, encoded, _ = build(world)
+        n_matmul = matmul_params(probe)
+        data = batches(probe, encoded, steps + warmup)
+        rates = {}
+        for precision in ("fp32", "bf16"):
+            rates.update(throughput(stage2_loops(world, precision, tmp, precision == "bf16"), data, warmup))
+        peft = {}
+        for kind in ("lora", "qlora"):
+            out = subprocess.run([sys.executable, __file__, "--child", json.dumps(world), kind, str(steps // 2)],
+                                 capture_output=True, text=True, check=True, env=dict(os.environ, TQDM_DISABLE="1"))
+            peft[kind] = json.loads(out.stdout.strip().splitlines()[-1])
+        gen = generation_latency(world)
+    mfu = {p: 6 * n_matmul * rates[f"deepspeed_{p}"] / gemm[p] for p in ("fp32", "bf16")}
+    overhead = {p: rates[f"plain_{p}"] / rates[f"deepspeed_{p}"] - 1 for p in ("fp32", "bf16")}
+    overhead["zero0_bf16"] = rates["plain_bf16"] / rates["deepspeed_zero0_bf16"] - 1
+    print(f"\nmatmul: bf16 {gemm['bf16'] / 1e9:.0f} GFLOP/s, fp32 {gemm['fp32'] / 1e9:.0f} GFLOP/s; "
+          f"model: {n_matmul / 1e6:.2f}M matmul parameters")
+    print(f"{'stage-2 step':<22}{'tokens/s':>10}{'MFU':>8}{'DS overhead':>13}")
+    for p in ("fp32", "bf16"):
+        print(f"{'deepspeed ' + p:<22}{rates[f'deepspeed_{p}']:>10.0f}{mfu[p]:>8.1%}{overhead[p]:>13.1%}")
+        print(f"{'plain pytorch ' + p:<22}{rates[f'plain_{p}']:>10.0f}")
+    print(f"{'deepspeed zero0 bf16':<22}{rates['deepspeed_zero0_bf16']:>10.0f}{'':>8}{overhead['zero0_bf16']:>13.1%}")
+    print(f"{'PEFT (bf16)':<22}{'step s':>10}{'peak MB':>10}{'trainable':>11}")
+    for kind, r in peft.items():
+        print(f"{kind:<22}{r['step_s']:>10.3f}{r['peak_mb']:>10.0f}{r['trainable']:>11,}")
+    print(f"generation: {gen['per_caption_s_single'] * 1e3:.0f} ms per caption alone, "
+          f"{gen['per_caption_s_batched'] * 1e3:.0f} ms batched ({gen['new_tokens']} new tokens)")
+    print(json.dumps({
+        "gemm_gflops": {k: v / 1e9 for k, v in gemm.items()}, "matmul_params": n_matmul,
+        "tokens_per_s": rates, "mfu": mfu, "deepspeed_overhead": overhead,
+        "bf16_speedup": rates["deepspeed_bf16"] / rates["deepspeed_fp32"],
+        "peft": peft, "qlora_vs_lora_step": peft["qlora"]["step_s"] / peft["lora"]["step_s"],
+        "generation": gen, "quick": args.quick}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

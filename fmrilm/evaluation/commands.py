@@ -1,0 +1,94 @@
+"""`fmrilm eval` (the evaluation report of a run) and `fmrilm ask` (a question about one scan).
+
+    fmrilm eval --config eval_demo [--set n_items=300 ...] [--force]
+    fmrilm ask --run runs/demo --scan sub-01/stim-000012 "What colour is the bus?"
+
+A scan id names a subject and a stimulus of the run's task dataset: ``SUBJECT/STIMULUS`` where
+SUBJECT is a subject id (``sub-01``) or row, and STIMULUS a stimulus key (``stim-000012``) or row.
+The scan is that subject's repeats of the stimulus, averaged (the NSD test convention).
+"""
+
+from __future__ import annotations
+
+import json
+
+
+def register(sub) -> None:
+    p = sub.add_parser("eval", help="evaluate a run on its held-out test set (report.json + report.md)",
+                       description="Captioning, VQA, retrieval, zero/few-shot, rest and controls on the "
+                                   "corpus's test split; writes report.json, report.md and brain_map.png.")
+    p.add_argument("--config", default="eval_demo", help="shipped config name or YAML path (default: %(default)s)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
+    p.add_argument("--force", action="store_true", help="replace an existing output directory")
+    p.set_defaults(handler=_eval)
+
+    a = sub.add_parser("ask", help="answer a question about one scan of a run",
+                       description="Generate an answer from the run's instruction-tuned model for the "
+                                   "averaged scan of one subject and stimulus.")
+    a.add_argument("--run", required=True, help="run directory (holds task_world, tokenizer, instruct)")
+    a.add_argument("--scan", required=True, help="SUBJECT/STIMULUS, e.g. sub-01/stim-000012 or 0/12")
+    a.add_argument("question", help="the question (or an instruction such as 'Describe the image.')")
+    a.add_argument("--max-new-tokens", type=int, default=32)
+    a.add_argument("--json", action="store_true", help="print a JSON object")
+    a.set_defaults(handler=_ask)
+
+
+def _eval(args) -> int:
+    from fmrilm.config import load_config
+    from fmrilm.evaluation.runner import EvalConfig, run_evaluation
+
+    cfg = load_config(EvalConfig, args.config, args.set)
+    report = run_evaluation(cfg, overwrite=args.force)
+    for name, t in report["targets"].items():
+        print(f"{name:34s} {t['measured']:+.3f} (threshold {t['threshold']}) {'met' if t['met'] else 'MISSED'}")
+    print(f"report: {cfg.out}/report.md")
+    return 0
+
+
+def parse_scan_id(data, scan_id: str) -> tuple[int, int]:
+    """(subject row, stimulus row) of ``SUBJECT/STIMULUS`` in a TaskData (see module docstring)."""
+    from fmrilm.errors import InputError
+
+    parts = scan_id.split("/")
+    if len(parts) != 2:
+        raise InputError("--scan", "format", f"{scan_id!r}; expected SUBJECT/STIMULUS, e.g. sub-01/stim-000012")
+    subject_text, stimulus_text = parts
+    subject = data.subject_index(int(subject_text) if subject_text.isdigit() else subject_text)
+    keys = {row["key"]: i for i, row in enumerate(data.stimuli)}
+    if stimulus_text.isdigit() and int(stimulus_text) < len(data.stimuli):
+        return subject, int(stimulus_text)
+    if stimulus_text not in keys:
+        raise InputError("--scan", "stimulus", f"{stimulus_text!r} is neither a stimulus key nor a row "
+                         f"(0..{len(data.stimuli) - 1})")
+    return subject, keys[stimulus_text]
+
+
+def answer_question(run_dir, scan_id: str, question: str, max_new_tokens: int = 32) -> dict:
+    """Answer `question` about scan `scan_id` of the run in `run_dir` (VQA prompt of the corpus)."""
+    from pathlib import Path
+
+    from fmrilm.brain.task_data import TaskData
+    from fmrilm.evaluation.heldout import resolve_model_dir, resolve_tokenizer_dir, tokenize_betas
+    from fmrilm.evaluation.task_eval import VQA_PROMPT
+    from fmrilm.llm.checkpoint import load_brainlm
+    from fmrilm.llm.generate import generate
+    from fmrilm.tokenizer.model import BrainTokenizer
+
+    run = Path(run_dir)
+    data = TaskData(run / "task_world")
+    subject, stimulus = parse_scan_id(data, scan_id)
+    tokenizer = BrainTokenizer.from_pretrained(resolve_tokenizer_dir(run / "tokenizer"), data.atlas_info)
+    model = load_brainlm(resolve_model_dir(run / "instruct"))
+    tokens = tokenize_betas(tokenizer, data.mean_betas(subject, [stimulus]))
+    (answer,) = generate(model, [tokens], [VQA_PROMPT.format(question=question)], max_new_tokens=max_new_tokens)
+    return {"subject": data.subjects[subject]["subject"], "stimulus": data.stimuli[stimulus]["key"],
+            "question": question, "answer": answer, "reference_captions": data.stimuli[stimulus]["captions"]}
+
+
+def _ask(args) -> int:
+    result = answer_question(args.run, args.scan, args.question, args.max_new_tokens)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{result['subject']}/{result['stimulus']}: {result['question']}\n→ {result['answer']}")
+    return 0

@@ -1,0 +1,60 @@
+"""Few-shot evaluation: k-shot in-context captioning (held-out-subject adaptation is not implemented).
+
+In-context: each query item's prompt is prefixed with k examples (scan + reference caption) of
+*training* stimuli seen by the same subject, in the corpus's shot format
+(:func:`fmrilm.corpus.phrasing.with_shots`), and the caption SemScore is compared with the
+zero-shot score on the same items. A k whose prompts do not fit the model's context is reported as
+such rather than truncated.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fmrilm.corpus.phrasing import with_shots
+from fmrilm.errors import InputError
+from fmrilm.evaluation.captions import semscore
+from fmrilm.evaluation.task_eval import CAPTION_PROMPT, TaskItems
+from fmrilm.llm.generate import generate
+
+ADAPTATION_NOT_DONE = ("held-out-subject adaptation (fresh region encoders trained on k scans, codebook and "
+                       "LM frozen) is not implemented yet; the task corpus holds no held-out task subject "
+                       "(task_fewshot_subjects = 0)")
+
+
+def in_context(model, items: TaskItems, shot_tokens: dict, shot_captions: dict, ks, cfg,
+               progress: bool = False) -> dict:
+    """Caption SemScore with k in-context examples, for each k in `ks`.
+
+    Parameters
+    ----------
+    items : TaskItems
+        Query items (a subset of the test items).
+    shot_tokens : dict
+        subject → tokens [n_train, P·L] of that subject's training stimuli (averaged repeats).
+    shot_captions : dict
+        subject → list of the reference caption of each of those stimuli.
+    ks : sequence of int
+    """
+    rng = np.random.default_rng([cfg.seed, 13])
+    shots_of = {}
+    for i, s in enumerate(items.subject):
+        shots_of[i] = rng.permutation(len(shot_captions[int(s)]))[: max(ks)]
+    references = items.references()
+    out = {}
+    for k in ks:
+        prompts, tokens = [], []
+        for i, s in enumerate(items.subject):
+            chosen = shots_of[i][:k]
+            examples = [(CAPTION_PROMPT, shot_captions[int(s)][j]) for j in chosen]
+            prompts.append(with_shots(CAPTION_PROMPT, examples) if k else CAPTION_PROMPT)
+            tokens.append(np.concatenate([shot_tokens[int(s)][chosen], items.tokens[i][None]]))
+        try:
+            captions = generate(model, tokens, prompts, max_new_tokens=cfg.max_new_tokens,
+                                batch_size=cfg.batch_size, progress=progress)
+        except InputError as err:
+            out[str(k)] = {"status": "skipped", "reason": str(err)}
+            continue
+        result = semscore(captions, references)
+        out[str(k)] = {"semscore": result["semscore"], "n": result["n"], "example": captions[0]}
+    return out

@@ -1,0 +1,130 @@
+"""Rest evaluation: phenotypes from the LM vs FC baselines, and next-scan prediction vs AR baselines.
+
+Items are the corpus's ``test``-split rest samples (zero-shot ones), so subjects are held out.
+
+- Phenotypes: sex and diagnosis by constrained decoding among the sample's choices
+  (:func:`~fmrilm.llm.generate.choose_answer`), age by greedy generation parsed as a number; the
+  windows of a subject are pooled (majority vote, mean age). Baseline on the same test subjects:
+  logistic / ridge regression on Fisher-z FC, trained on the subjects of neither test, val nor
+  few-shot (:func:`~fmrilm.evaluation.baselines.phenotype_baseline`).
+- Next scan: the LM's brain head predicts the target scan's tokens from the context scans
+  (:func:`~fmrilm.llm.generate.generate_scan`); the tokenizer decodes them and the parcel means are
+  compared with the true z-scored parcel signal of that TR. Beside it: persistence, a per-parcel
+  AR(1) fitted on training subjects, and the tokenizer ceiling (decoding the true target's tokens).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+
+import numpy as np
+import torch
+
+from fmrilm.brain.store import Dataset
+from fmrilm.evaluation.baselines import fc_features, phenotype_baseline
+from fmrilm.evaluation.regression import classification_scores, r2_score, regression_scores
+from fmrilm.evaluation.temporal_baselines import LinearAR
+from fmrilm.llm.generate import choose_answer, generate, generate_scan
+from fmrilm.tokenizer.data import zscore_time
+
+SEX_LABELS = {"female": "F", "male": "M"}
+
+
+def _number(text: str) -> float | None:
+    match = re.search(r"\d+(?:\.\d+)?", text)
+    return float(match.group()) if match else None
+
+
+def phenotype_section(model, samples: list, rest: Dataset, excluded: set, cfg) -> dict:
+    """LM vs FC-baseline phenotype scores on the test subjects of `samples`."""
+    rows = rest.table("subjects")
+    index = {r["subject"]: i for i, r in enumerate(rows)}
+    features = fc_features(np.asarray(rest.array("timeseries")))
+    out = {}
+    for name in ("sex", "diagnosis", "age"):
+        items = [s for s in samples if s["json"].get("phenotype") == name and not s["json"]["shots"]]
+        if not items:
+            continue
+        prompts = [s["json"]["prompt"] for s in items]
+        tokens = [s["tokens.npy"] for s in items]
+        per_subject = defaultdict(list)
+        if name == "age":
+            answers = generate(model, tokens, prompts, max_new_tokens=4, batch_size=cfg.batch_size)
+            fallback = float(np.median([r["age"] for r in rows if r.get("age") is not None]))
+            parsed = [_number(a) for a in answers]
+            for s, value in zip(items, parsed):
+                per_subject[s["json"]["subject"]].append(fallback if value is None else value)
+        else:
+            answers, _ = choose_answer(model, tokens, prompts, [s["json"]["choices"] for s in items])
+            for s, a in zip(items, answers):
+                per_subject[s["json"]["subject"]].append(a)
+        test_subjects = sorted(per_subject)
+        if name == "age":
+            pred = [float(np.mean(per_subject[s])) for s in test_subjects]
+            truth = [float(rows[index[s]]["age"]) for s in test_subjects]
+            lm = {**regression_scores(truth, pred), "unparsed_answers": sum(v is None for v in parsed)}
+        else:
+            # Majority vote over a subject's windows; ties go to the first label alphabetically.
+            pred = [max(sorted(set(v)), key=v.count) for v in (per_subject[s] for s in test_subjects)]
+            truth = [rows[index[s]][name] for s in test_subjects]
+            pred = [SEX_LABELS.get(p, p) for p in pred] if name == "sex" else pred
+            lm = classification_scores(truth, pred)
+        train = [i for i, r in enumerate(rows) if r["subject"] not in set(test_subjects) | excluded]
+        test = [index[s] for s in test_subjects]
+        task = "regression" if name == "age" else "classification"
+        target = [rows[i][name] for i in train], [rows[i][name] for i in test]
+        base = phenotype_baseline(features[train], target[0], features[test], target[1], task, cfg.seed)
+        base.pop("predictions")
+        for scores in (lm, base):
+            # Pearson r is undefined (NaN) for constant predictions; JSON gets null instead.
+            if scores.get("pearson_r") is not None and not np.isfinite(scores["pearson_r"]):
+                scores["pearson_r"] = None
+        out[name] = {"model": lm, "fc_baseline": base, "n_subjects": len(test_subjects)}
+    return out
+
+
+@torch.no_grad()
+def _parcel_means(tokenizer, tokens: np.ndarray) -> np.ndarray:
+    grouped = tokenizer.decode(torch.as_tensor(np.asarray(tokens, np.int64)))
+    mask = tokenizer.mask
+    return ((grouped * mask).sum(-1) / mask.sum(-1)).numpy()
+
+
+def temporal_section(model, tokenizer, samples: list, rest: Dataset, excluded: set, cfg) -> dict:
+    """Next-scan R² of the LM beside persistence, AR(1) and the tokenizer ceiling."""
+    items = [s for s in samples if s["json"]["task"] == "temporal"][: cfg.n_temporal]
+    if not items:
+        return {"status": "skipped", "reason": "no temporal samples in the test split"}
+    rows = rest.table("subjects")
+    index = {r["subject"]: i for i, r in enumerate(rows)}
+    series = zscore_time(np.asarray(rest.array("timeseries"), np.float32))
+    test_ids = {s["json"]["subject"] for s in items}
+    train = [i for i, r in enumerate(rows) if r["subject"] not in test_ids | excluded]
+    ar = LinearAR(order=1).fit(series[train])
+    per_scan = tokenizer.tokens_per_scan
+    predicted = generate_scan(model, [s["tokens.npy"][:-1] for s in items], per_scan)
+    targets, persistence, autoreg = [], [], []
+    for s in items:
+        run, j = series[index[s["json"]["subject"]]], int(s["json"]["window"])
+        targets.append(run[j])
+        persistence.append(run[j - 1])
+        autoreg.append(ar.predict(run[j - 1:j + 1])[0])
+    targets = np.stack(targets)
+    ceiling = _parcel_means(tokenizer, np.stack([s["tokens.npy"][-1] for s in items]))
+    return {"model": r2_score(targets, _parcel_means(tokenizer, predicted)),
+            "persistence": r2_score(targets, np.stack(persistence)),
+            "linear_ar": r2_score(targets, np.stack(autoreg)),
+            "tokenizer_ceiling": r2_score(targets, ceiling),
+            "n_targets": len(items), "source": rest.manifest.get("source")}
+
+
+def rest_section(model, tokenizer, heldout, cfg) -> dict:
+    """Both rest evaluations, or a skip reason when the corpus holds no rest data."""
+    path = heldout.input_path("rest_dataset")
+    if path is None or not heldout.test_samples:
+        return {"status": "skipped", "reason": "the corpus has no rest dataset / no rest test samples"}
+    rest = Dataset(path, kind="rest")
+    excluded = set(heldout.summary.get("fewshot_subjects", [])) | heldout.val_subjects
+    return {"phenotype": phenotype_section(model, heldout.test_samples, rest, excluded, cfg),
+            "temporal": temporal_section(model, tokenizer, heldout.test_samples, rest, excluded, cfg)}

@@ -1,0 +1,255 @@
+"""`fmrilm eval`: the whole evaluation of a run on its held-out test set → report.json + report.md.
+
+Launch::
+
+    fmrilm eval --config eval_demo                      # runs/demo/{corpus,tokenizer,instruct} → runs/demo/eval
+    fmrilm eval --config eval_demo --set n_items=300 meteor=false --force
+
+Sections (every figure beside its controls, all on the same items): captioning (model, shuffled
+brain, text only, ridge decoder, ideal observer), VQA, retrieval (token head, continuous ablation,
+ridge, ideal observer), zero-shot naming, few-shot, rest (phenotypes, next scan), tokenizer map,
+ten worked examples, and the issue's targets with whether each was met.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from fmrilm.config import save_config
+from fmrilm.errors import InputError
+from fmrilm.io import atomic_dir, read_json, write_json
+from fmrilm.retrieval.brain_embedder import BrainEmbedderConfig
+
+
+@dataclass
+class EvalConfig:
+    """What to evaluate and how much (YAML: ``fmrilm/configs/eval_*.yaml``).
+
+    Attributes
+    ----------
+    corpus, tokenizer, model : str
+        Corpus directory (defines the held-out set and, via corpus.json, the datasets), tokenizer
+        artifact (or its stage directory), BrainLM export (or the stage directory holding it).
+    out : str
+    n_items, n_novel : int
+        (subject, stimulus) items captioned and questioned; novel-category items come first, up to
+        `n_novel`. Retrieval uses every test item.
+    n_fewshot_items : int
+    shots : tuple of int
+        k values of in-context few-shot captioning (0 = the zero-shot reference).
+    max_train_items : int
+        Training (subject, stimulus) items for the ridge and retrieval heads.
+    n_temporal : int
+        Next-scan targets evaluated.
+    meteor : bool
+        METEOR starts a JVM per condition (~10 s each).
+    """
+
+    corpus: str = "runs/demo/corpus"
+    tokenizer: str = "runs/demo/tokenizer"
+    model: str = "runs/demo/instruct"
+    out: str = "runs/demo/eval"
+    n_items: int = 150
+    n_novel: int = 40
+    n_fewshot_items: int = 32
+    shots: tuple[int, ...] = (0, 1, 2)
+    max_train_items: int = 3000
+    n_temporal: int = 64
+    max_new_tokens: int = 24
+    vqa_max_new_tokens: int = 6
+    batch_size: int = 32
+    n_way: int = 300
+    n_draws: int = 30
+    n_examples: int = 10
+    meteor: bool = True
+    seed: int = 0
+    embedder: BrainEmbedderConfig = field(default_factory=lambda: BrainEmbedderConfig(epochs=30))
+
+
+def _pick_items(test_stimuli, stimuli, subjects, cfg) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded (subject, stimulus) items: novel-category ones first (up to n_novel), then familiar."""
+    rng = np.random.default_rng([cfg.seed, 3])
+    pairs = np.array([(s, m) for s in subjects for m in test_stimuli], np.int64).reshape(-1, 2)
+    pairs = pairs[rng.permutation(len(pairs))]
+    novel = np.array([stimuli[m]["novel"] for m in pairs[:, 1]], bool)
+    chosen = np.concatenate([pairs[novel][: cfg.n_novel], pairs[~novel]])[: cfg.n_items]
+    return chosen[:, 0], chosen[:, 1]
+
+
+def _features(data, tokenizer, subjects, stimuli_of, limit=None):
+    """Averaged scans of each subject's stimuli (at most `limit` per subject) → token ids, token code
+    vectors, continuous encodings, vertices and caption embeddings."""
+    from fmrilm.evaluation.continuous_ablation import continuous_features, token_features
+    from fmrilm.evaluation.heldout import tokenize_betas
+    from fmrilm.textembed import embed_texts
+
+    rows = [(s, int(m)) for s in subjects for m in list(stimuli_of(s))[:limit]]
+    subject = np.array([r[0] for r in rows], np.int64)
+    stimulus = np.array([r[1] for r in rows], np.int64)
+    vertices = np.concatenate([data.mean_betas(s, stimulus[subject == s]) for s in subjects if (subject == s).any()])
+    tokens = tokenize_betas(tokenizer, vertices)
+    text = embed_texts([data.stimuli[m]["captions"][0] for m in stimulus])
+    return {"subject": subject, "stimulus": stimulus, "vertices": vertices, "tokens_ids": tokens,
+            "tokens": token_features(tokenizer, tokens), "continuous": continuous_features(tokenizer, vertices),
+            "text": text}
+
+
+def _brain_map(tokenizer_dir: Path, data, atlas, out_dir: Path) -> dict:
+    """Per-parcel tokenizer R² (its eval.json) or, failing that, the noise ceiling, as a surface PNG."""
+    from fmrilm.tokenizer.plotting import plot_parcel_map
+
+    if (tokenizer_dir / "eval.json").is_file():
+        values, title = np.asarray(read_json(tokenizer_dir / "eval.json")["r2_per_parcel"]), "tokenizer R² per parcel"
+    else:
+        values, title = atlas.parcellate(data.noise_ceiling(0)[None])[0], "noise ceiling (%) per parcel"
+    plot_parcel_map(values, atlas, out_dir / "brain_map.png", title)
+    return {"what": title, "mean": float(np.nanmean(values))}
+
+
+def _targets(report: dict) -> dict:
+    cap, vqa, ret = report["captioning"], report["vqa"], report["retrieval"]
+
+    def target(measured, threshold):
+        return {"measured": measured, "threshold": threshold, "met": bool(measured >= threshold)}
+
+    ratio = cap["model"]["semscore"] / max(cap["shuffled"]["semscore"], 1e-9)
+    return {"caption_semscore_vs_shuffled": target(ratio, 1.7),
+            "caption_semscore_minus_ridge": target(cap["model"]["semscore"] - cap["ridge_decoder"]["semscore"], 0.0),
+            "vqa_vs_shuffled": target(vqa["model"]["overall"] / max(vqa["shuffled"]["overall"], 1e-9), 2.0),
+            "top1_minus_ridge": target(ret["brain_embedder_tokens"]["brain_to_caption"]["top1"]
+                                       - ret["ridge"]["brain_to_caption"]["top1"], 0.0)}
+
+
+def run_evaluation(cfg: EvalConfig, overwrite: bool = False, progress: bool = True) -> dict:
+    """Evaluate a run and write ``report.json``, ``report.md`` and ``brain_map.png`` into ``cfg.out``.
+
+    Every input is opened and checked before anything is written; the output directory appears
+    only when complete. Returns the report dict (``report.json``).
+    """
+    from fmrilm.brain.task_data import TaskData
+    from fmrilm.evaluation import fewshot, rest_eval, task_eval
+    from fmrilm.evaluation.heldout import load_heldout, resolve_model_dir, resolve_tokenizer_dir
+    from fmrilm.evaluation.ideal_observer import ideal_observer
+    from fmrilm.evaluation.report import write_markdown
+    from fmrilm.evaluation.retrieval_eval import retrieval_section
+    from fmrilm.llm.checkpoint import load_brainlm
+    from fmrilm.tokenizer.data import dataset_atlas
+    from fmrilm.tokenizer.model import BrainTokenizer
+
+    if Path(cfg.out).exists() and not overwrite:
+        raise InputError(cfg.out, "out", "already exists (pass --force to replace it)")
+    timings, t0 = {}, time.time()
+    heldout = load_heldout(cfg.corpus)
+    task_path = heldout.input_path("task_dataset")
+    if task_path is None:
+        raise InputError(Path(cfg.corpus) / "corpus.json", "inputs.task_dataset", "the corpus has no task data")
+    data = TaskData(task_path)
+    if not data.has_ground_truth:
+        raise InputError(task_path, "clean", "the ideal observer needs simulator ground truth (synthetic data)")
+    tokenizer_dir = resolve_tokenizer_dir(cfg.tokenizer)
+    tokenizer = BrainTokenizer.from_pretrained(tokenizer_dir, data.atlas_info)
+    model = load_brainlm(resolve_model_dir(cfg.model))
+    atlas = dataset_atlas(data.atlas_info, task_path)
+    subjects = list(range(len(data.subjects)))
+    test_stim = heldout.test_stimuli
+    timings["load"] = time.time() - t0
+
+    t0 = time.time()
+    test = _features(data, tokenizer, subjects, lambda s: test_stim)
+    train = _features(data, tokenizer, subjects, lambda s: heldout.train_stimuli,
+                      max(1, cfg.max_train_items // len(subjects)))
+    train_captions = [data.stimuli[m]["captions"][0] for m in train["stimulus"]]
+    timings["features"] = time.time() - t0
+
+    t0 = time.time()
+    retrieval, ridge_captions, embeddings = retrieval_section(train, test, train_captions, train["text"], cfg,
+                                                              progress)
+    n_repeats = int(data.trial_repeat.max()) + 1
+    scans = {s: test["vertices"][test["subject"] == s] for s in subjects}
+    observer = ideal_observer(data, subjects, test_stim, scans, n_repeats, cfg.n_way, cfg.n_draws, cfg.seed)
+    retrieval["ideal_observer"] = observer["retrieval"]
+    timings["retrieval"] = time.time() - t0
+
+    t0 = time.time()
+    item_subject, item_stimulus = _pick_items(test_stim, data.stimuli, subjects, cfg)
+    row_of = {(int(s), int(m)): i for i, (s, m) in enumerate(zip(test["subject"], test["stimulus"]))}
+    rows = np.array([row_of[(int(s), int(m))] for s, m in zip(item_subject, item_stimulus)], np.int64)
+    items = task_eval.TaskItems(item_subject, item_stimulus, test["tokens_ids"][rows], data.stimuli)
+    captions = task_eval.caption_conditions(model, items, cfg, progress)
+    captions["ridge_decoder"] = [ridge_captions[i] for i in rows]
+    position = {int(m): j for j, m in enumerate(test_stim)}
+    observed = [observer["choice"][int(s)][position[int(m)]] for s, m in zip(item_subject, item_stimulus)]
+    references = items.references()
+    captioning = {name: task_eval.score_captions(texts, references, cfg.meteor) for name, texts in captions.items()}
+    captioning["ideal_observer"] = task_eval.score_captions(
+        [data.stimuli[m]["captions"][-1] for m in observed], [r[:-1] or r for r in references], cfg.meteor)
+    captioning["conditions"] = [*captions, "ideal_observer"]
+    zero_shot = task_eval.zero_shot_section(captions, items, data.novel_categories, data.category_synonyms)
+    timings["captioning"] = time.time() - t0
+
+    t0 = time.time()
+    vqa, vqa_details = task_eval.vqa_section(model, items, cfg, progress)
+    timings["vqa"] = time.time() - t0
+
+    t0 = time.time()
+    few = items_subset(items, cfg.n_fewshot_items)
+    shot_tokens = {s: train["tokens_ids"][train["subject"] == s] for s in subjects}
+    shot_captions = {s: [data.stimuli[m]["captions"][0] for m in train["stimulus"][train["subject"] == s]]
+                     for s in subjects}
+    few_shot = {"in_context": fewshot.in_context(model, few, shot_tokens, shot_captions, cfg.shots, cfg, progress),
+                "subject_adaptation": {"status": "not done", "reason": fewshot.ADAPTATION_NOT_DONE}}
+    timings["few_shot"] = time.time() - t0
+
+    t0 = time.time()
+    rest = rest_eval.rest_section(model, tokenizer, heldout, cfg)
+    timings["rest"] = time.time() - t0
+
+    report = {"items": {"test_stimuli": int(test_stim.size), "subjects": len(subjects), "captioned": len(items),
+                        "train_items": int(train["stimulus"].size), "repeats_averaged": n_repeats},
+              "captioning": {k: ({kk: vv for kk, vv in v.items() if kk != "per_item_semscore"}
+                                 if isinstance(v, dict) else v) for k, v in captioning.items()},
+              "vqa": vqa, "retrieval": retrieval, "zero_shot": zero_shot, "few_shot": few_shot, "rest": rest}
+    report["targets"] = _targets(report)
+    report["examples"] = _examples(items, captions, vqa_details, embeddings, test, row_of, cfg)
+    report["timings_s"] = {k: round(v, 2) for k, v in timings.items()}
+    report["brain_map"] = "brain_map.png"
+    with atomic_dir(cfg.out, overwrite) as tmp:
+        report["tokenizer_map"] = _brain_map(tokenizer_dir, data, atlas, tmp)
+        write_json(tmp / "report.json", report)
+        write_markdown(report, tmp / "report.md")
+        write_json(tmp / "items.json", {"captions": captions, "vqa": vqa_details,
+                                        "subject": item_subject, "stimulus": item_stimulus})
+        save_config(cfg, tmp / "eval_config.yaml")
+    return report
+
+
+def items_subset(items, n: int):
+    """The first `n` items (already in seeded random order)."""
+    return dataclasses.replace(items, subject=items.subject[:n], stimulus=items.stimulus[:n], tokens=items.tokens[:n])
+
+
+def _examples(items, captions, vqa_details, embeddings, test, row_of, cfg) -> list[dict]:
+    """Worked examples: reference, generated and shuffled captions, one QA, top retrieved captions."""
+    from fmrilm.textembed import embed_texts
+
+    unique = sorted(set(test["stimulus"].tolist()))
+    bank = embed_texts([items.stimuli[m]["captions"][0] for m in unique])
+    qa_row = {(s, m): i for i, (s, m) in enumerate(zip(vqa_details["subject"], vqa_details["stimulus"]))}
+    out = []
+    for i in range(min(cfg.n_examples, len(items))):
+        s, m = int(items.subject[i]), int(items.stimulus[i])
+        query = embeddings["brain_embedder_tokens"][row_of[(s, m)]]
+        top = np.argsort(-(bank @ query))[:3]
+        q = qa_row.get((s, m))
+        out.append({"subject": s, "stimulus": m, "reference": items.stimuli[m]["captions"][0],
+                    "generated": captions["model"][i], "shuffled": captions["shuffled"][i],
+                    "question": vqa_details["question"][q] if q is not None else None,
+                    "answer": vqa_details["model"][q] if q is not None else None,
+                    "truth": vqa_details["answer"][q] if q is not None else None,
+                    "retrieved": [items.stimuli[unique[j]]["captions"][0] for j in top]})
+    return out

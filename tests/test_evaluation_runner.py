@@ -1,0 +1,182 @@
+"""`fmrilm eval` end to end on a tiny run: every section present, controls beside each figure, finite.
+
+Also holds :func:`build_tiny_run`, the tiny run directory ``test_stimulation.py`` imports: the tiny
+task world, a stage-1 tokenizer trained for a few steps, its tokens, a caption/VQA corpus, a
+bootstrapped tiny backbone and an untrained BrainLM saved as the stage-3 export.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fmrilm.cli
+from fmrilm.errors import InputError
+
+BOOT = dict(vocab_size=420, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
+            max_position_embeddings=1024, seed=0)
+
+
+def build_tiny_run(root: Path, world: Path, rest: bool = False) -> Path:
+    """A run directory laid out like the pipeline's (task_world, tokenizer, corpus, instruct); with
+    `rest`, also the tiny rest population tokenized as vertex scans, and rest tasks in the corpus."""
+    from fmrilm.brain.store import Dataset
+    from fmrilm.config import load_config
+    from fmrilm.corpus.build import CorpusConfig, build_corpus
+    from fmrilm.llm.backbone import bootstrap_backbone
+    from fmrilm.llm.checkpoint import save_brainlm
+    from fmrilm.llm.config import BootstrapConfig, LLMConfig
+    from fmrilm.llm.peft_setup import build_brainlm
+    from fmrilm.tokenizer.model import BrainTokenizer
+    from fmrilm.tokenizer.tokens import write_tokens_dataset
+
+    run = root / "run"
+    run.mkdir()
+    (run / "task_world").symlink_to(world)
+    cmd = [sys.executable, "-m", "fmrilm.stages.tokenizer", "--config", "tokenizer_tiny", "--set",
+           f"data.dataset={world}", f"out_dir={run / 'tokenizer'}", "tokenizer.input=task",
+           "tokenizer.contrastive=none", "engine.max_steps=4", "engine.micro_batch_size=16"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, DS_ACCELERATOR="cpu"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (tok_dir,) = (run / "tokenizer").glob("tokenizer_*")
+    tokenizer = BrainTokenizer.from_pretrained(tok_dir)
+    write_tokens_dataset(tokenizer, world, run / "task_tokens", tokenizer_dir=str(tok_dir))
+    sets = [f"task_dataset={world}", f"task_tokens={run / 'task_tokens'}", "samples.shots=0",
+            "samples.tasks=[caption, vqa, text]"]
+    if rest:
+        from fmrilm.brain.rest_world import RestWorldConfig, generate_rest_population
+
+        generate_rest_population(load_config(RestWorldConfig, "rest_world_tiny"), run / "rest_world")
+        write_tokens_dataset(tokenizer, run / "rest_world", run / "rest_tokens", tokenizer_dir=str(tok_dir))
+        sets = [*sets[:-1], "samples.tasks=[caption, vqa, phenotype, temporal, text]",
+                f"rest_dataset={run / 'rest_world'}", f"rest_tokens={run / 'rest_tokens'}"]
+    cfg = load_config(CorpusConfig, "corpus_tiny", sets)
+    build_corpus(cfg, run / "corpus", progress=False)
+    stimuli = Dataset(world).table("stimuli")
+    texts = [c for row in stimuli for c in row["captions"]] + [qa["question"] for row in stimuli for qa in row["qa"]]
+    backbone = bootstrap_backbone(texts, run / "backbone", BootstrapConfig(**BOOT))
+    model = build_brainlm(LLMConfig(backbone=str(backbone), codebook_size=tokenizer.vocab_size),
+                          tokenizer.code_embeddings())
+    save_brainlm(model, run / "instruct" / "stage3_instruct-tiny-step000000")
+    return run
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_task_world):
+    return build_tiny_run(tmp_path_factory.mktemp("eval"), tiny_task_world, rest=True)
+
+
+def cli(argv) -> int:
+    """`fmrilm ...` in-process with this package's commands registered."""
+    modules = fmrilm.cli.COMMAND_MODULES
+    extra = ("fmrilm.evaluation.commands", "fmrilm.stimulation.commands")
+    fmrilm.cli.COMMAND_MODULES = (*modules, *(m for m in extra if m not in modules))
+    try:
+        return fmrilm.cli.main(argv)
+    finally:
+        fmrilm.cli.COMMAND_MODULES = modules
+
+
+def _finite_numbers(node, path="report"):
+    """Every int/float leaf of a nested JSON value, with its path."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _finite_numbers(v, f"{path}.{k}")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _finite_numbers(v, f"{path}[{i}]")
+    elif isinstance(node, (int, float)) and not isinstance(node, bool):
+        yield path, node
+
+
+@pytest.fixture(scope="module")
+def report(tiny_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report") / "eval"
+    argv = ["eval", "--config", "eval_tiny", "--set", f"corpus={tiny_run / 'corpus'}",
+            f"tokenizer={tiny_run / 'tokenizer'}", f"model={tiny_run / 'instruct'}", f"out={out}"]
+    assert cli(argv) == 0
+    return out, json.loads((out / "report.json").read_text())
+
+
+def test_report_has_every_section_with_controls(report):
+    out, rep = report
+    assert {"captioning", "vqa", "retrieval", "zero_shot", "few_shot", "rest", "targets", "examples"} <= set(rep)
+    assert {"model", "shuffled", "text_only", "ridge_decoder", "ideal_observer"} <= set(rep["captioning"])
+    for condition in ("model", "shuffled", "text_only"):
+        assert 0.0 <= rep["vqa"][condition]["overall"] <= 1.0
+    assert {"brain_embedder_tokens", "continuous_tokens", "ridge", "ideal_observer"} <= set(rep["retrieval"])
+    assert rep["captioning"]["model"]["SPICE"] is None and "SPICE" in rep["captioning"]["model"]["unavailable"]
+    assert rep["few_shot"]["subject_adaptation"]["status"] == "not done"
+    assert {"sex", "diagnosis", "age"} <= set(rep["rest"]["phenotype"])
+    for result in rep["rest"]["phenotype"].values():
+        assert {"model", "fc_baseline"} <= set(result)
+    assert {"model", "persistence", "linear_ar", "tokenizer_ceiling"} <= set(rep["rest"]["temporal"])
+    assert len(rep["examples"]) == 3 and all(ex["generated"] is not None for ex in rep["examples"])
+    for name in ("report.md", "brain_map.png", "items.json"):
+        assert (out / name).is_file()
+    assert (out / "brain_map.png").read_bytes()[:4] == b"\x89PNG"
+    assert "## Captioning" in (out / "report.md").read_text()
+
+
+def test_report_numbers_are_finite(report):
+    _, rep = report
+    numbers = list(_finite_numbers(rep))
+    assert len(numbers) > 50
+    bad = [(p, v) for p, v in numbers if not math.isfinite(v)]
+    assert not bad, bad[:5]
+
+
+def test_ideal_observer_beats_chance_and_shuffled_control_is_deranged(report, tiny_run):
+    _, rep = report
+    observer = rep["retrieval"]["ideal_observer"]["brain_to_caption"]["top1"]
+    assert observer > 3.0 / rep["retrieval"]["ideal_observer"]["n_way"]  # the simulator's own model decodes
+    items = json.loads((report[0] / "items.json").read_text())
+    assert items["captions"]["text_only"] == [items["captions"]["text_only"][0]] * len(items["stimulus"])
+
+
+def test_eval_refuses_existing_output_and_missing_corpus(report, tmp_path, capsys):
+    out, _ = report
+    assert cli(["eval", "--config", "eval_tiny", "--set", f"corpus={tmp_path / 'none'}", f"out={out}"]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert cli(["eval", "--config", "eval_tiny", "--set", f"corpus={tmp_path / 'none'}",
+                f"out={tmp_path / 'new'}"]) == 2
+    assert "corpus.json" in capsys.readouterr().err and not (tmp_path / "new").exists()
+
+
+def test_ask_answers_about_one_scan(tiny_run, capsys):
+    assert cli(["ask", "--run", str(tiny_run), "--scan", "sub-01/stim-000003", "--json", "--max-new-tokens", "4",
+                "What is in the image?"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["subject"] == "sub-01" and result["stimulus"] == "stim-000003"
+    assert isinstance(result["answer"], str)
+    from fmrilm.brain.task_data import TaskData
+    from fmrilm.evaluation.commands import parse_scan_id
+
+    data = TaskData(tiny_run / "task_world")
+    assert parse_scan_id(data, "1/5") == (1, 5)
+    with pytest.raises(InputError, match="SUBJECT/STIMULUS"):
+        parse_scan_id(data, "sub-01")
+    with pytest.raises(InputError, match="stimulus"):
+        parse_scan_id(data, "sub-01/stim-999999")
+
+
+def test_ideal_observer_log_likelihood_prefers_the_true_candidate():
+    from fmrilm.evaluation.ideal_observer import log_likelihoods, n_way_from_scores
+
+    rng = np.random.default_rng(0)
+    clean = rng.normal(size=(7, 40))
+    scans = clean + 0.05 * rng.normal(size=clean.shape)
+    ll = log_likelihoods(scans, clean, np.full(40, 1.0), n_repeats=3)
+    assert (ll.argmax(1) == np.arange(7)).all()
+    # LL is -sum((x - c)^2 / sd^2) exactly: compare with the direct formula
+    direct = -(((scans[:, None] - clean[None]) ** 2) * 3.0).sum(-1)
+    assert np.allclose(ll, direct)
+    result = n_way_from_scores(ll, n_way=5, n_draws=4, seed=0)
+    assert result["brain_to_caption"]["top1"] == 1.0 and result["n_way"] == 5

@@ -1,0 +1,42 @@
+"""The main job at test size: every stage runs once, finished stages are skipped, --force redoes."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fmrilm.errors import InputError
+from fmrilm.pipeline import STAGES, load_pipeline_config, run_pipeline
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("pipeline") / "run"
+    cfg = load_pipeline_config("pipeline_tiny", [f"run_dir={run_dir}"])
+    report = run_pipeline(cfg)
+    return cfg, run_dir, report
+
+
+def test_every_configured_stage_ran_in_order_and_left_an_artifact(tiny_run):
+    cfg, run_dir, report = tiny_run
+    state = json.loads((run_dir / "stages.json").read_text())
+    expected = [name for name in STAGES if name in cfg.stages]
+    assert list(state) == expected and list(report["timings_s"]) == expected
+    for path in state.values():
+        assert Path(path).exists()
+    corpus = json.loads((run_dir / "corpus" / "corpus.json").read_text())
+    assert corpus["tokenizer"]["fingerprint"]  # one tokenizer for task and rest tokens
+
+
+def test_a_second_run_skips_finished_stages_and_force_redoes_the_rest(tiny_run):
+    cfg, run_dir, _ = tiny_run
+    assert run_pipeline(cfg)["timings_s"] == {}
+    redone = run_pipeline(cfg, force=["corpus"])["timings_s"]
+    configured = [name for name in STAGES if name in cfg.stages]
+    assert list(redone) == configured[configured.index("corpus"):]
+
+
+def test_unknown_stage_names_are_refused(tiny_run):
+    cfg, _, _ = tiny_run
+    with pytest.raises(InputError, match="unknown stage"):
+        run_pipeline(cfg, force=["tokeniser"])
