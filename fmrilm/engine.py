@@ -77,6 +77,21 @@ def stage_argument_parser(description: str, default_config: str):
     return parser
 
 
+def stage_main(argv, description: str, default_config: str, config_cls, run) -> int:
+    """The whole ``main()`` of a stage module: parse, load the typed config, run, report bad input."""
+    import sys
+
+    from fmrilm.config import load_config
+
+    args = stage_argument_parser(description, default_config).parse_args(argv)
+    try:
+        run(load_config(config_cls, args.config, args.set))
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def load_deepspeed_json(name_or_path: str) -> dict:
     path = Path(name_or_path)
     if not path.is_file():

@@ -36,8 +36,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fmrilm.config import load_config, save_config
-from fmrilm.engine import EngineConfig, TrainEngine, stage_argument_parser
+from fmrilm.config import save_config
+from fmrilm.engine import EngineConfig, TrainEngine, stage_main
 from fmrilm.errors import InputError
 from fmrilm.io import atomic_dir, write_json
 from fmrilm.llm.config import BootstrapConfig
@@ -196,14 +196,7 @@ def cleanup(engine: TrainEngine) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = stage_argument_parser(__doc__.splitlines()[0], "backbone_demo")
-    args = parser.parse_args(argv)
-    try:
-        run(load_config(BackboneStageConfig, args.config, args.set))
-    except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return stage_main(argv, __doc__.splitlines()[0], "backbone_demo", BackboneStageConfig, run)
 
 
 if __name__ == "__main__":

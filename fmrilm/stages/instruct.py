@@ -37,8 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fmrilm.config import load_config
-from fmrilm.engine import EngineConfig, TrainEngine, stage_argument_parser
+from fmrilm.engine import EngineConfig, TrainEngine, stage_main
 from fmrilm.errors import InputError
 from fmrilm.io import write_json
 from fmrilm.stages import lm_common
@@ -188,14 +187,7 @@ def run(cfg: InstructStageConfig) -> Path | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = stage_argument_parser(__doc__.splitlines()[0], "instruct_demo")
-    args = parser.parse_args(argv)
-    try:
-        run(load_config(InstructStageConfig, args.config, args.set))
-    except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return stage_main(argv, __doc__.splitlines()[0], "instruct_demo", InstructStageConfig, run)
 
 
 if __name__ == "__main__":

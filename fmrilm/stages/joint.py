@@ -40,8 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fmrilm.config import load_config
-from fmrilm.engine import EngineConfig, TrainEngine, stage_argument_parser
+from fmrilm.engine import EngineConfig, TrainEngine, stage_main
 from fmrilm.errors import InputError
 from fmrilm.llm.config import LLMConfig
 from fmrilm.stages import lm_common
@@ -182,14 +181,7 @@ def run(cfg: JointStageConfig) -> Path | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = stage_argument_parser(__doc__.splitlines()[0], "joint_demo")
-    args = parser.parse_args(argv)
-    try:
-        run(load_config(JointStageConfig, args.config, args.set))
-    except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return stage_main(argv, __doc__.splitlines()[0], "joint_demo", JointStageConfig, run)
 
 
 if __name__ == "__main__":

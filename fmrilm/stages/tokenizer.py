@@ -27,8 +27,8 @@ from pathlib import Path
 
 import torch
 
-from fmrilm.config import load_config, save_config
-from fmrilm.engine import EngineConfig, TrainEngine, init_distributed, micro_batch_positions, stage_argument_parser
+from fmrilm.config import save_config
+from fmrilm.engine import EngineConfig, TrainEngine, init_distributed, micro_batch_positions, stage_main
 from fmrilm.errors import InputError
 from fmrilm.io import write_json
 from fmrilm.tokenizer.config import TokenizerConfig, artifact_name
@@ -153,14 +153,7 @@ def run(cfg: TokenizerStageConfig) -> Path | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = stage_argument_parser(__doc__.splitlines()[0], "tokenizer_demo")
-    args = parser.parse_args(argv)
-    try:
-        run(load_config(TokenizerStageConfig, args.config, args.set))
-    except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return stage_main(argv, __doc__.splitlines()[0], "tokenizer_demo", TokenizerStageConfig, run)
 
 
 if __name__ == "__main__":
