@@ -72,14 +72,10 @@ def make_world(root: Path) -> dict:
 
 def build(world: dict, lora: bool = False, quantize: bool = False):
     """The stage-2 model and its encoded samples, exactly as ``fmrilm.stages.joint.setup`` makes them."""
-    from fmrilm.llm.peft_setup import build_brainlm
-
     cfg = load_config(joint.JointStageConfig, "joint_demo", [
         f"corpus={world['corpus']}", f"tokenizer={world['tokenizer']}", f"llm.backbone={world['backbone']}",
         f"llm.lora.enabled={str(lora).lower()}", f"llm.lora.quantize_4bit={str(quantize).lower()}"])
-    codes = lm_common.load_code_embeddings(cfg.tokenizer)
-    cfg.llm.codebook_size = int(codes.shape[0])
-    model = build_brainlm(cfg.llm, codes, cfg.llm.backbone)
+    model = joint.build_model(cfg)
     samples, _ = lm_common.read_split(cfg.corpus, "train", cfg.tasks, progress=False)
     encoded = lm_common.encode_samples(samples, joint.joint_encoder(model, 0, cfg.text_to_brain_fraction,
                                                                     len(samples)), model.max_length, progress=False)

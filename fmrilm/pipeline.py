@@ -54,7 +54,8 @@ class StageContext:
     def load(self, cls, seed_key: str | None = "seed", extra: list[str] | None = None):
         """The stage's typed config: its YAML, then the pipeline's seed and paths, then its own overrides."""
         overrides = ([f"{seed_key}={self.seed}"] if seed_key else []) + list(extra or []) + list(self.spec.set)
-        return load_config(cls, self.spec.config, overrides)
+        # A stage without a config file starts from the dataclass defaults.
+        return load_config(cls, self.spec.config or None, overrides)
 
     def artifact(self, stage: str) -> str:
         if stage not in self.artifacts:
@@ -80,6 +81,20 @@ def _tokenizer(ctx: StageContext) -> Path:
     cfg = ctx.load(TokenizerStageConfig, "engine.seed",
                    [f"data.dataset={ctx.artifact('task_world')}", f"out_dir={ctx.out_dir}"])
     return run(cfg)
+
+
+def _retrieval(ctx: StageContext) -> Path:
+    from fmrilm.retrieval.search import SearchIndexConfig, build_search_indexes
+
+    cfg = ctx.load(SearchIndexConfig, "seed", [f"out={ctx.out_dir}", f"corpus={ctx.artifact('corpus')}",
+                                              f"tokenizer={ctx.artifact('tokenizer')}"])
+    return build_search_indexes(cfg, overwrite=True)
+
+
+def _real_rest(ctx: StageContext) -> Path:
+    from fmrilm.brain.rest_run import RestImportConfig, import_configured_run
+
+    return import_configured_run(ctx.load(RestImportConfig, seed_key=None), ctx.out_dir, overwrite=True)
 
 
 def _tokens(source: str):
@@ -147,7 +162,10 @@ def _stimulation(ctx: StageContext) -> Path:
     return Path(cfg.out)
 
 
-# Stage name → runner, in execution order.
+# Stage name → runner, in execution order. The search indexes and the real rest run come after the
+# LM stages although they need none of them: a forced stage redoes every later one, so placed here
+# `--force retrieval` or `--force real_rest` never retrains the LM. Nothing trains on the real run:
+# it is held out for the evaluation's next-scan R².
 STAGES = {
     "task_world": _task_world,
     "rest_world": _rest_world,
@@ -158,6 +176,9 @@ STAGES = {
     "backbone": _backbone,
     "joint": _joint,
     "instruct": _instruct,
+    "retrieval": _retrieval,
+    "real_rest": _real_rest,
+    "real_rest_tokens": _tokens("real_rest"),
     "evaluation": _evaluation,
     "stimulation": _stimulation,
 }

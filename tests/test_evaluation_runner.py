@@ -32,7 +32,7 @@ def build_tiny_run(root: Path, world: Path, rest: bool = False) -> Path:
     from fmrilm.corpus.build import CorpusConfig, build_corpus
     from fmrilm.llm.backbone import bootstrap_backbone
     from fmrilm.llm.checkpoint import save_brainlm
-    from fmrilm.llm.config import BootstrapConfig, LLMConfig
+    from fmrilm.llm.config import BootstrapConfig, LLMConfig, ScanConditionSettings
     from fmrilm.llm.peft_setup import build_brainlm
     from fmrilm.tokenizer.model import BrainTokenizer
     from fmrilm.tokenizer.tokens import write_tokens_dataset
@@ -62,7 +62,8 @@ def build_tiny_run(root: Path, world: Path, rest: bool = False) -> Path:
     stimuli = Dataset(world).table("stimuli")
     texts = [c for row in stimuli for c in row["captions"]] + [qa["question"] for row in stimuli for qa in row["qa"]]
     backbone = bootstrap_backbone(texts, run / "backbone", BootstrapConfig(**BOOT))
-    model = build_brainlm(LLMConfig(backbone=str(backbone), codebook_size=tokenizer.vocab_size),
+    model = build_brainlm(LLMConfig(backbone=str(backbone), codebook_size=tokenizer.vocab_size,
+                                    scan_condition=ScanConditionSettings(tokens_per_scan=tokenizer.tokens_per_scan)),
                           tokenizer.code_embeddings())
     save_brainlm(model, run / "instruct" / "stage3_instruct-tiny-step000000")
     return run
@@ -113,7 +114,10 @@ def test_report_has_every_section_with_controls(report):
         assert 0.0 <= rep["vqa"][condition]["overall"] <= 1.0
     assert {"brain_embedder_tokens", "continuous_tokens", "ridge", "ideal_observer"} <= set(rep["retrieval"])
     assert rep["captioning"]["model"]["SPICE"] is None and "SPICE" in rep["captioning"]["model"]["unavailable"]
-    assert rep["few_shot"]["subject_adaptation"]["status"] == "not done"
+    adaptation = rep["few_shot"]["subject_adaptation"]
+    assert adaptation["subject"] == "sub-03"  # the tiny world's last subject, unseen by tokenizer and LM
+    assert list(adaptation["conditions"]) == ["k=0", "k=4", "k=16", "reference sub-01"]
+    assert "## Held-out-subject adaptation" in (out / "report.md").read_text()
     assert {"sex", "diagnosis", "age"} <= set(rep["rest"]["phenotype"])
     for result in rep["rest"]["phenotype"].values():
         assert {"model", "fc_baseline"} <= set(result)

@@ -12,7 +12,7 @@ import torch
 
 from fmrilm.errors import InputError
 from fmrilm.llm.backbone import bootstrap_backbone, train_text_tokenizer
-from fmrilm.llm.config import BootstrapConfig, LLMConfig
+from fmrilm.llm.config import BootstrapConfig, LLMConfig, ScanConditionSettings
 from fmrilm.llm.peft_setup import build_brainlm
 
 # Text-only corpus stand-in; "zebra" and "surfer" play the novel categories.
@@ -34,6 +34,7 @@ TINY = BootstrapConfig(
     seed=0,
 )
 CODEBOOK = 64
+NO_CONDITION = ScanConditionSettings(enabled=False)
 
 
 def make_backbone(path, seed: int = 0):
@@ -92,9 +93,9 @@ def test_bootstrap_refuses_bad_input(tmp_path, backbone):
 @pytest.mark.parametrize("path", [None, "does/not/exist"])
 def test_missing_backbone_says_how_to_provide_one(path):
     with pytest.raises(InputError, match="--backbone PATH.*stage 0"):
-        build_brainlm(LLMConfig(backbone=path, codebook_size=CODEBOOK), make_codes())
+        build_brainlm(LLMConfig(backbone=path, codebook_size=CODEBOOK, scan_condition=NO_CONDITION), make_codes())
 
 
 def test_loading_sets_offline_flags(backbone):
-    build_brainlm(LLMConfig(backbone=str(backbone), codebook_size=CODEBOOK), make_codes())
+    build_brainlm(LLMConfig(backbone=str(backbone), codebook_size=CODEBOOK, scan_condition=NO_CONDITION), make_codes())
     assert os.environ["HF_HUB_OFFLINE"] == "1" and os.environ["TRANSFORMERS_OFFLINE"] == "1"

@@ -28,6 +28,7 @@ def fake_tokenizer(path, codebook: int = TOY_CODEBOOK, fingerprint: str = f"toy-
     table = torch.randn(codebook, 16, generator=torch.Generator().manual_seed(3))
     save_file({"code_embeddings": table}, str(path / lm_common.CODE_EMBEDDINGS_FILE))
     write_json(path / "config.json", {"format": lm_common.TOKENIZER_FORMAT, "fingerprint": fingerprint,
+                                      "atlas": {"n_parcels": 100},  # the toy inputs' Schaefer-100
                                       "tokenizer": {"quantizer": {"kind": "vq", "codebook_size": codebook,
                                                                   "levels": 1}}})
     return path

@@ -44,7 +44,7 @@ def test_layout_shapes_and_dtypes(data, atlas):
     assert ds.array("localizer_betas").shape == (S * len(LOCALIZER_CATEGORIES) * cfg.localizer.n_runs, V)
     assert ds.manifest["source"] == "synthetic" and ds.manifest["n_stimuli"] == M
     assert data.novel_categories == list(cfg.novel_categories) and data.has_ground_truth
-    assert len(data.stimuli) == M and [r["subject"] for r in data.subjects] == ["sub-01", "sub-02"]
+    assert len(data.stimuli) == M and [r["subject"] for r in data.subjects] == ["sub-01", "sub-02", "sub-03"]
     for s in range(S):
         trials = data.trials(s)
         counts = np.bincount(data.trial_stimulus[trials], minlength=M)

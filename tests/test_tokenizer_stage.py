@@ -58,7 +58,7 @@ def trained(tmp_path_factory):
     # Its own process, exactly as launched by hand (DeepSpeed keeps process-wide group state).
     cmd = [sys.executable, "-m", "fmrilm.stages.tokenizer", "--config", "tokenizer_tiny", "--set",
            f"data.dataset={data}", f"out_dir={root / 'out'}", "tokenizer.input=task",
-           "tokenizer.contrastive=clip",
+           "tokenizer.contrastive=clip", "tokenizer.heldout_task_subjects=0",  # a one-subject dataset
            "data.heldout_fraction=0.25", "engine.max_steps=4", "engine.micro_batch_size=8"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, DS_ACCELERATOR="cpu"))
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -20,6 +20,7 @@ Usage::
     from fmrilm.brain.rest_run import load_rest_run, import_rest_run
     run = load_rest_run()                       # brainspace run: timeseries [652, 100]
     import_rest_run(run, "runs/real_rest")      # rest dataset, S = 1, with vertex_timeseries
+    import_configured_run(RestImportConfig(), "runs/real_rest")   # the same, as the pipeline's real_rest stage
 """
 
 from __future__ import annotations
@@ -52,6 +53,26 @@ BRAINSPACE_CONFOUND_NAMES = (
     + [f"motion_outlier_{i:02d}" for i in range(8)]
     + ["constant", "legendre_1", "legendre_2"]
 )
+
+
+@dataclass
+class RestImportConfig:
+    """Which surface run to import (the pipeline's ``real_rest`` stage; all None = the brainspace run).
+
+    Attributes
+    ----------
+    lh, rh : str or None
+        Hemisphere files (MGH/MGZ or GIFTI); both or neither.
+    confounds : str or None
+        Confound table (default for the brainspace run: its bundled table).
+    tr : float or None
+        Repetition time in seconds (default: header, 1.4 s for the brainspace run).
+    """
+
+    lh: str | None = None
+    rh: str | None = None
+    confounds: str | None = None
+    tr: float | None = None
 
 
 @dataclass
@@ -156,6 +177,11 @@ def load_rest_run(lh: str | Path | None = None, rh: str | Path | None = None,
                    source="brainspace" if bundled else str(lh), confound_names=names if clean else [],
                    subject=match.group(0) if match else "sub-0001", atlas=atlas.describe(),
                    cleaning=dataclasses.asdict(config) if clean else None)
+
+
+def import_configured_run(cfg: RestImportConfig, out: str | Path, overwrite: bool = False) -> Path:
+    """Load, clean and parcellate the run `cfg` names and write it as a rest dataset at `out`."""
+    return import_rest_run(load_rest_run(cfg.lh, cfg.rh, cfg.confounds, tr=cfg.tr), out, overwrite=overwrite)
 
 
 def _zscore_columns(x: np.ndarray) -> np.ndarray:

@@ -30,6 +30,7 @@ from fmrilm.corpus.shards import SplitWriter, remove_stale
 from fmrilm.corpus.splits import (
     SplitConfig,
     check_leakage,
+    last_subjects_fewshot,
     novel_pattern,
     stimulus_splits,
     subject_splits,
@@ -81,6 +82,8 @@ class CorpusConfig:
                 raise InputError(source, f"splits.{name}", f"{getattr(self.splits, name)} not in [0, 1)")
         if self.splits.val_fraction + self.splits.test_fraction >= 1.0:
             raise InputError(source, "splits", "val_fraction + test_fraction leaves no training stimuli")
+        if self.splits.task_fewshot_subjects < 0 or self.splits.rest_fewshot_subjects < 0:
+            raise InputError(source, "splits.*_fewshot_subjects", "must be >= 0")
         if self.shards.maxcount < 1 or self.shards.maxsize < 1:
             raise InputError(source, "shards", f"maxcount {self.shards.maxcount} and maxsize "
                              f"{self.shards.maxsize} must be positive")
@@ -96,13 +99,14 @@ class Plan:
     novel_categories: list[str]
     fewshot_subjects: set
     dropped_novel: int
+    task_fewshot_subjects: list
 
 
 def plan_corpus(cfg: CorpusConfig, inputs: CorpusInputs, progress: bool = True) -> Plan:
     """Decide splits and build every sample (json fields + scan references); checks leakage."""
     seed, tasks = cfg.seed, set(cfg.samples.tasks)
     trial_split = rest_split = features = None
-    novel_categories, novel_stimuli, fewshot = [], set(), set()
+    novel_categories, novel_stimuli, fewshot, task_fewshot = [], set(), set(), []
     if inputs.task is not None:
         stimuli = inputs.task.table("stimuli")
         novel = np.array([bool(r.get("novel", False)) for r in stimuli])
@@ -110,8 +114,12 @@ def plan_corpus(cfg: CorpusConfig, inputs: CorpusInputs, progress: bool = True) 
         novel_categories = list(inputs.task.manifest.get("novel_categories") or sorted(
             {c for r in stimuli if r.get("novel") for c in r.get("categories", [])}))
         subjects = [r["subject"] for r in inputs.task.table("subjects")]
-        task_subject_split = subject_splits(len(subjects), 0.0, 0.0, cfg.splits.task_fewshot_subjects, seed)
-        fewshot |= {s for s, sp in zip(subjects, task_subject_split, strict=True) if sp == "fewshot"}
+        if cfg.splits.task_fewshot_subjects >= len(subjects):
+            raise InputError(inputs.task.path / "subjects.jsonl", "splits.task_fewshot_subjects",
+                             f"{cfg.splits.task_fewshot_subjects} of {len(subjects)} subjects leaves none to train on")
+        task_subject_split = last_subjects_fewshot(len(subjects), cfg.splits.task_fewshot_subjects)
+        task_fewshot = [s for s, sp in zip(subjects, task_subject_split, strict=True) if sp == "fewshot"]
+        fewshot |= set(task_fewshot)
         trial_split = trial_splits(inputs.task.array("trial_stimulus"), inputs.task.array("trial_subject"),
                                    stimulus_splits(novel, cfg.splits, seed), task_subject_split)
     if inputs.rest is not None:
@@ -127,7 +135,7 @@ def plan_corpus(cfg: CorpusConfig, inputs: CorpusInputs, progress: bool = True) 
                             novel_pattern(novel_categories), progress)
     samples = builder.build()
     check_leakage((s.meta for s in samples), novel_stimuli, novel_categories, fewshot)
-    return Plan(samples, novel_categories, fewshot, builder.dropped_novel)
+    return Plan(samples, novel_categories, fewshot, builder.dropped_novel, task_fewshot)
 
 
 def gather_tokens(inputs: CorpusInputs, scans: tuple) -> np.ndarray:
@@ -184,6 +192,7 @@ def build_corpus(cfg: CorpusConfig, out, overwrite: bool = False, progress: bool
                        "bytes": sum(sh["bytes"] for sh in m["shards"])} for k, m in manifests.items()},
         "counts": dict(Counter(s.task for s in plan.samples)), "dropped_novel_mentions": plan.dropped_novel,
         "novel_categories": plan.novel_categories, "fewshot_subjects": sorted(plan.fewshot_subjects),
+        "task_fewshot_subjects": plan.task_fewshot_subjects,
         "inputs": {k: v for k, v in to_dict(cfg).items() if k.endswith(("_dataset", "_tokens"))},
         **extra}
     # corpus.json last: its presence marks a complete build

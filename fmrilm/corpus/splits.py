@@ -5,7 +5,9 @@ Rules (checked again on the finished sample list by :func:`check_leakage`):
 - a stimulus has one split, so all its repeats and all subjects' trials of it go together;
 - stimuli showing a novel category are test-only, and no brain–text training sample names a novel
   category (text-only samples may: the LM must know the words);
-- held-out few-shot subjects appear only in the ``fewshot`` split, and other subjects never do.
+- held-out few-shot subjects appear only in the ``fewshot`` split, and other subjects never do;
+  held-out *task* subjects are the last ones of the dataset, the same subjects the tokenizer's
+  ``heldout_task_subjects`` leaves out of its training.
 """
 
 from __future__ import annotations
@@ -73,6 +75,17 @@ def subject_splits(n_subjects: int, val: float, test: float, n_fewshot: int, see
     out[order[:n_fewshot]] = "fewshot"
     rest = order[n_fewshot:]
     out[rest] = _assign(rest.size, {"test": test, "val": val}, rng)
+    return out
+
+
+def last_subjects_fewshot(n_subjects: int, n_fewshot: int) -> np.ndarray:
+    """Split per task subject: the last `n_fewshot` are ``fewshot``, the others ``train``.
+
+    Task data are split by stimulus, not by subject, so only the held-out subjects need a name;
+    taking the last ones matches the subjects the tokenizer stage leaves out.
+    """
+    out = np.full(n_subjects, "train", dtype=object)
+    out[n_subjects - n_fewshot:] = "fewshot"  # an empty slice when n_fewshot is 0
     return out
 
 

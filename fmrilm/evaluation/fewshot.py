@@ -1,4 +1,5 @@
-"""Few-shot evaluation: k-shot in-context captioning (held-out-subject adaptation is not implemented).
+"""Few-shot evaluation: k-shot in-context captioning (adaptation to a held-out subject, the other
+few-shot setting, is :mod:`fmrilm.evaluation.subject_adaptation`).
 
 In-context: each query item's prompt is prefixed with k examples (scan + reference caption) of
 *training* stimuli seen by the same subject, in the corpus's shot format
@@ -16,10 +17,6 @@ from fmrilm.errors import InputError
 from fmrilm.evaluation.captions import semscore
 from fmrilm.evaluation.task_eval import CAPTION_PROMPT, TaskItems
 from fmrilm.llm.generate import generate
-
-ADAPTATION_NOT_DONE = ("held-out-subject adaptation (fresh region encoders trained on k scans, codebook and "
-                       "LM frozen) is not implemented yet; the task corpus holds no held-out task subject "
-                       "(task_fewshot_subjects = 0)")
 
 
 def in_context(model, items: TaskItems, shot_tokens: dict, shot_captions: dict, ks, cfg,

@@ -55,8 +55,7 @@ def render_markdown(report: dict) -> str:
     fs = report["few_shot"]
     out += ["## Few-shot (in-context captioning SemScore)", ""]
     out += _table(("k", "SemScore"), [(k, v.get("semscore", v.get("reason"))) for k, v in fs["in_context"].items()])
-    out += [f"Held-out-subject adaptation: {fs['subject_adaptation']['status']} "
-            f"({fs['subject_adaptation']['reason']})", ""]
+    out += _adaptation_markdown(fs["subject_adaptation"])
     out += _rest_markdown(report["rest"])
     out += ["## Targets", ""]
     out += _table(("target", "measured", "threshold", "met"),
@@ -71,6 +70,21 @@ def render_markdown(report: dict) -> str:
     return "\n".join(out)
 
 
+def _adaptation_markdown(section: dict) -> list[str]:
+    out = ["## Held-out-subject adaptation (new subject encoders, codebook and LM frozen)", ""]
+    if _skipped(section):
+        return out + ["skipped: " + section["reason"], ""]
+    rows = list(section["conditions"].items())
+    n_way = rows[0][1]["n_way"]
+    out += [f"Subject {section['subject']}: encoders fitted on k of {section['train_pool']} training-split "
+            f"stimuli, scored on {section['test_stimuli']} test stimuli (repeats averaged); "
+            f"{n_way}-way retrieval, chance {1 / n_way:.3f}.", ""]
+    return out + _table(("condition", "R² vs clean", "R² vs scan", "top1 brain embedder", "top1 read-out",
+                         "SemScore"),
+                        [(name, c.get("r2_clean"), c["r2"], c.get("top1_brain_embedder"), c.get("top1_readout"),
+                          c["semscore"]) for name, c in rows])
+
+
 def _rest_markdown(rest: dict) -> list[str]:
     out = ["## Rest", ""]
     if _skipped(rest):
@@ -80,13 +94,18 @@ def _rest_markdown(rest: dict) -> list[str]:
         key = "mae" if name == "age" else "accuracy"
         rows.append((name, key, result["model"][key], result["fc_baseline"][key], result["n_subjects"]))
     out += _table(("phenotype", "metric", "LM", "FC baseline", "subjects"), rows)
-    temporal = rest["temporal"]
-    if _skipped(temporal):
-        return out + ["next scan skipped: " + temporal["reason"], ""]
-    out += _table(("next-scan R²", "LM", "persistence", "linear AR", "tokenizer ceiling"),
-                  [("parcels", temporal["model"], temporal["persistence"], temporal["linear_ar"],
-                    temporal["tokenizer_ceiling"])])
-    return out
+    rows, notes = [], []
+    for label, key in (("synthetic held-out subjects", "temporal"), ("real brainspace run", "temporal_real_run")):
+        t = rest.get(key)
+        if t is None:
+            continue
+        if _skipped(t):
+            notes.append(f"next scan on the {label} skipped: {t['reason']}")
+        else:
+            rows.append((label, t["model"], t["persistence"], t["linear_ar"], t["tokenizer_ceiling"]))
+    if rows:
+        out += _table(("next-scan R² (parcels)", "LM", "persistence", "linear AR", "tokenizer ceiling"), rows)
+    return out + notes + ([""] if notes else [])
 
 
 def write_markdown(report: dict, path) -> Path:

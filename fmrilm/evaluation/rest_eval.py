@@ -11,20 +11,29 @@ Items are the corpus's ``test``-split rest samples (zero-shot ones), so subjects
   (:func:`~fmrilm.llm.generate.generate_scan`); the tokenizer decodes them and the parcel means are
   compared with the true z-scored parcel signal of that TR. Beside it: persistence, a per-parcel
   AR(1) fitted on training subjects, and the tokenizer ceiling (decoding the true target's tokens).
+- Next scan on a real run (``temporal_real_run``): the same comparison on the last ``n_temporal`` TRs
+  of the real run the pipeline imports and tokenizes after training (stage ``real_rest_tokens``, found
+  through the run's ``stages.json`` beside the corpus), which the LM never saw. The target is the
+  signal in the tokenizer's own input space (parcel means of the per-vertex z-scored run), the LM's
+  context is as many preceding TRs as its temporal training samples had, and the AR(1) is fitted on
+  the TRs before the first target.
 """
 
 from __future__ import annotations
 
 import re
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from fmrilm.brain.store import Dataset
+from fmrilm.errors import InputError
 from fmrilm.evaluation.baselines import fc_features, phenotype_baseline
 from fmrilm.evaluation.regression import classification_scores, r2_score, regression_scores
-from fmrilm.evaluation.temporal_baselines import LinearAR
+from fmrilm.evaluation.temporal_baselines import LinearAR, persistence_forecast
+from fmrilm.io import read_json
 from fmrilm.llm.generate import choose_answer, generate, generate_scan
 from fmrilm.tokenizer.data import zscore_time
 
@@ -84,11 +93,18 @@ def phenotype_section(model, samples: list, rest: Dataset, excluded: set, cfg) -
     return out
 
 
-@torch.no_grad()
-def _parcel_means(tokenizer, tokens: np.ndarray) -> np.ndarray:
-    grouped = tokenizer.decode(torch.as_tensor(np.asarray(tokens, np.int64)))
+REAL_RUN_STAGE = "real_rest_tokens"  # pipeline stage holding the real run's tokens (fmrilm/pipeline.py)
+
+
+def _masked_parcel_mean(tokenizer, grouped: torch.Tensor) -> np.ndarray:
+    """Parcel-grouped vertex values ``[N, P, Vmax]`` → parcel means ``[N, P]`` (padding ignored)."""
     mask = tokenizer.mask
     return ((grouped * mask).sum(-1) / mask.sum(-1)).numpy()
+
+
+@torch.no_grad()
+def _parcel_means(tokenizer, tokens: np.ndarray) -> np.ndarray:
+    return _masked_parcel_mean(tokenizer, tokenizer.decode(torch.as_tensor(np.asarray(tokens, np.int64))))
 
 
 def temporal_section(model, tokenizer, samples: list, rest: Dataset, excluded: set, cfg) -> dict:
@@ -119,12 +135,93 @@ def temporal_section(model, tokenizer, samples: list, rest: Dataset, excluded: s
             "n_targets": len(items), "source": rest.manifest.get("source")}
 
 
+def real_run_tokens(heldout) -> Path | None:
+    """The real run's tokens dataset of the run the corpus belongs to, or None if it has none.
+
+    The pipeline records finished stages in ``<run>/stages.json`` and writes stage ``real_rest_tokens``
+    into ``<run>/real_rest_tokens``; the corpus is ``<run>/corpus``.
+    """
+    run = Path(heldout.corpus).parent
+    if not (run / "stages.json").is_file() or REAL_RUN_STAGE not in read_json(run / "stages.json"):
+        return None
+    return run / REAL_RUN_STAGE if (run / REAL_RUN_STAGE / "manifest.json").is_file() else None
+
+
+@torch.no_grad()
+def real_run_signal(tokenizer, rest: Dataset, subject: int = 0) -> np.ndarray:
+    """Parcel signal ``[T, P]`` of a real run as the tokenizer sees it: each vertex z-scored over time
+    (as :mod:`fmrilm.tokenizer.tokens` does before encoding), then averaged within each parcel."""
+    vertices = zscore_time(np.asarray(rest.array("vertex_timeseries")[subject], np.float32))
+    return _masked_parcel_mean(tokenizer, tokenizer.group_vertices(vertices, rest.path))
+
+
+def real_run_temporal(model, tokenizer, tokens_dir, n_context: int, n_targets: int) -> dict:
+    """Next-scan R² on the last `n_targets` TRs of a real run: LM, persistence, AR(1), tokenizer ceiling.
+
+    Parameters
+    ----------
+    tokens_dir : path
+        Tokens dataset of the run, one scan per TR (``rest_input == "vertex"``), encoded by `tokenizer`.
+    n_context : int
+        Scans before each target that the LM is given.
+    n_targets : int
+        Targets: the run's last TRs (fewer if the run is too short to leave context and AR training).
+
+    Raises
+    ------
+    InputError
+        Tokens from another tokenizer (fingerprint mismatch).
+    """
+    tokens_ds = Dataset(tokens_dir, kind="tokens")
+    manifest = tokens_ds.manifest
+    if manifest.get("rest_input") != "vertex":
+        return {"status": "skipped", "reason": f"{tokens_dir}: not one scan per TR (tokenize the run with a "
+                                               "task tokenizer)"}
+    fingerprint = tokenizer.describe()["fingerprint"]
+    if manifest["tokenizer"].get("fingerprint") != fingerprint:
+        raise InputError(Path(tokens_dir) / "manifest.json", "tokenizer.fingerprint",
+                         f"{manifest['tokenizer'].get('fingerprint')}, the evaluated tokenizer is {fingerprint}")
+    rest = Dataset(manifest["source_dataset"], kind="rest")
+    if "vertex_timeseries" not in rest.manifest["arrays"]:
+        return {"status": "skipped", "reason": f"{rest.path}: no vertex_timeseries (not a real run)"}
+    tokens = np.asarray(tokens_ds.array("tokens")[0], np.int64)  # [T, P·L]
+    signal = real_run_signal(tokenizer, rest)
+    # The first target leaves n_context scans for the LM and at least 2 TRs to fit the AR(1) on.
+    first = len(tokens) - min(n_targets, len(tokens) - max(n_context, 2))
+    if first >= len(tokens):
+        return {"status": "skipped", "reason": f"{len(tokens)} TRs leave no target after {n_context} context scans"}
+    targets = signal[first:]
+    contexts = [tokens[j - n_context:j] for j in range(first, len(tokens))]
+    predicted = generate_scan(model, contexts, tokenizer.tokens_per_scan)
+    ar = LinearAR(order=1).fit(signal[:first])
+    return {"model": r2_score(targets, _parcel_means(tokenizer, predicted)),
+            "persistence": r2_score(targets, persistence_forecast(signal[first - 1:])),
+            "linear_ar": r2_score(targets, ar.predict(signal[first - 1:])),
+            "tokenizer_ceiling": r2_score(targets, _parcel_means(tokenizer, tokens[first:])),
+            "n_targets": int(len(targets)), "first_target_tr": int(first), "n_context": int(n_context),
+            "n_timepoints": int(len(tokens)), "tr": rest.manifest.get("tr"), "source": rest.manifest.get("source")}
+
+
 def rest_section(model, tokenizer, heldout, cfg) -> dict:
-    """Both rest evaluations, or a skip reason when the corpus holds no rest data."""
+    """Rest evaluations, or a skip reason when the corpus holds no rest data.
+
+    Keys ``phenotype``, ``temporal`` (synthetic held-out subjects) and ``temporal_real_run``
+    (:func:`real_run_temporal` on the run's ``real_rest_tokens``, or a skip reason).
+    """
     path = heldout.input_path("rest_dataset")
     if path is None or not heldout.test_samples:
         return {"status": "skipped", "reason": "the corpus has no rest dataset / no rest test samples"}
     rest = Dataset(path, kind="rest")
     excluded = set(heldout.summary.get("fewshot_subjects", [])) | heldout.val_subjects
-    return {"phenotype": phenotype_section(model, heldout.test_samples, rest, excluded, cfg),
-            "temporal": temporal_section(model, tokenizer, heldout.test_samples, rest, excluded, cfg)}
+    out = {"phenotype": phenotype_section(model, heldout.test_samples, rest, excluded, cfg),
+           "temporal": temporal_section(model, tokenizer, heldout.test_samples, rest, excluded, cfg)}
+    temporal = [s for s in heldout.test_samples if s["json"]["task"] == "temporal"]
+    real_tokens = real_run_tokens(heldout)
+    if real_tokens is None or not temporal:
+        out["temporal_real_run"] = {"status": "skipped", "reason": "no real_rest_tokens stage in this run / "
+                                                                   "no temporal samples to take the context from"}
+    else:
+        # The LM's context length is that of its temporal training samples (target scan excluded).
+        n_context = len(temporal[0]["tokens.npy"]) - 1
+        out["temporal_real_run"] = real_run_temporal(model, tokenizer, real_tokens, n_context, cfg.n_temporal)
+    return out

@@ -38,7 +38,7 @@ def per_subject_n_way(brain: np.ndarray, captions: np.ndarray, subject: np.ndarr
 
 
 def retrieval_section(train: dict, test: dict, bank_captions, bank_embeddings, cfg,
-                      progress: bool = False) -> tuple[dict, list[str], dict]:
+                      progress: bool = False) -> tuple[dict, list[str], dict, dict]:
     """Retrieval scores of each head and the ridge decoder's captions.
 
     Parameters
@@ -56,10 +56,13 @@ def retrieval_section(train: dict, test: dict, bank_captions, bank_embeddings, c
         The bank caption nearest to each test item's predicted embedding.
     embeddings : dict
         Test-item brain embeddings of each head (for the examples' retrieval hits).
+    heads : dict
+        The trained brain embedders by name (reused on other subjects' tokens).
     """
-    section, embeddings = {}, {}
+    section, embeddings, heads = {}, {}, {}
     for name, key in (("brain_embedder_tokens", "tokens"), ("continuous_tokens", "continuous")):
         model, history = train_brain_embedder(train[key], train["text"], cfg.embedder, progress=progress)
+        heads[name] = model
         embeddings[name] = model.embed(test[key])
         section[name] = {**per_subject_n_way(embeddings[name], test["text"], test["subject"], cfg),
                          "final_train_loss": history[-1]}
@@ -68,4 +71,4 @@ def retrieval_section(train: dict, test: dict, bank_captions, bank_embeddings, c
     section["ridge"] = {**per_subject_n_way(embeddings["ridge"], test["text"], test["subject"], cfg),
                         "alpha": ridge.alpha}
     captions = ridge.decode(test["vertices"], bank_captions, bank_embeddings)
-    return section, captions, embeddings
+    return section, captions, embeddings, heads

@@ -7,8 +7,10 @@ Launch::
 
 Sections (every figure beside its controls, all on the same items): captioning (model, shuffled
 brain, text only, ridge decoder, ideal observer), VQA, retrieval (token head, continuous ablation,
-ridge, ideal observer), zero-shot naming, few-shot, rest (phenotypes, next scan), tokenizer map,
-ten worked examples, and the issue's targets with whether each was met.
+ridge, ideal observer), zero-shot naming, few-shot (in-context, and adaptation to the held-out
+task subject, :mod:`fmrilm.evaluation.subject_adaptation`), rest (phenotypes, next scan), tokenizer
+map, ten worked examples, and the issue's targets with whether each was met. The held-out task
+subject (``corpus.json`` ``task_fewshot_subjects``) appears only in the adaptation section.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 
 from fmrilm.config import save_config
 from fmrilm.errors import InputError
+from fmrilm.evaluation.subject_adaptation import SubjectAdaptationConfig
 from fmrilm.io import atomic_dir, read_json, write_json
 from fmrilm.retrieval.brain_embedder import BrainEmbedderConfig
 
@@ -48,6 +51,8 @@ class EvalConfig:
         Next-scan targets evaluated.
     meteor : bool
         METEOR starts a JVM per condition (~10 s each).
+    adaptation : SubjectAdaptationConfig
+        k values and fitting of the held-out-subject adaptation.
     """
 
     corpus: str = "runs/demo/corpus"
@@ -69,6 +74,7 @@ class EvalConfig:
     meteor: bool = True
     seed: int = 0
     embedder: BrainEmbedderConfig = field(default_factory=lambda: BrainEmbedderConfig(epochs=30))
+    adaptation: SubjectAdaptationConfig = field(default_factory=SubjectAdaptationConfig)
 
 
 def _pick_items(test_stimuli, stimuli, subjects, cfg) -> tuple[np.ndarray, np.ndarray]:
@@ -137,6 +143,7 @@ def run_evaluation(cfg: EvalConfig, overwrite: bool = False, progress: bool = Tr
     from fmrilm.evaluation.ideal_observer import ideal_observer
     from fmrilm.evaluation.report import write_markdown
     from fmrilm.evaluation.retrieval_eval import retrieval_section
+    from fmrilm.evaluation.subject_adaptation import subject_adaptation_section
     from fmrilm.llm.checkpoint import load_brainlm
     from fmrilm.tokenizer.data import dataset_atlas
     from fmrilm.tokenizer.model import BrainTokenizer
@@ -155,7 +162,9 @@ def run_evaluation(cfg: EvalConfig, overwrite: bool = False, progress: bool = Tr
     tokenizer = BrainTokenizer.from_pretrained(tokenizer_dir, data.atlas_info)
     model = load_brainlm(resolve_model_dir(cfg.model))
     atlas = dataset_atlas(data.atlas_info, task_path)
-    subjects = list(range(len(data.subjects)))
+    # Held-out task subjects are for the adaptation section only: no head is trained or scored on them.
+    unseen = set(heldout.summary.get("task_fewshot_subjects") or [])
+    subjects = [i for i, row in enumerate(data.subjects) if row["subject"] not in unseen]
     test_stim = heldout.test_stimuli
     timings["load"] = time.time() - t0
 
@@ -167,8 +176,8 @@ def run_evaluation(cfg: EvalConfig, overwrite: bool = False, progress: bool = Tr
     timings["features"] = time.time() - t0
 
     t0 = time.time()
-    retrieval, ridge_captions, embeddings = retrieval_section(train, test, train_captions, train["text"], cfg,
-                                                              progress)
+    retrieval, ridge_captions, embeddings, heads = retrieval_section(train, test, train_captions, train["text"],
+                                                                     cfg, progress)
     n_repeats = int(data.trial_repeat.max()) + 1
     scans = {s: test["vertices"][test["subject"] == s] for s in subjects}
     observer = ideal_observer(data, subjects, test_stim, scans, n_repeats, cfg.n_way, cfg.n_draws, cfg.seed)
@@ -201,9 +210,13 @@ def run_evaluation(cfg: EvalConfig, overwrite: bool = False, progress: bool = Tr
     shot_tokens = {s: train["tokens_ids"][train["subject"] == s] for s in subjects}
     shot_captions = {s: [data.stimuli[m]["captions"][0] for m in train["stimulus"][train["subject"] == s]]
                      for s in subjects}
-    few_shot = {"in_context": fewshot.in_context(model, few, shot_tokens, shot_captions, cfg.shots, cfg, progress),
-                "subject_adaptation": {"status": "not done", "reason": fewshot.ADAPTATION_NOT_DONE}}
+    few_shot = {"in_context": fewshot.in_context(model, few, shot_tokens, shot_captions, cfg.shots, cfg, progress)}
     timings["few_shot"] = time.time() - t0
+
+    t0 = time.time()
+    few_shot["subject_adaptation"] = subject_adaptation_section(data, tokenizer, model, heldout, subjects[0],
+                                                                heads["brain_embedder_tokens"], cfg, progress)
+    timings["subject_adaptation"] = time.time() - t0
 
     t0 = time.time()
     rest = rest_eval.rest_section(model, tokenizer, heldout, cfg)

@@ -4,13 +4,17 @@ A saved model directory::
 
     DIR/brainlm.json               format, base identity (name, path, fingerprint), vocab, resolved config
     DIR/adapter/                   peft LoRA adapter (LoRA runs), kept apart from ...
-    DIR/brain_parts.safetensors    ... the other trainable weights: brain embedding and brain head
+    DIR/brain_parts.safetensors    ... the other trainable weights: brain embedding, brain head and
+                                   scan conditioning
     DIR/backbone/                  the whole fine-tuned HF model instead of adapter/ (runs without LoRA)
 
 :func:`load_brainlm` is the one call that loads it (or a merged directory); it refuses an adapter
 whose recorded base differs from the backbone it is given, naming both. :func:`merge_to_hf` writes a
 standalone HF checkpoint: LoRA merged into full-precision base weights, the vocabulary resized, brain
 embeddings written into the input table and the brain head into the output rows of the brain tokens.
+A plain HF model has no place for the scan conditioning, so its weights go beside the merged model in
+``scan_condition.safetensors``, which :func:`load_brainlm` applies (a consumer that loads the merged
+directory with transformers alone gets the model without it).
 """
 
 from __future__ import annotations
@@ -28,12 +32,14 @@ from fmrilm.errors import InputError
 from fmrilm.io import atomic_dir, read_json, write_json
 from fmrilm.llm.backbone import check_backbone_dir, load_causal_lm
 from fmrilm.llm.config import LLMConfig
-from fmrilm.llm.model import BrainLM
+from fmrilm.llm.model import BRAIN_PARTS_PREFIXES, BrainLM
 from fmrilm.llm.peft_setup import META_FILE, build_brainlm
 from fmrilm.llm.storage import checkpoint_identity
 
 FORMAT_VERSION = 1
 BRAIN_PARTS = "brain_parts.safetensors"
+SCAN_CONDITION_FILE = "scan_condition.safetensors"
+CONDITION_PREFIX = "scan_condition."
 
 
 def _is_peft(model: BrainLM) -> bool:
@@ -85,11 +91,19 @@ def load_brainlm(model_dir: str | Path, backbone: str | Path | None = None) -> B
     if meta["merged"]:
         cfg = LLMConfig(codebook_size=meta["vocab"]["codebook_size"])
         cfg.lora.enabled = False
-        return build_brainlm(cfg, None, model_dir)
+        path = model_dir / SCAN_CONDITION_FILE
+        parts = load_file(path) if path.is_file() else {}
+        _configure_condition(cfg, parts)
+        model = build_brainlm(cfg, None, model_dir, parts.get(f"{CONDITION_PREFIX}readout"),
+                              parts.get(f"{CONDITION_PREFIX}codes"))
+        # brain embedding and head are already rows of the merged tables; only the conditioning loads
+        return _load_parts(model, parts, path, (CONDITION_PREFIX,))
     cfg = from_dict(LLMConfig, meta["config"], str(model_dir / META_FILE))
     parts = load_file(model_dir / BRAIN_PARTS)
+    _configure_condition(cfg, parts)
+    readout = parts.get(f"{CONDITION_PREFIX}readout")
     if meta["weights"] == "backbone":
-        model = build_brainlm(cfg, parts["brain_embed.codes"], model_dir / "backbone")
+        model = build_brainlm(cfg, parts["brain_embed.codes"], model_dir / "backbone", readout)
     else:
         base = check_backbone_dir(backbone if backbone is not None else meta["base"]["path"])
         found, wanted = checkpoint_identity(base), meta["base"]
@@ -104,7 +118,7 @@ def load_brainlm(model_dir: str | Path, backbone: str | Path | None = None) -> B
             )
         from peft import set_peft_model_state_dict
 
-        model = build_brainlm(cfg, parts["brain_embed.codes"], base)
+        model = build_brainlm(cfg, parts["brain_embed.codes"], base, readout)
         result = set_peft_model_state_dict(
             model.lm, load_file(model_dir / "adapter" / "adapter_model.safetensors")
         )
@@ -112,10 +126,23 @@ def load_brainlm(model_dir: str | Path, backbone: str | Path | None = None) -> B
             raise InputError(
                 model_dir / "adapter", "weights", f"unexpected adapter keys {result.unexpected_keys[:3]}"
             )
+    return _load_parts(model, parts, model_dir / BRAIN_PARTS)
+
+
+def _configure_condition(cfg: LLMConfig, parts: dict) -> None:
+    """Scan conditioning as the saved weights have it: on with their shape, or off when absent."""
+    readout = parts.get(f"{CONDITION_PREFIX}readout")
+    cfg.scan_condition.enabled = readout is not None
+    if readout is not None:
+        cfg.scan_condition.tokens_per_scan = int(readout.shape[0])
+
+
+def _load_parts(model: BrainLM, parts: dict, source: Path, prefixes=BRAIN_PARTS_PREFIXES) -> BrainLM:
+    """Load the brain parts into `model`; InputError naming the keys (under `prefixes`) that do not fit."""
     missing, unexpected = model.load_state_dict(parts, strict=False)
-    wrong = unexpected + [k for k in missing if k.startswith(("brain_embed.", "brain_head."))]
+    wrong = unexpected + [k for k in missing if k.startswith(prefixes)]
     if wrong:
-        raise InputError(model_dir / BRAIN_PARTS, "keys", f"do not match the model: {wrong[:5]}")
+        raise InputError(source, "keys", f"do not match the model: {wrong[:5]}")
     return model
 
 
@@ -152,6 +179,10 @@ def merge_to_hf(
             head[vocab.scan_start : vocab.size] = 0.0  # delimiters are placed, never predicted
         lm.save_pretrained(tmp)
         model.tokenizer.save_pretrained(tmp)
+        condition = {k: v.detach().contiguous() for k, v in model.brain_state_dict().items()
+                     if k.startswith(CONDITION_PREFIX)}
+        if condition:
+            save_file(condition, tmp / SCAN_CONDITION_FILE)
         write_json(
             tmp / META_FILE,
             {

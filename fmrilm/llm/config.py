@@ -55,6 +55,20 @@ class LossWeights:
 
 
 @dataclass
+class ScanConditionSettings:
+    """Scan-summary conditioning (:mod:`fmrilm.llm.scan_condition`).
+
+    ``tokens_per_scan`` is stage 1's P·L; stage 2 fills it in from the tokenizer, as it does the
+    codebook size. ``readout_dim`` is the width of a read-out learned from scratch, used only when
+    the tokenizer has no contrastive read-out to start from.
+    """
+
+    enabled: bool = True
+    tokens_per_scan: int = 0
+    readout_dim: int = 256
+
+
+@dataclass
 class LLMConfig:
     """Everything needed to build a :class:`fmrilm.llm.model.BrainLM`.
 
@@ -66,6 +80,7 @@ class LLMConfig:
     codebook_size: int = 1024
     bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
     lora: LoraSettings = field(default_factory=LoraSettings)
+    scan_condition: ScanConditionSettings = field(default_factory=ScanConditionSettings)
     loss_weights: LossWeights = field(default_factory=LossWeights)
     max_length: int = 1024
     seed: int = 0

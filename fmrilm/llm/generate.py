@@ -62,7 +62,7 @@ def _decode(
     model.check_ids(ids, "prompt")
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     generator = torch.Generator().manual_seed(sampling.seed)
-    hidden, past = model.hidden_states(ids, mask, positions, use_cache=True)
+    hidden, state = model.hidden_states(ids, mask, positions, use_cache=True)
     out = torch.empty((len(prompts), 0), dtype=torch.long)
     done = torch.zeros(len(prompts), dtype=torch.bool)
     for _ in range(steps):
@@ -76,7 +76,7 @@ def _decode(
             break
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         positions = positions[:, -1:] + 1
-        hidden, past = model.hidden_states(token[:, None], mask, positions, past, use_cache=True)
+        hidden, state = model.hidden_states(token[:, None], mask, positions, state, use_cache=True)
     return out
 
 

@@ -11,6 +11,9 @@ Two output heads share the final hidden state (fMRI-LM keeps a separate brain he
 - the LM head, restricted to the text ids, predicts positions whose label is a text token;
 - the brain head (hidden → K) predicts positions whose label is a brain token.
 
+With a :class:`~fmrilm.llm.scan_condition.ScanCondition`, every position after a scan also receives
+that scan's language-space summary in its input embedding (see that module for why).
+
 ``forward(**batch)`` returns a dict of scalar tensors: ``loss`` (the weighted mixture of the
 per-objective losses), ``loss_<objective>`` for each objective present in the batch, and
 ``loss_text_tokens`` / ``loss_brain_tokens`` (mean token loss of each head).
@@ -18,15 +21,27 @@ per-objective losses), ``loss_<objective>`` for each objective present in the ba
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from fmrilm.errors import InputError
 from fmrilm.llm.config import OBJECTIVES, LossWeights
+from fmrilm.llm.scan_condition import ScanCondition
 from fmrilm.llm.vocab import BrainEmbedding, BrainVocab
 
 IGNORE = -100  # label of positions that carry no loss (prompt, padding, delimiters)
+BRAIN_PARTS_PREFIXES = ("brain_embed.", "brain_head.", "scan_condition.")
+
+
+@dataclass
+class DecodeState:
+    """What incremental decoding carries between calls: the KV cache and the scan conditioning in force."""
+
+    past_key_values: object
+    condition: torch.Tensor | None
 
 
 class BrainLM(nn.Module):
@@ -46,6 +61,8 @@ class BrainLM(nn.Module):
         Mixture weights of the objectives.
     max_length : int or None
         Longest accepted sequence; defaults to the backbone's ``max_position_embeddings``.
+    scan_condition : ScanCondition, optional
+        Scan-summary conditioning of the positions after each scan.
     """
 
     def __init__(
@@ -56,12 +73,14 @@ class BrainLM(nn.Module):
         brain_embed: BrainEmbedding,
         loss_weights: LossWeights | None = None,
         max_length: int | None = None,
+        scan_condition: ScanCondition | None = None,
     ):
         super().__init__()
         self.lm = lm
         self.tokenizer = tokenizer
         self.vocab = vocab
         self.brain_embed = brain_embed
+        self.scan_condition = scan_condition
         hidden = self.base_lm.config.hidden_size
         self.brain_head = nn.Linear(hidden, vocab.codebook_size, bias=False)
         with torch.no_grad():
@@ -81,8 +100,8 @@ class BrainLM(nn.Module):
         return self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm
 
     def brain_state_dict(self) -> dict[str, torch.Tensor]:
-        """Trainable weights outside the backbone: brain embedding and brain head."""
-        return {k: v for k, v in self.state_dict().items() if k.startswith(("brain_embed.", "brain_head."))}
+        """Weights outside the backbone: brain embedding, brain head and scan conditioning."""
+        return {k: v for k, v in self.state_dict().items() if k.startswith(BRAIN_PARTS_PREFIXES)}
 
     def train(self, mode: bool = True) -> BrainLM:
         """Set train/eval mode, keeping bitsandbytes 4-bit layers in training mode.
@@ -120,25 +139,36 @@ class BrainLM(nn.Module):
             )
 
     # -------------------------------------------------------------------------------- compute
-    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Input embeddings [B, T, d]: text ids from the backbone table, new ids from brain_embed."""
+    def embed(self, input_ids: torch.Tensor, condition: torch.Tensor | None = None):
+        """Input embeddings [B, T, d] and the scan conditioning in force after the last position.
+
+        Text ids come from the backbone table, new ids from ``brain_embed``; with scan conditioning,
+        each position after a scan adds that scan's summary (`condition` is the one in force before
+        the first position, from an earlier call on the same sequences).
+        """
         is_text = input_ids < self.vocab.n_text
         text = self.base_lm.get_input_embeddings()(input_ids.masked_fill(~is_text, 0))
         new = self.brain_embed.table().to(text.dtype)[(input_ids - self.vocab.n_text).clamp(min=0)]
-        return torch.where(is_text.unsqueeze(-1), text, new)
+        embeds = torch.where(is_text.unsqueeze(-1), text, new)
+        if self.scan_condition is None:
+            return embeds, None
+        added, condition = self.scan_condition(input_ids, self.vocab, condition)
+        return embeds + added.to(embeds.dtype), condition
 
     def hidden_states(
-        self, input_ids, attention_mask=None, position_ids=None, past_key_values=None, use_cache: bool = False
+        self, input_ids, attention_mask=None, position_ids=None, state: DecodeState | None = None,
+        use_cache: bool = False
     ):
-        """Final hidden states [B, T, d] (and the KV cache when `use_cache`)."""
+        """Final hidden states [B, T, d] and, when `use_cache`, the :class:`DecodeState` to continue from."""
+        embeds, condition = self.embed(input_ids, state.condition if state is not None else None)
         out = self.base_lm.get_decoder()(
-            inputs_embeds=self.embed(input_ids),
+            inputs_embeds=embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            past_key_values=state.past_key_values if state is not None else None,
             use_cache=use_cache,
         )
-        return out.last_hidden_state, (out.past_key_values if use_cache else None)
+        return out.last_hidden_state, (DecodeState(out.past_key_values, condition) if use_cache else None)
 
     def text_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """LM-head logits over the text ids only [..., n_text]."""
@@ -168,20 +198,18 @@ class BrainLM(nn.Module):
                 f"{int(stray.sum())} labels are neither text nor brain tokens nor "
                 f"{IGNORE} (delimiters are never predicted), e.g. {int(target[stray][0])}",
             )
+        # Both heads run even when no label is theirs (on zero rows): their weights then get zero
+        # gradients rather than none, so data-parallel ranks always reduce the same gradient buckets.
         losses = torch.zeros(target.shape, dtype=torch.float32, device=hidden.device)
-        if is_text.any():
-            losses = losses.masked_scatter(
-                is_text, F.cross_entropy(self.text_logits(h[is_text]), target[is_text], reduction="none")
-            )
-        if is_brain.any():
-            losses = losses.masked_scatter(
-                is_brain,
-                F.cross_entropy(
-                    self.brain_logits(h[is_brain]),
-                    target[is_brain] - self.vocab.brain_offset,
-                    reduction="none",
-                ),
-            )
+        losses = losses.masked_scatter(
+            is_text, F.cross_entropy(self.text_logits(h[is_text]), target[is_text], reduction="none")
+        )
+        losses = losses.masked_scatter(
+            is_brain,
+            F.cross_entropy(
+                self.brain_logits(h[is_brain]), target[is_brain] - self.vocab.brain_offset, reduction="none"
+            ),
+        )
         return losses, is_text, is_brain
 
     def forward(

@@ -17,6 +17,7 @@ from fmrilm.errors import InputError
 from fmrilm.llm.backbone import check_backbone_dir, load_causal_lm, load_tokenizer, set_offline
 from fmrilm.llm.config import LLMConfig, LoraSettings
 from fmrilm.llm.model import BrainLM
+from fmrilm.llm.scan_condition import ScanCondition
 from fmrilm.llm.storage import checkpoint_identity
 from fmrilm.llm.vocab import BrainEmbedding, extend_tokenizer
 
@@ -65,8 +66,24 @@ def read_meta(model_dir: str | Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def build_scan_condition(cfg: LLMConfig, code_embeddings, d_model: int, readout=None) -> ScanCondition | None:
+    """The scan conditioning `cfg` asks for (None when disabled), starting from stage 1's `readout`."""
+    settings = cfg.scan_condition
+    if not settings.enabled:
+        return None
+    if code_embeddings is None:
+        raise InputError("llm", "scan_condition", "scan conditioning needs the stage-1 code embeddings")
+    generator = torch.Generator().manual_seed(cfg.seed + 1)
+    return ScanCondition(code_embeddings, settings.tokens_per_scan, d_model, readout, settings.readout_dim,
+                         generator)
+
+
 def build_brainlm(
-    cfg: LLMConfig, code_embeddings: torch.Tensor | None = None, backbone: str | Path | None = None
+    cfg: LLMConfig,
+    code_embeddings: torch.Tensor | None = None,
+    backbone: str | Path | None = None,
+    readout: torch.Tensor | None = None,
+    condition_codes: torch.Tensor | None = None,
 ) -> BrainLM:
     """Assemble a trainable BrainLM on a local backbone.
 
@@ -79,6 +96,11 @@ def build_brainlm(
         are reused).
     backbone : path, optional
         HF model directory; defaults to ``cfg.backbone``.
+    readout : Tensor [P·L, d_code, d_text], optional
+        Stage 1's contrastive read-out, the starting point of the scan conditioning.
+    condition_codes : Tensor [K, d_code], optional
+        Code embeddings of the scan conditioning when they differ from `code_embeddings` (a merged
+        model, whose brain rows are already projected); defaults to `code_embeddings`.
     """
     set_offline()
     path = check_backbone_dir(backbone if backbone is not None else cfg.backbone)
@@ -119,8 +141,11 @@ def build_brainlm(
             scale=float(text_table[: vocab.n_text].detach().float().std()),
             generator=generator,
         )
+    condition = build_scan_condition(cfg, condition_codes if condition_codes is not None else code_embeddings,
+                                     text_table.shape[1], readout)
     torch.manual_seed(cfg.seed)  # LoRA's A matrices draw from the global generator
-    model = BrainLM(apply_lora(lm, cfg.lora), tokenizer, vocab, brain_embed, cfg.loss_weights, cfg.max_length)
+    model = BrainLM(apply_lora(lm, cfg.lora), tokenizer, vocab, brain_embed, cfg.loss_weights, cfg.max_length,
+                    condition)
     if merged:
         with torch.no_grad():
             head = model.base_lm.get_output_embeddings().weight

@@ -1,12 +1,15 @@
-"""`fmrilm search`: query a saved retrieval index with text or with brain embeddings.
+"""`fmrilm search`: nearest captions of a scan, nearest scans of a caption.
 
-Both directions use the same command: a caption index answers brain queries (scan → captions),
-a scan index answers text queries (caption → scans)::
+A run's search indexes (pipeline stage ``retrieval``, :mod:`fmrilm.retrieval.search`) answer both
+directions: brain queries search the caption index, text queries the scan index::
 
+    fmrilm search --run runs/demo --scan sub-01/stim-000012 -k 5       # scan → captions
+    fmrilm search --run runs/demo --text "a zebra on grass" -k 5        # caption → test scans
     fmrilm search --index runs/demo/retrieval/captions --scan-embedding scan.npy -k 5
-    fmrilm search --index runs/demo/retrieval/scans --text "a zebra on grass" -k 5
     fmrilm search --index runs/demo/retrieval/captions --scan-features feats.npy \
         --embedder runs/demo/retrieval/embedder -k 5 --json
+
+``--index`` searches any saved SemanticIndex instead of the run's own.
 """
 
 from __future__ import annotations
@@ -15,12 +18,16 @@ import json
 
 
 def register(sub) -> None:
-    p = sub.add_parser("search", help="search a retrieval index with text or brain embeddings",
-                       description="Nearest items of a saved SemanticIndex (fmrilm.retrieval.index) for "
-                                   "text queries or brain embeddings, best first.")
-    p.add_argument("--index", required=True, help="saved index directory")
+    p = sub.add_parser("search", help="nearest captions of a scan, or nearest scans of a text",
+                       description="Nearest items of a saved SemanticIndex (fmrilm.retrieval.index), best "
+                                   "first: a run's caption index for brain queries, its scan index for text.")
+    p.add_argument("--run", default="runs/demo",
+                   help="run directory whose retrieval/ indexes are searched (default: %(default)s)")
+    p.add_argument("--index", help="search this saved index directory instead of the run's")
     query = p.add_mutually_exclusive_group(required=True)
-    query.add_argument("--text", nargs="+", help="one or more text queries (embedded with MiniLM)")
+    query.add_argument("--text", nargs="+", help="one or more text queries (embedded with MiniLM) → scans")
+    query.add_argument("--scan", nargs="+", metavar="SUBJECT/STIMULUS",
+                       help="scans of the run's task dataset, e.g. sub-01/stim-000012 or 0/12 → captions")
     query.add_argument("--scan-embedding", metavar="FILE.npy",
                        help="brain embeddings already in the index space, [D] or [Q, D]")
     query.add_argument("--scan-features", metavar="FILE.npy",
@@ -42,6 +49,10 @@ def _queries(args):
         from fmrilm.textembed import embed_texts
 
         return embed_texts(args.text), list(args.text)
+    if args.scan:
+        from fmrilm.retrieval.search import embed_scan
+
+        return np.concatenate([embed_scan(_search_dir(args), scan) for scan in args.scan]), list(args.scan)
     if args.scan_features and not args.embedder:
         raise InputError("--scan-features", "embedder", "needs --embedder DIR to map features into the index space")
     if args.embedder and not args.scan_features:
@@ -55,10 +66,17 @@ def _queries(args):
     return vectors, [f"{path}[{i}]" for i in range(len(vectors))]
 
 
+def _search_dir(args):
+    from pathlib import Path
+
+    return Path(args.run) / "retrieval"
+
+
 def _search(args) -> int:
     from fmrilm.retrieval.index import SemanticIndex
 
-    index = SemanticIndex.load(args.index)
+    # Text queries look for scans; every brain query looks for captions.
+    index = SemanticIndex.load(args.index or _search_dir(args) / ("scans" if args.text else "captions"))
     vectors, labels = _queries(args)
     scores, ids, metadata = index.search(vectors, k=args.k)
     for label, row_scores, row_ids, row_meta in zip(labels, scores, ids, metadata):

@@ -17,7 +17,8 @@ Launch (``--set`` overrides any config key)::
     fmrilm train joint --config joint_demo --nproc 2 --set ...
 
 Inputs: the backbone (a stage-0 export or any local HF causal-LM directory), the stage-1 tokenizer
-directory (its code embeddings initialise the brain tokens) and the corpus, whose tokens must come
+directory (its code embeddings initialise the brain tokens, its contrastive read-out the scan
+conditioning of :mod:`fmrilm.llm.scan_condition`) and the corpus, whose tokens must come
 from that tokenizer. The loss mixture, with weights ``llm.loss_weights``:
 
 - ``text``: next-token prediction on the text-only samples;
@@ -121,15 +122,26 @@ def joint_encoder(model, seed: int, text_to_brain_fraction: float, n: int):
     return encode
 
 
-def setup(cfg: JointStageConfig, train_dir: Path, tokenizer: dict):
-    """Build BrainLM (LoRA/QLoRA), encode the corpus, wrap in the engine. Returns (engine, encoded, skips)."""
-    from fmrilm.llm.peft_setup import build_brainlm, trainable_parameters
+def build_model(cfg: JointStageConfig):
+    """The stage-2 BrainLM on the backbone, brain parts initialised from the tokenizer's exports.
+
+    Fills ``cfg.llm.codebook_size`` and ``cfg.llm.scan_condition.tokens_per_scan`` from the tokenizer.
+    """
+    from fmrilm.llm.peft_setup import build_brainlm
 
     hf_dir, _ = lm_common.resolve_backbone(cfg.llm.backbone)
+    exports = lm_common.load_tokenizer_exports(cfg.tokenizer)
+    cfg.llm.codebook_size = int(exports.code_embeddings.shape[0])
+    cfg.llm.scan_condition.tokens_per_scan = exports.tokens_per_scan
+    return build_brainlm(cfg.llm, exports.code_embeddings, hf_dir, exports.text_readout)
+
+
+def setup(cfg: JointStageConfig, train_dir: Path, tokenizer: dict):
+    """Build BrainLM (LoRA/QLoRA), encode the corpus, wrap in the engine. Returns (engine, encoded, skips)."""
+    from fmrilm.llm.peft_setup import trainable_parameters
+
     lm_common.check_corpus_tokenizer(cfg.corpus, cfg.split, tokenizer)
-    codes = lm_common.load_code_embeddings(cfg.tokenizer)
-    cfg.llm.codebook_size = int(codes.shape[0])
-    model = build_brainlm(cfg.llm, codes, hf_dir)
+    model = build_model(cfg)
     samples, skipped = lm_common.read_split(cfg.corpus, cfg.split, cfg.tasks)
     encode = joint_encoder(model, cfg.llm.seed, cfg.text_to_brain_fraction, len(samples))
     encoded = lm_common.encode_samples(samples, encode, model.max_length)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -61,31 +62,52 @@ def tokenizer_identity(tokenizer_dir: str | Path) -> dict:
             "fingerprint": meta["fingerprint"]}
 
 
-def load_code_embeddings(tokenizer_dir: str | Path) -> torch.Tensor:
-    """The stage-1 code embeddings ``[vocab, d_code]`` (row i: the vector of brain token id i).
+@dataclass
+class TokenizerExports:
+    """What the LM stages take from a stage-1 tokenizer.
 
-    Read from ``code_embeddings.safetensors`` when the tokenizer directory has it; otherwise through
-    the tokenizer's own public loader (``BrainTokenizer.from_pretrained(dir).code_embeddings()``),
-    the one place that knows how each quantizer kind lays out its codebook.
+    Attributes
+    ----------
+    code_embeddings : Tensor [vocab, d_code]
+        Row i: the vector of brain token id i (initialises the brain-token embeddings).
+    tokens_per_scan : int
+        P·L brain tokens per scan.
+    text_readout : Tensor [P·L, d_code, d_text] or None
+        The contrastive read-out into the text space, one slice per token slot (starts the scan
+        conditioning); None for a tokenizer trained without a contrastive head.
+    """
+
+    code_embeddings: torch.Tensor
+    tokens_per_scan: int
+    text_readout: torch.Tensor | None
+
+
+def load_tokenizer_exports(tokenizer_dir: str | Path) -> TokenizerExports:
+    """Read ``code_embeddings.safetensors`` (tensors ``code_embeddings`` and, optionally, ``text_readout``).
+
+    The LM stages never import the tokenizer package: this file and ``config.json`` are the interface.
     """
     from safetensors.torch import load_file
 
     tokenizer_dir = Path(tokenizer_dir)
     tokenizer_identity(tokenizer_dir)
     path = tokenizer_dir / CODE_EMBEDDINGS_FILE
-    if path.is_file():
-        tensors = load_file(str(path))
-        if "code_embeddings" not in tensors:
-            raise InputError(path, "code_embeddings", f"missing tensor (has {sorted(tensors)})")
-        table = tensors["code_embeddings"]
-    else:
-        from fmrilm.tokenizer.model import BrainTokenizer
-
-        table = BrainTokenizer.from_pretrained(tokenizer_dir).code_embeddings()
-    table = table.float()
+    if not path.is_file():
+        raise InputError(path, "file",
+                         "missing: re-save the tokenizer with this version (BrainTokenizer.save_pretrained)")
+    tensors = {k: v.float() for k, v in load_file(str(path)).items()}
+    if "code_embeddings" not in tensors:
+        raise InputError(path, "code_embeddings", f"missing tensor (has {sorted(tensors)})")
+    table, readout = tensors["code_embeddings"], tensors.get("text_readout")
     if table.ndim != 2 or not torch.isfinite(table).all():
-        raise InputError(tokenizer_dir, "code_embeddings", f"expected finite [K, d_code], got {tuple(table.shape)}")
-    return table
+        raise InputError(path, "code_embeddings", f"expected finite [K, d_code], got {tuple(table.shape)}")
+    meta = read_json(tokenizer_dir / "config.json")
+    tokens_per_scan = int(meta["atlas"]["n_parcels"]) * int(meta["tokenizer"]["quantizer"]["levels"])
+    if readout is not None and (readout.shape[:2] != (tokens_per_scan, table.shape[1])
+                                or not torch.isfinite(readout).all()):
+        raise InputError(path, "text_readout", f"expected finite [{tokens_per_scan}, {table.shape[1]}, d_text], "
+                                               f"got {tuple(readout.shape)}")
+    return TokenizerExports(table, tokens_per_scan, readout)
 
 
 def check_corpus_tokenizer(corpus_dir: str | Path, split: str, tokenizer: dict) -> dict:

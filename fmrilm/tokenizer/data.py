@@ -3,6 +3,8 @@
 - **Task** datasets (kind ``"task"``): each trial's z-scored betas ``[V]`` grouped per parcel
   (``D = atlas.vmax``, mask from the atlas). Text = MiniLM embedding of the stimulus's first
   caption, embedded once per stimulus. Held-out data are whole stimuli (never seen in training).
+  The last ``tokenizer.heldout_task_subjects`` subjects are in neither split: they are kept for
+  few-shot adaptation (:func:`heldout_subject_indices`; the corpus holds out the same ones).
 - **Rest** datasets (kind ``"rest"``): each subject's parcel time series z-scored per parcel, cut
   into non-overlapping windows of W TRs (``D = W``, mask all true). Text = a one-line description
   of the subject's phenotype where known (none for a real run with unknown phenotype). Held-out
@@ -105,7 +107,16 @@ class ScanSet:
             yield self.batch(np.arange(start, min(start + batch_size, len(self))))
 
 
-def load_splits(path, tokenizer, heldout_fraction: float, seed: int, with_text: bool = True):
+def all_scans(path, tokenizer) -> ScanSet:
+    """Every scan of a task or rest dataset in dataset order (no text), held-out subjects included.
+
+    What tokenizing a whole dataset needs; training uses :func:`load_splits`.
+    """
+    return load_splits(path, tokenizer, 0.0, 0, with_text=False, leave_out_subjects=False)[0]
+
+
+def load_splits(path, tokenizer, heldout_fraction: float, seed: int, with_text: bool = True,
+                leave_out_subjects: bool = True):
     """Train and held-out :class:`ScanSet` of a task or rest dataset, checked against `tokenizer`.
 
     Parameters
@@ -120,6 +131,8 @@ def load_splits(path, tokenizer, heldout_fraction: float, seed: int, with_text: 
         Chooses the held-out stimuli.
     with_text : bool
         Embed captions / descriptions for the contrastive loss.
+    leave_out_subjects : bool
+        Task data: drop the last ``tokenizer.cfg.heldout_task_subjects`` subjects from both splits.
     """
     from fmrilm.tokenizer.model import check_atlas
 
@@ -129,17 +142,29 @@ def load_splits(path, tokenizer, heldout_fraction: float, seed: int, with_text: 
         raise InputError(ds.path / "manifest.json", "kind",
                          f"{ds.kind!r} dataset, tokenizer reads {tokenizer.cfg.input!r}")
     if ds.kind == "task":
-        return _task_splits(ds, tokenizer, heldout_fraction, seed, with_text)
+        n_unseen = tokenizer.cfg.heldout_task_subjects if leave_out_subjects else 0
+        return _task_splits(ds, tokenizer, heldout_fraction, seed, with_text, n_unseen)
     return _rest_splits(ds, tokenizer, heldout_fraction, with_text)
 
 
-def _task_splits(ds: Dataset, tokenizer, heldout_fraction, seed, with_text):
+def heldout_subject_indices(n_subjects: int, n_heldout: int, source="subjects") -> np.ndarray:
+    """Indices of the last `n_heldout` of `n_subjects` task subjects (those a tokenizer never sees)."""
+    if not 0 <= n_heldout < n_subjects:
+        raise InputError(source, "heldout_task_subjects",
+                         f"{n_heldout} of {n_subjects} subjects: at least one must remain for training")
+    return np.arange(n_subjects - n_heldout, n_subjects)
+
+
+def _task_splits(ds: Dataset, tokenizer, heldout_fraction, seed, with_text, n_unseen):
     betas = ds.array("betas")
     stimulus = np.asarray(ds.array("trial_stimulus"), np.int64)
+    subject = np.asarray(ds.array("trial_subject"), np.int64)
     n_stimuli = int(stimulus.max()) + 1
     rng = np.random.default_rng(seed)
     held = rng.permutation(n_stimuli)[: int(round(heldout_fraction * n_stimuli))]
     is_held = np.isin(stimulus, held)
+    unseen = np.isin(subject, heldout_subject_indices(
+        len(ds.table("subjects")), n_unseen, ds.path / "subjects.jsonl"))
     text = None
     if with_text:
         stimuli = ds.table("stimuli")
@@ -151,7 +176,7 @@ def _task_splits(ds: Dataset, tokenizer, heldout_fraction, seed, with_text):
     def split(rows):
         return ScanSet(str(ds.path), rows, betas, group, text, stimulus)
 
-    return split(np.flatnonzero(~is_held)), split(np.flatnonzero(is_held))
+    return split(np.flatnonzero(~is_held & ~unseen)), split(np.flatnonzero(is_held & ~unseen))
 
 
 def _rest_splits(ds: Dataset, tokenizer, heldout_fraction, with_text):

@@ -9,7 +9,8 @@ ids lie in ``[0, K)``; for ``rvq`` with one codebook per level, level l's code k
 
 Artifacts
 ---------
-``save_pretrained(dir)`` writes ``model.safetensors`` (weights, codebook, parcel layout buffers)
+``save_pretrained(dir)`` writes ``model.safetensors`` (weights, codebook, parcel layout buffers),
+``code_embeddings.safetensors`` (the ``[vocab, code_dim]`` table of :meth:`BrainTokenizer.code_embeddings`)
 and ``config.json`` (architecture, atlas identity, input layout, weights fingerprint);
 ``from_pretrained(dir)`` rebuilds the module, verifies the fingerprint and, if given an atlas,
 refuses a tokenizer built for another one. Nothing is unpickled.
@@ -35,6 +36,7 @@ from fmrilm.tokenizer.health import dead_codes, histogram_health, token_histogra
 from fmrilm.tokenizer.quantizer import Quantizer
 
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
+CODE_EMBEDDINGS = "code_embeddings.safetensors"  # read by fmrilm.stages.lm_common.load_tokenizer_exports
 ATLAS_KEYS = ("name", "n_parcels", "n_vertices", "fingerprint")
 
 
@@ -222,6 +224,19 @@ class BrainTokenizer(nn.Module):
         """``[vocab_size, code_dim]`` float: row i is token id i's vector (to initialise LM embeddings)."""
         return self.quantizer.code_embeddings()
 
+    def lm_exports(self) -> dict[str, torch.Tensor]:
+        """What the LM stages read (``code_embeddings.safetensors``), so they never import this package.
+
+        ``code_embeddings`` ``[vocab, code_dim]``; with a contrastive head also ``text_readout``
+        ``[P·L, code_dim, 384]``, the per-parcel read-out repeated for each level's token slot (the
+        quantized vector of a parcel is the sum of its levels' code vectors, so the read-out is exact).
+        """
+        out = {"code_embeddings": self.code_embeddings().detach().cpu().contiguous()}
+        if self.contrast is not None:
+            pool = self.contrast.pool.detach().cpu().float()
+            out["text_readout"] = pool.repeat_interleave(self.cfg.levels, dim=0).contiguous()
+        return out
+
     def scan_embedding(self, tokens: torch.Tensor) -> torch.Tensor:
         """Unit-norm text-space embeddings ``[B, 384]`` of tokenized scans (needs a contrastive head)."""
         if self.contrast is None:
@@ -238,7 +253,12 @@ class BrainTokenizer(nn.Module):
                 "code_dim": self.cfg.code_dim, "fingerprint": self.fingerprint, "atlas": self.atlas_info}
 
     def save_pretrained(self, out_dir) -> Path:
-        """Write ``model.safetensors`` + ``config.json`` into `out_dir` (atomically, file by file)."""
+        """Write ``model.safetensors``, ``code_embeddings.safetensors`` and ``config.json`` into `out_dir`.
+
+        Each file is written atomically; ``config.json`` comes last, so a directory holding it is
+        complete. ``code_embeddings.safetensors`` (tensor ``"code_embeddings"`` = :meth:`code_embeddings`)
+        lets the LM stages initialise brain-token embeddings without importing this package.
+        """
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         with atomic_path(out_dir / WEIGHTS) as tmp:
@@ -247,6 +267,8 @@ class BrainTokenizer(nn.Module):
             tensors = {k: v.detach().cpu().contiguous().clone() for k, v in self.state_dict().items()}
             save_file(tensors, str(tmp))
             self.fingerprint = sha256_file(tmp)[:16]
+        with atomic_path(out_dir / CODE_EMBEDDINGS) as tmp:
+            save_file(self.lm_exports(), str(tmp))
         write_json(out_dir / CONFIG, {"format": "fmrilm-brain-tokenizer", "version": 1,
                                       "tokenizer": dataclasses.asdict(self.cfg), "atlas": self.atlas_info,
                                       "width": self.width, "task_layout": self.vertex_index is not None,

@@ -34,13 +34,12 @@ def token_dtype(vocab_size: int) -> np.dtype:
 def write_tokens_dataset(tokenizer, dataset, out, batch_size: int = 256, overwrite: bool = False,
                          tokenizer_dir: str | None = None) -> Path:
     """Tokenize every scan of `dataset` into a new tokens dataset at `out` (checked before writing)."""
-    from fmrilm.tokenizer.data import load_splits
+    from fmrilm.tokenizer.data import all_scans
 
     ds = Dataset(dataset)
     if ds.kind == "rest" and tokenizer.cfg.input == "task":
         return _write_rest_as_vertex_scans(tokenizer, ds, out, batch_size, overwrite, tokenizer_dir)
-    # One split holding every scan, in dataset order (held-out fraction 0, no text needed).
-    scans, _ = load_splits(ds.path, tokenizer, 0.0, 0, with_text=False)
+    scans = all_scans(ds.path, tokenizer)
     dtype = token_dtype(tokenizer.vocab_size)
     extras = {"tokenizer": tokenizer.describe(),
               "source_dataset": str(ds.path.resolve()), "source_kind": ds.kind}

@@ -1,0 +1,146 @@
+"""Search indexes of a run: a brain embedder and two FAISS indexes, so scans find captions and back.
+
+Built by the pipeline's ``retrieval`` stage (or :func:`build_search_indexes`) from the run's task
+dataset, corpus splits and tokenizer, and queried by ``fmrilm search``::
+
+    fmrilm search --run runs/demo --scan sub-01/stim-000012 -k 5     # scan → nearest captions
+    fmrilm search --run runs/demo --text "a zebra on grass" -k 5      # caption → nearest test scans
+
+A scan is one subject's repeats of one stimulus, averaged (the NSD test convention), tokenized by
+the run's tokenizer; its feature is the code vectors of its tokens (what the LM is given), mapped
+into the MiniLM space by a brain embedder trained on the training stimuli only. The directory::
+
+    OUT/embedder/      BrainEmbedder (token features → 384-d)
+    OUT/captions/      SemanticIndex of every stimulus's first caption (metadata: stimulus, split, caption)
+    OUT/scans/         SemanticIndex of every (subject, test stimulus) scan, id ``SUBJECT/STIMULUS``
+    OUT/search.json    the task dataset, tokenizer and corpus it was built from, counts, training loss
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from fmrilm.config import save_config
+from fmrilm.errors import InputError
+from fmrilm.io import atomic_dir, read_json, write_json
+from fmrilm.retrieval.brain_embedder import BrainEmbedder, BrainEmbedderConfig, train_brain_embedder
+from fmrilm.retrieval.index import IndexConfig, SemanticIndex
+
+SEARCH_FILE = "search.json"
+
+
+@dataclass
+class SearchIndexConfig:
+    """What the search indexes are built from (pipeline stage ``retrieval``; paths filled in by it).
+
+    Attributes
+    ----------
+    corpus : str
+        Corpus directory: its ``corpus.json`` names the task dataset; its splits say which stimuli
+        are held out (test) and which may train the embedder (neither test nor val).
+    tokenizer : str
+        Tokenizer artifact or its stage directory.
+    out : str
+    max_train_items : int
+        (subject, stimulus) training scans for the embedder, spread evenly over subjects.
+    seed : int
+    embedder : BrainEmbedderConfig
+    index : IndexConfig
+    """
+
+    corpus: str = "runs/demo/corpus"
+    tokenizer: str = "runs/demo/tokenizer"
+    out: str = "runs/demo/retrieval"
+    max_train_items: int = 3000
+    seed: int = 0
+    embedder: BrainEmbedderConfig = field(default_factory=lambda: BrainEmbedderConfig(epochs=30))
+    index: IndexConfig = field(default_factory=IndexConfig)
+
+
+def scan_features(data, tokenizer, subject: int, stimuli) -> np.ndarray:
+    """Token-code features ``[n, P·L·C]`` of one subject's averaged scans of `stimuli`."""
+    from fmrilm.evaluation.continuous_ablation import token_features
+    from fmrilm.evaluation.heldout import tokenize_betas
+
+    return token_features(tokenizer, tokenize_betas(tokenizer, data.mean_betas(subject, list(stimuli))))
+
+
+def scan_id(data, subject: int, stimulus: int) -> str:
+    """``SUBJECT/STIMULUS`` as ``fmrilm ask --scan`` and ``fmrilm search --scan`` take it."""
+    return f"{data.subjects[subject]['subject']}/{data.stimuli[stimulus]['key']}"
+
+
+def build_search_indexes(cfg: SearchIndexConfig, overwrite: bool = False, progress: bool = True) -> Path:
+    """Train the embedder on training scans, index captions and test scans, write ``cfg.out``.
+
+    Raises
+    ------
+    InputError
+        Before anything is written: a corpus without task data or test stimuli, too few training
+        scans, a tokenizer of another atlas, an existing output without `overwrite`.
+    """
+    from fmrilm.brain.task_data import TaskData
+    from fmrilm.evaluation.heldout import load_heldout, resolve_tokenizer_dir
+    from fmrilm.textembed import embed_texts
+    from fmrilm.tokenizer.model import BrainTokenizer
+
+    if Path(cfg.out).exists() and not overwrite:
+        raise InputError(cfg.out, "out", "already exists (pass overwrite=True / --force to replace it)")
+    heldout = load_heldout(cfg.corpus)
+    task_path = heldout.input_path("task_dataset")
+    if task_path is None or heldout.test_stimuli.size == 0:
+        raise InputError(Path(cfg.corpus) / "corpus.json", "inputs.task_dataset", "the corpus has no task test data")
+    data = TaskData(task_path)
+    tokenizer_dir = resolve_tokenizer_dir(cfg.tokenizer)
+    tokenizer = BrainTokenizer.from_pretrained(tokenizer_dir, data.atlas_info).eval()
+    subjects = range(len(data.subjects))
+    per_subject = max(1, cfg.max_train_items // len(subjects))
+    rng = np.random.default_rng([cfg.seed, 7])
+    train_rows = [(s, np.sort(rng.permutation(heldout.train_stimuli)[:per_subject])) for s in subjects]
+    if sum(len(m) for _, m in train_rows) < 2:
+        raise InputError(cfg.corpus, "train", "fewer than 2 training scans: the embedder cannot be trained")
+
+    features = np.concatenate([scan_features(data, tokenizer, s, m) for s, m in train_rows])
+    captions = [data.stimuli[m]["captions"][0] for _, stimuli in train_rows for m in stimuli]
+    embedder, history = train_brain_embedder(features, embed_texts(captions), cfg.embedder, progress=progress)
+
+    test = heldout.test_stimuli
+    scan_vectors = np.concatenate([embedder.embed(scan_features(data, tokenizer, s, test)) for s in subjects])
+    scan_ids = [scan_id(data, s, m) for s in subjects for m in test]
+    scan_meta = [{"subject": data.subjects[s]["subject"], "stimulus": data.stimuli[m]["key"],
+                  "caption": data.stimuli[m]["captions"][0]} for s in subjects for m in test]
+    split = {int(m): "test" for m in test} | {int(m): "train" for m in heldout.train_stimuli}
+    bank = [row["captions"][0] for row in data.stimuli]
+    caption_meta = [{"stimulus": row["key"], "split": split.get(i, "val"), "caption": row["captions"][0]}
+                    for i, row in enumerate(data.stimuli)]
+    captions_index = SemanticIndex.build(embed_texts(bank, progress=progress), [r["key"] for r in data.stimuli],
+                                         caption_meta, cfg.index)
+    scans_index = SemanticIndex.build(scan_vectors, scan_ids, scan_meta, cfg.index)
+    with atomic_dir(cfg.out, overwrite) as tmp:
+        embedder.save(tmp / "embedder", summary={"final_train_loss": history[-1], "n_train": len(features)})
+        captions_index.save(tmp / "captions")
+        scans_index.save(tmp / "scans")
+        write_json(tmp / SEARCH_FILE, {"task_dataset": str(Path(task_path).resolve()),
+                                       "tokenizer": str(tokenizer_dir.resolve()),
+                                       "corpus": str(Path(cfg.corpus).resolve()), "n_train_scans": len(features),
+                                       "n_captions": len(captions_index), "n_scans": len(scans_index),
+                                       "final_train_loss": history[-1]})
+        save_config(cfg, tmp / "search_config.yaml")
+    return Path(cfg.out)
+
+
+def embed_scan(search_dir, scan: str) -> np.ndarray:
+    """Brain embedding ``[1, 384]`` of scan ``SUBJECT/STIMULUS`` with the run's tokenizer and embedder."""
+    from fmrilm.brain.task_data import TaskData
+    from fmrilm.evaluation.commands import parse_scan_id
+    from fmrilm.tokenizer.model import BrainTokenizer
+
+    search_dir = Path(search_dir)
+    info = read_json(search_dir / SEARCH_FILE)
+    data = TaskData(info["task_dataset"])
+    subject, stimulus = parse_scan_id(data, scan)
+    tokenizer = BrainTokenizer.from_pretrained(info["tokenizer"], data.atlas_info).eval()
+    return BrainEmbedder.load(search_dir / "embedder").embed(scan_features(data, tokenizer, subject, [stimulus]))
