@@ -60,6 +60,9 @@ class EngineConfig:
     checkpoint_every: int = 0  # optimizer steps; 0 = only when the stage asks
     keep_checkpoints: int = 2
     log_every: int = 10
+    # Variable-length stages: draw batches from windows of this many global batches sorted by
+    # length, so short samples are not padded to the longest of a random batch (0 = off).
+    length_bucket_batches: int = 0
 
 
 def stage_argument_parser(description: str, default_config: str):
@@ -117,17 +120,36 @@ def cosine_with_warmup(warmup: int, total: int, min_ratio: float):
     return factor
 
 
-def micro_batch_positions(n: int, step: int, micro: int, rank: int, world: int, seed: int) -> np.ndarray:
+def micro_batch_positions(n: int, step: int, micro: int, rank: int, world: int, seed: int,
+                          lengths: np.ndarray | None = None, bucket_batches: int = 0) -> np.ndarray:
     """Positions of one rank's micro-batch: a pure function of (seed, step), so resuming is exact.
 
     Each epoch is a fresh seeded permutation; the global batch of a step is cut into per-rank slices.
+    With `lengths` and ``bucket_batches > 1`` the permutation is cut into windows of that many global
+    batches, each window sorted by length and its batches shuffled again, so a batch pads to a length
+    near its own samples' (the "sorted mega-batch" of fairseq / Megatron) while every epoch still
+    visits every sample once and every rank takes the same number of steps.
     """
     global_batch = micro * world
     per_epoch = max(1, n // global_batch)
     epoch, offset = divmod(step, per_epoch)
-    order = np.random.default_rng([seed, epoch]).permutation(n)
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(n)
+    if lengths is not None and bucket_batches > 1:
+        order = _length_bucketed(order, np.asarray(lengths), global_batch * bucket_batches, global_batch, rng)
     start = offset * global_batch + rank * micro
     return order[np.arange(start, start + micro) % n]
+
+
+def _length_bucketed(order: np.ndarray, lengths: np.ndarray, window: int, global_batch: int, rng) -> np.ndarray:
+    """`order` with each window of positions sorted by length and its global batches shuffled."""
+    out = []
+    for start in range(0, len(order), window):
+        chunk = order[start:start + window]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches = [chunk[i:i + global_batch] for i in range(0, len(chunk), global_batch)]
+        out.extend(batches[i] for i in rng.permutation(len(batches)))
+    return np.concatenate(out)
 
 
 def _free_port() -> int:

@@ -140,7 +140,7 @@ def _instruct(ctx: StageContext) -> Path:
 
     return run(ctx.load(InstructStageConfig, "engine.seed", [
         f"out_dir={ctx.out_dir}", f"corpus={ctx.artifact('corpus')}",
-        f"model={ctx.artifact('joint')}"]))
+        f"model={ctx.artifact('joint')}", f"retrieval={ctx.artifact('retrieval')}"]))
 
 
 def _evaluation(ctx: StageContext) -> Path:
@@ -162,10 +162,10 @@ def _stimulation(ctx: StageContext) -> Path:
     return Path(cfg.out)
 
 
-# Stage name → runner, in execution order. The search indexes and the real rest run come after the
-# LM stages although they need none of them: a forced stage redoes every later one, so placed here
-# `--force retrieval` or `--force real_rest` never retrains the LM. Nothing trains on the real run:
-# it is held out for the evaluation's next-scan R².
+# Stage name → runner, in execution order. A forced stage redoes every later one, so each stage sits
+# as late as its consumers allow: the search indexes just before stage 3 (whose prompts carry the
+# captions they retrieve), the real rest run after the LM stages (`--force real_rest` never retrains
+# the LM). Nothing trains on the real run: it is held out for the evaluation's next-scan R².
 STAGES = {
     "task_world": _task_world,
     "rest_world": _rest_world,
@@ -175,8 +175,8 @@ STAGES = {
     "corpus": _corpus,
     "backbone": _backbone,
     "joint": _joint,
-    "instruct": _instruct,
     "retrieval": _retrieval,
+    "instruct": _instruct,
     "real_rest": _real_rest,
     "real_rest_tokens": _tokens("real_rest"),
     "evaluation": _evaluation,

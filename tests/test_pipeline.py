@@ -26,6 +26,11 @@ def test_every_configured_stage_ran_in_order_and_left_an_artifact(tiny_run):
         assert Path(path).exists()
     corpus = json.loads((run_dir / "corpus" / "corpus.json").read_text())
     assert corpus["tokenizer"]["fingerprint"]  # one tokenizer for task and rest tokens
+    # stage 3 trained with retrieval-augmented prompts; its export carries the retriever, which
+    # load_brainlm restores, so the evaluation also scores the ablation without it
+    assert (Path(state["instruct"]) / "retriever" / "retriever.json").is_file()
+    report = json.loads((Path(state["evaluation"]) / "report.json").read_text())
+    assert "no_retrieval" in report["captioning"]["conditions"]
 
 
 def test_a_second_run_skips_finished_stages_and_force_redoes_the_rest(tiny_run):

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -205,3 +206,15 @@ def test_stage0_records_a_local_checkpoint_instead_of_bootstrapping(tmp_path):
     with pytest.raises(InputError, match="--backbone PATH"):
         backbone.run(load_config(backbone.BackboneStageConfig, "backbone_tiny",
                                  [f"out_dir={tmp_path}", f"backbone={tmp_path / 'missing'}"]))
+
+
+def test_task_weights_resample_by_task_and_refuse_unknown_tasks():
+    samples = [{"json": {"task": t}} for t in ["caption"] * 400 + ["temporal"] * 400 + ["vqa"] * 10]
+    positions = lm_common.weight_tasks(samples, {"caption": 2.0, "temporal": 0.25}, seed=0)
+    tasks = [samples[i]["json"]["task"] for i in positions]
+    assert tasks.count("caption") == 800 and tasks.count("vqa") == 10
+    assert 60 < tasks.count("temporal") < 140  # a seeded quarter
+    assert np.array_equal(positions, lm_common.weight_tasks(samples, {"caption": 2.0, "temporal": 0.25}, seed=0))
+    assert len(lm_common.weight_tasks(samples, {}, seed=0)) == len(samples)
+    with pytest.raises(InputError, match="task_weights.describe"):
+        lm_common.weight_tasks(samples, {"describe": 2.0}, seed=0)

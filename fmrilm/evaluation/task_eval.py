@@ -7,6 +7,10 @@ Every score is computed on the same items under three conditions:
   own stimulus, :func:`fmrilm.evaluation.controls.derangement`);
 - ``text_only``: the same instruction with no scan at all (what the LM says from priors alone).
 
+A model trained with retrieval-augmented prompts (:mod:`fmrilm.retrieval.caption_prompts`) also gets
+the captioning ablation ``no_retrieval``: its own scans with plain prompts, i.e. what the brain tokens
+and scan conditioning give without the retrieved captions.
+
 Prompts are the first paraphrase of each task in :data:`fmrilm.corpus.phrasing.PROMPTS`, i.e. the
 wording the model was instruction-tuned on.
 """
@@ -83,6 +87,14 @@ def caption_conditions(model, items: TaskItems, cfg, progress: bool = False) -> 
     # Greedy decoding of one scan-free prompt gives one caption: generate it once, use it for all.
     (text_only,) = _generate(model, [None], [without_scan(CAPTION_PROMPT)], cfg.max_new_tokens, 1, False)
     out["text_only"] = [text_only] * n
+    retriever = model.prompt_retriever
+    if retriever is not None:
+        model.prompt_retriever = None
+        try:
+            out["no_retrieval"] = _generate(model, _scan_lists(items.tokens), prompts, cfg.max_new_tokens,
+                                            cfg.batch_size, progress)
+        finally:
+            model.prompt_retriever = retriever
     return out
 
 

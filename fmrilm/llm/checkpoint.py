@@ -14,7 +14,9 @@ standalone HF checkpoint: LoRA merged into full-precision base weights, the voca
 embeddings written into the input table and the brain head into the output rows of the brain tokens.
 A plain HF model has no place for the scan conditioning, so its weights go beside the merged model in
 ``scan_condition.safetensors``, which :func:`load_brainlm` applies (a consumer that loads the merged
-directory with transformers alone gets the model without it).
+directory with transformers alone gets the model without it). A model trained with retrieval-augmented
+prompts keeps its retriever in ``retriever/`` (both layouts), loaded with it, so generation prompts the
+way training did (:mod:`fmrilm.retrieval.caption_prompts`).
 """
 
 from __future__ import annotations
@@ -39,11 +41,25 @@ from fmrilm.llm.storage import checkpoint_identity
 FORMAT_VERSION = 1
 BRAIN_PARTS = "brain_parts.safetensors"
 SCAN_CONDITION_FILE = "scan_condition.safetensors"
+RETRIEVER_DIR = "retriever"
 CONDITION_PREFIX = "scan_condition."
 
 
 def _is_peft(model: BrainLM) -> bool:
     return hasattr(model.lm, "peft_config")
+
+
+def _save_retriever(model: BrainLM, out_dir: Path) -> None:
+    if model.prompt_retriever is not None:
+        model.prompt_retriever.save(out_dir / RETRIEVER_DIR)
+
+
+def _with_retriever(model: BrainLM, model_dir: Path) -> BrainLM:
+    if (model_dir / RETRIEVER_DIR).is_dir():
+        from fmrilm.retrieval.caption_prompts import CaptionRetriever
+
+        model.prompt_retriever = CaptionRetriever.load(model_dir / RETRIEVER_DIR)
+    return model
 
 
 def save_brainlm(model: BrainLM, out_dir: str | Path, overwrite: bool = False) -> Path:
@@ -57,6 +73,7 @@ def save_brainlm(model: BrainLM, out_dir: str | Path, overwrite: bool = False) -
         save_file(
             {k: v.detach().contiguous() for k, v in model.brain_state_dict().items()}, tmp / BRAIN_PARTS
         )
+        _save_retriever(model, tmp)
         write_json(
             tmp / META_FILE,
             {
@@ -97,7 +114,7 @@ def load_brainlm(model_dir: str | Path, backbone: str | Path | None = None) -> B
         model = build_brainlm(cfg, None, model_dir, parts.get(f"{CONDITION_PREFIX}readout"),
                               parts.get(f"{CONDITION_PREFIX}codes"))
         # brain embedding and head are already rows of the merged tables; only the conditioning loads
-        return _load_parts(model, parts, path, (CONDITION_PREFIX,))
+        return _with_retriever(_load_parts(model, parts, path, (CONDITION_PREFIX,)), model_dir)
     cfg = from_dict(LLMConfig, meta["config"], str(model_dir / META_FILE))
     parts = load_file(model_dir / BRAIN_PARTS)
     _configure_condition(cfg, parts)
@@ -126,7 +143,7 @@ def load_brainlm(model_dir: str | Path, backbone: str | Path | None = None) -> B
             raise InputError(
                 model_dir / "adapter", "weights", f"unexpected adapter keys {result.unexpected_keys[:3]}"
             )
-    return _load_parts(model, parts, model_dir / BRAIN_PARTS)
+    return _with_retriever(_load_parts(model, parts, model_dir / BRAIN_PARTS), model_dir)
 
 
 def _configure_condition(cfg: LLMConfig, parts: dict) -> None:
@@ -183,6 +200,7 @@ def merge_to_hf(
                      if k.startswith(CONDITION_PREFIX)}
         if condition:
             save_file(condition, tmp / SCAN_CONDITION_FILE)
+        _save_retriever(model, tmp)
         write_json(
             tmp / META_FILE,
             {

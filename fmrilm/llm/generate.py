@@ -80,14 +80,18 @@ def _decode(
     return out
 
 
-def _as_lists(brain_tokens, prompts):
+def _as_lists(model: BrainLM, brain_tokens, prompts):
+    """(token arrays, prompts) as lists; prompts rewritten by the model's retriever if it has one."""
     if isinstance(prompts, str):
         prompts, brain_tokens = [prompts], [brain_tokens]
     if len(brain_tokens) != len(prompts):
         raise InputError(
             "generate", "brain_tokens", f"{len(brain_tokens)} token arrays for {len(prompts)} prompts"
         )
-    return list(brain_tokens), list(prompts)
+    brain_tokens, prompts = list(brain_tokens), list(prompts)
+    if model.prompt_retriever is not None:
+        prompts = model.prompt_retriever.augment(prompts, brain_tokens)
+    return brain_tokens, prompts
 
 
 def _room(model: BrainLM, prompt_length: int, wanted: int, source: str) -> int:
@@ -129,7 +133,7 @@ def generate(
     list of str
         The generated text of each prompt, up to (not including) the end-of-sequence token.
     """
-    brain_tokens, prompts = _as_lists(brain_tokens, prompts)
+    brain_tokens, prompts = _as_lists(model, brain_tokens, prompts)
     sampling = sampling or Sampling()
     # Every prompt is encoded and checked before any generation starts.
     encoded = [
@@ -167,7 +171,7 @@ def choose_answer(model: BrainLM, brain_tokens, prompts, candidates, batch_size:
     log_likelihoods : list of np.ndarray
         Summed log-probability of each candidate (answer tokens and end-of-sequence).
     """
-    brain_tokens, prompts = _as_lists(brain_tokens, prompts)
+    brain_tokens, prompts = _as_lists(model, brain_tokens, prompts)
     if candidates and isinstance(candidates[0], str):
         candidates = [list(candidates)] * len(prompts)
     if len(candidates) != len(prompts) or any(len(c) == 0 for c in candidates):

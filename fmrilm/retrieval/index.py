@@ -182,6 +182,10 @@ class SemanticIndex:
         meta = [[self.metadata[r] for r in row if r >= 0] for row in rows]
         return scores.astype(np.float32), ids, meta
 
+    def vectors(self) -> np.ndarray:
+        """The stored vectors [N, D] (exact for flat and HNSW; the refine store's copy for IVF-PQ)."""
+        return self.index.reconstruct_n(0, len(self)).astype(np.float32)
+
     def _set_search_params(self, k: int) -> None:
         if self.kind == "hnsw":
             self.index.hnsw.efSearch = max(self.config.rerank_factor * k, 16)

@@ -114,7 +114,8 @@ def build_search_indexes(cfg: SearchIndexConfig, overwrite: bool = False, progre
                   "caption": data.stimuli[m]["captions"][0]} for s in subjects for m in test]
     split = {int(m): "test" for m in test} | {int(m): "train" for m in heldout.train_stimuli}
     bank = [row["captions"][0] for row in data.stimuli]
-    caption_meta = [{"stimulus": row["key"], "split": split.get(i, "val"), "caption": row["captions"][0]}
+    caption_meta = [{"stimulus": row["key"], "stimulus_index": i, "split": split.get(i, "val"),
+                     "caption": row["captions"][0]}
                     for i, row in enumerate(data.stimuli)]
     captions_index = SemanticIndex.build(embed_texts(bank, progress=progress), [r["key"] for r in data.stimuli],
                                          caption_meta, cfg.index)

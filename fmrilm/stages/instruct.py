@@ -24,6 +24,12 @@ sample before training starts. After training, closed questions of the validatio
 classes) are answered by constrained decoding (:func:`~fmrilm.llm.generate.choose_answer`) and the
 accuracy is stored in the export's ``eval.json``.
 
+``task_weights`` resamples the mixture by task (the demo doubles captions: scan conditioning takes
+hold only when captions dominate the batches). With ``retrieved_captions`` > 0 and ``retrieval``
+(the run's search indexes; the pipeline passes them) every single-scan prompt is prefixed with the
+captions its scan retrieves from the training stimuli (:mod:`fmrilm.retrieval.caption_prompts`,
+SmallCap-style), and the export keeps the retriever so that generation prompts the same way.
+
 Output: ``OUT/stage3_instruct-<backbone>-<tokenizer>-step<N>/`` (``save_brainlm`` layout, optional
 ``merged/``), ``stage.json`` last; training state in ``OUT/train-stage3_instruct-<backbone>-<tokenizer>/``.
 """
@@ -31,6 +37,7 @@ Output: ``OUT/stage3_instruct-<backbone>-<tokenizer>-step<N>/`` (``save_brainlm`
 from __future__ import annotations
 
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,6 +66,14 @@ class InstructStageConfig:
         The stage-2 export directory to start from.
     tasks : tuple of str
         Instruction tasks of the mixture (subset of ``INSTRUCTION_TASKS``).
+    task_weights : dict of str to float
+        Resampling weight per task (:func:`~fmrilm.stages.lm_common.weight_tasks`); unnamed tasks 1.
+    retrieval : str
+        The run's ``retrieval`` stage directory (the pipeline passes it).
+    retrieved_captions : int
+        With ``retrieval``, single-scan prompts are prefixed with this many captions its embedder
+        retrieves (:mod:`fmrilm.retrieval.caption_prompts`; SmallCap uses 4) and the export keeps the
+        retriever; 0 trains without.
     eval_split : str
         Split whose closed questions are scored after training ("" to skip).
     eval_max_samples : int
@@ -71,6 +86,9 @@ class InstructStageConfig:
     corpus: str = ""
     model: str = ""
     tasks: tuple[str, ...] = INSTRUCTION_TASKS
+    task_weights: dict[str, float] = field(default_factory=dict)
+    retrieval: str = ""
+    retrieved_captions: int = 0
     split: str = "train"
     eval_split: str = "val"
     eval_max_samples: int = 64
@@ -87,21 +105,30 @@ def names(cfg: InstructStageConfig) -> tuple[Path, Path, dict]:
     unknown = sorted(set(cfg.tasks) - set(INSTRUCTION_TASKS))
     if unknown or not cfg.tasks:
         raise InputError("config", "tasks", f"{unknown or 'none'}: instruction tasks are {list(INSTRUCTION_TASKS)}")
+    for task in sorted(set(cfg.task_weights) - set(cfg.tasks)):
+        raise InputError("config", f"task_weights.{task}", f"not one of the stage's tasks {list(cfg.tasks)}")
     joint = lm_common.read_stage(cfg.model, "joint")
     base = f"stage3_{STAGE}-{joint['backbone_tag']}-{joint['tokenizer_tag']}"
     out = Path(cfg.out_dir)
     return out / f"{base}-step{cfg.engine.max_steps:06d}", out / f"train-{base}", joint
 
 
-def instruction_encoder(model):
-    """`encode(sample, index)` for stage 3: the chat template, loss on the answer, masking checked."""
+def instruction_encoder(model, samples: list[dict]):
+    """`encode(sample, index)` for stage 3 over `samples`: the chat template, loss on the answer, masking
+    checked; with the model's retriever, single-scan prompts carry their neighbours' captions (never
+    the sample's own stimulus)."""
     from fmrilm.llm.formatting import encode_instruction
 
+    tokens = [np.asarray(s["tokens.npy"]).astype(np.int64) for s in samples]
+    prompts = [s["json"]["prompt"] for s in samples]
+    if model.prompt_retriever is not None:
+        own = [s["json"].get("stimulus") if s["json"].get("source") == "task" else None for s in samples]
+        prompts = model.prompt_retriever.augment(prompts, tokens, exclude=own)
+
     def encode(sample: dict, index: int) -> dict:
-        meta = sample["json"]
         return encode_instruction(model.tokenizer, model.vocab, {
-            "prompt": meta["prompt"], "answer": meta["answer"],
-            "tokens": np.asarray(sample["tokens.npy"]).astype(np.int64)}, sample["__key__"])
+            "prompt": prompts[index], "answer": sample["json"]["answer"], "tokens": tokens[index]},
+            sample["__key__"])
 
     return encode
 
@@ -113,11 +140,18 @@ def setup(cfg: InstructStageConfig, train_dir: Path, joint: dict):
     for split in filter(None, (cfg.split, cfg.eval_split)):
         lm_common.check_corpus_tokenizer(cfg.corpus, split, joint["tokenizer"])
     model = load_brainlm(cfg.model)
+    if cfg.retrieval and cfg.retrieved_captions > 0:
+        from fmrilm.retrieval.caption_prompts import CaptionRetriever
+
+        model.prompt_retriever = CaptionRetriever.from_search_dir(cfg.retrieval, cfg.retrieved_captions)
     samples, skipped = lm_common.read_split(cfg.corpus, cfg.split, cfg.tasks)
-    encoded = lm_common.encode_samples(samples, instruction_encoder(model), model.max_length)
+    encoded = lm_common.encode_samples(samples, instruction_encoder(model, samples), model.max_length)
+    mixture = lm_common.weight_tasks(samples, cfg.task_weights, cfg.engine.seed)
+    encoded = [encoded[i] for i in mixture]
     engine = TrainEngine(model, cfg.engine, train_dir)
     if engine.is_main:
-        print(f"instruct: {len(encoded)} samples, answer-only loss checked on every one", flush=True)
+        mix = Counter(samples[i]["json"]["task"] for i in mixture)
+        print(f"instruct: {len(encoded)} samples ({dict(mix)}), answer-only loss checked on every one", flush=True)
     return engine, encoded, skipped
 
 
@@ -165,6 +199,7 @@ def save_checkpoint(engine: TrainEngine, export_dir: Path, cfg: InstructStageCon
     return lm_common.export(engine, export_dir, save, cfg, {
         "stage": STAGE, "backbone_tag": joint["backbone_tag"], "tokenizer_tag": joint["tokenizer_tag"],
         "tokenizer": joint["tokenizer"], "from": str(Path(cfg.model).resolve()), "steps": step,
+        "retrieval": engine.module.prompt_retriever.source if engine.module.prompt_retriever else None,
         "world_size": engine.world_size, "merged": cfg.merge})
 
 

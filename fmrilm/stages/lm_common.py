@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -143,6 +144,27 @@ def read_split(corpus_dir: str | Path, split: str, tasks, verify: bool = True,
     return samples, counter
 
 
+def weight_tasks(samples: list[dict], weights: dict[str, float], seed: int) -> np.ndarray:
+    """Positions of `samples` resampled by task: weight w keeps each sample of its task ⌊w⌋ times, plus
+    once more with probability w − ⌊w⌋ (seeded); tasks not named keep weight 1.
+
+    A mixture knob for the LM stages: e.g. stage 3 up-weights captions, whose scan conditioning takes
+    hold only when captions are a large share of the batches.
+    """
+    present = {s["json"]["task"] for s in samples}
+    for task, weight in weights.items():
+        if task not in present:
+            raise InputError("config", f"task_weights.{task}", f"no such task in the mixture {sorted(present)}")
+        if not weight >= 0:
+            raise InputError("config", f"task_weights.{task}", f"{weight} is not a weight >= 0")
+    rng = np.random.default_rng([seed, 3])
+    w = np.array([float(weights.get(s["json"]["task"], 1.0)) for s in samples])
+    copies = np.floor(w).astype(int) + (rng.random(len(samples)) < w - np.floor(w))
+    if copies.sum() == 0:
+        raise InputError("config", "task_weights", "every sample was weighted away")
+    return np.repeat(np.arange(len(samples)), copies)
+
+
 def encode_samples(samples: list[dict], encode: Callable[[dict, int], dict], max_length: int | None,
                    progress: bool = True) -> list[dict]:
     """Encode every sample once; InputError naming the first sample longer than the context."""
@@ -158,11 +180,14 @@ def encode_samples(samples: list[dict], encode: Callable[[dict, int], dict], max
 
 
 def batch_for_step(encoded: list[dict], step: int, engine: TrainEngine, pad_id: int,
-                   max_length: int | None) -> dict[str, torch.Tensor]:
-    """This rank's micro-batch at micro-step `step`: a pure function of (seed, step, rank, world)."""
+                   max_length: int | None, lengths: np.ndarray | None = None) -> dict[str, torch.Tensor]:
+    """This rank's micro-batch at micro-step `step`: a pure function of (seed, step, rank, world).
+
+    `lengths` (the samples' token counts) turns on the engine's length bucketing.
+    """
     e = engine.cfg
     positions = micro_batch_positions(len(encoded), step, e.micro_batch_size, engine.rank, engine.world_size,
-                                      e.seed)
+                                      e.seed, lengths, e.length_bucket_batches)
     return collate([encoded[i] for i in positions], pad_id, max_length)
 
 
@@ -192,10 +217,11 @@ def train_loop(engine: TrainEngine, encoded: list[dict], pad_id: int, max_length
     last_saved = step if resumed else None
     bar = tqdm(total=e.max_steps, initial=step, disable=not engine.is_main, desc=desc)
     metrics: dict[str, float] = {}
+    lengths = np.array([len(item["input_ids"]) for item in encoded])
     while step < e.max_steps:
         for micro in range(e.grad_accum_steps):
             metrics = engine.train_step(batch_for_step(encoded, step * e.grad_accum_steps + micro, engine, pad_id,
-                                                       max_length))
+                                                       max_length, lengths))
         step += 1
         bar.update(1)
         if skipped is not None:

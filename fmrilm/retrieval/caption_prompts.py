@@ -1,0 +1,149 @@
+"""Retrieval-augmented prompts: a scan's nearest training captions, written into its prompt.
+
+SmallCap (Ramos et al., CVPR 2023) showed that a small caption decoder does well when prompted with
+captions retrieved for its image from a datastore: it learns to copy and edit text long before it
+could learn to verbalize visual features alone. fmrilm's compact LM is in that regime: in a few
+hundred CPU steps the scan conditioning moves caption SemScore only a little above the shuffled
+control, while the run's brain embedder already finds a scan's caption among 300 at top-1 ≈ 0.96.
+This module joins the two: the prompt of a question about ONE scan is prefixed with the ``k`` captions
+nearest to that scan's brain embedding, from the *training* stimuli only::
+
+    Similar scenes: <caption 1> | <caption 2> | <caption 3>
+    What was the person looking at during this scan? <scan>
+
+Everything still flows from the brain tokens: the embedding is the retrieval stage's embedder on the
+code vectors of the scan's tokens, so the shuffled control retrieves another scan's neighbours, the
+text-only control (no scan) gets no prefix, and in-silico stimulation acts through re-tokenization.
+Training prompts leave out the sample's own stimulus, so the LM never learns to expect an exact
+match, which a held-out test scan (its stimulus is not in the bank) never has. Prompts with several
+scans (k-shot examples, temporal runs) are left as they are.
+
+A retriever is saved inside the stage-3 export (``retriever/``) and loaded with the model, so every
+caller of :func:`fmrilm.llm.generate.generate` (evaluation, ``fmrilm ask``, stimulation) prompts the
+way training did::
+
+    DIR/retriever.json        k, prefix, tokens per scan, source search directory
+    DIR/codes.safetensors     code vectors of the brain tokens [K, C] (the embedder's input features)
+    DIR/embedder/             BrainEmbedder
+    DIR/captions/             SemanticIndex of the training captions (metadata: caption, stimulus_index)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from fmrilm.errors import InputError
+from fmrilm.io import atomic_dir, read_json, write_json
+from fmrilm.retrieval.brain_embedder import BrainEmbedder
+from fmrilm.retrieval.index import SemanticIndex
+
+RETRIEVER_FILE = "retriever.json"
+PREFIX = "Similar scenes: "
+SEPARATOR = " | "
+
+
+class CaptionRetriever:
+    """Brain embedder + training-caption index that prefix single-scan prompts with neighbours.
+
+    Parameters
+    ----------
+    codes : float array [K, C]
+        Code vectors of the brain tokens (features of a scan: its tokens' vectors, concatenated).
+    embedder : BrainEmbedder
+        Maps ``P·L·C`` features into the MiniLM space.
+    captions : SemanticIndex
+        Training captions; each row's metadata holds ``caption`` and ``stimulus_index``.
+    k : int
+        Captions written into each prompt.
+    source : str
+        Where it was built from (recorded on save).
+    """
+
+    def __init__(self, codes: np.ndarray, embedder: BrainEmbedder, captions: SemanticIndex, k: int = 3,
+                 source: str = ""):
+        self.codes = np.asarray(codes, np.float32)
+        if self.codes.ndim != 2 or embedder.in_dim % self.codes.shape[1]:
+            raise InputError("retriever", "codes", f"code vectors {self.codes.shape} do not divide the embedder's "
+                                                   f"{embedder.in_dim} input features")
+        if k < 1 or len(captions) == 0:
+            raise InputError("retriever", "k", f"needs k >= 1 and captions to retrieve (k={k}, {len(captions)})")
+        self.embedder, self.captions, self.k, self.source = embedder, captions, k, source
+        self.tokens_per_scan = embedder.in_dim // self.codes.shape[1]
+
+    # ------------------------------------------------------------------ building / persistence
+    @classmethod
+    def from_search_dir(cls, search_dir, k: int = 3) -> CaptionRetriever:
+        """The retriever of a run's ``retrieval`` stage output (its embedder and training captions)."""
+        from safetensors.numpy import load_file
+
+        search_dir = Path(search_dir)
+        info = read_json(search_dir / "search.json")
+        codes_path = Path(info["tokenizer"]) / "code_embeddings.safetensors"
+        if not codes_path.is_file():
+            raise InputError(codes_path, "file", "missing: the tokenizer export has no code embeddings")
+        index = SemanticIndex.load(search_dir / "captions")
+        rows = [i for i, m in enumerate(index.metadata) if m.get("split") == "train"]
+        if not rows or "stimulus_index" not in index.metadata[rows[0]]:
+            raise InputError(search_dir / "captions", "metadata", "no training captions with a stimulus_index "
+                                                                  "(rebuild the retrieval stage)")
+        vectors = index.vectors()[rows]
+        meta = [{"caption": index.metadata[i]["caption"], "stimulus_index": index.metadata[i]["stimulus_index"]}
+                for i in rows]
+        train_index = SemanticIndex.build(vectors, [index.ids[i] for i in rows], meta, kind="flat")
+        return cls(load_file(str(codes_path))["code_embeddings"], BrainEmbedder.load(search_dir / "embedder"),
+                   train_index, k, str(search_dir.resolve()))
+
+    def save(self, out_dir, overwrite: bool = False) -> Path:
+        from safetensors.numpy import save_file
+
+        with atomic_dir(out_dir, overwrite) as tmp:
+            save_file({"codes": self.codes}, str(tmp / "codes.safetensors"))
+            self.embedder.save(tmp / "embedder")
+            self.captions.save(tmp / "captions")
+            write_json(tmp / RETRIEVER_FILE, {"k": self.k, "prefix": PREFIX, "tokens_per_scan": self.tokens_per_scan,
+                                              "source": self.source, "n_captions": len(self.captions)})
+        return Path(out_dir)
+
+    @classmethod
+    def load(cls, path) -> CaptionRetriever:
+        from safetensors.numpy import load_file
+
+        path = Path(path)
+        info = read_json(path / RETRIEVER_FILE)
+        return cls(load_file(str(path / "codes.safetensors"))["codes"], BrainEmbedder.load(path / "embedder"),
+                   SemanticIndex.load(path / "captions"), int(info["k"]), info.get("source", ""))
+
+    # ------------------------------------------------------------------ use
+    def neighbours(self, scans: np.ndarray, exclude=None, chunk: int = 1024) -> list[list[str]]:
+        """The `k` nearest distinct training captions of each scan ``[N, P·L]`` (codebook ids), best first.
+
+        `exclude` gives per scan a stimulus index whose captions are skipped (None: skip nothing).
+        Scans are embedded `chunk` at a time (their features are P·L·C floats each).
+        """
+        scans = np.asarray(scans, np.int64).reshape(-1, self.tokens_per_scan)
+        if len(scans) == 0:
+            return []
+        if scans.min() < 0 or scans.max() >= len(self.codes):
+            raise InputError("retriever", "tokens", f"codebook ids outside [0, {len(self.codes)})")
+        exclude = [None] * len(scans) if exclude is None else list(exclude)
+        queries = np.concatenate([self.embedder.embed(self.codes[scans[i:i + chunk]].reshape(-1, self.embedder.in_dim))
+                                  for i in range(0, len(scans), chunk)])
+        # over-fetch: the excluded stimulus and repeated captions (stimuli can share one) are dropped
+        _, _, meta = self.captions.search(queries, 2 * self.k + 1)
+        return [list(dict.fromkeys(m["caption"] for m in rows if m["stimulus_index"] != skip))[: self.k]
+                for rows, skip in zip(meta, exclude, strict=True)]
+
+    def augment(self, prompts: list[str], brain_tokens: list, exclude=None) -> list[str]:
+        """`prompts` with the neighbours' prefix on each one whose tokens hold exactly one scan."""
+        exclude = [None] * len(prompts) if exclude is None else list(exclude)
+        single = [i for i, t in enumerate(brain_tokens)
+                  if t is not None and np.asarray(t).size == self.tokens_per_scan]
+        out = list(prompts)
+        if single:
+            found = self.neighbours(np.stack([np.asarray(brain_tokens[i]).reshape(-1) for i in single]),
+                                    [exclude[i] for i in single])
+            for i, captions in zip(single, found, strict=True):
+                out[i] = f"{PREFIX}{SEPARATOR.join(captions)}\n{prompts[i]}"
+        return out
