@@ -65,6 +65,15 @@ def test_resume_continues_the_same_loss_curve(tmp_path):
     assert sum(straight[-4:]) < sum(straight[:4])  # it learns, too
 
 
+def test_deterministic_engines_ask_torch_for_deterministic_kernels(tmp_path):
+    before = torch.are_deterministic_algorithms_enabled()
+    try:
+        TrainEngine(Regressor(), EngineConfig(deterministic=True, log_every=0), tmp_path).cleanup()
+        assert torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(before)
+
+
 @pytest.mark.slow
 def test_two_cpu_ranks_under_the_deepspeed_launcher(tmp_path):
     script = tmp_path / "train.py"
