@@ -217,7 +217,7 @@ def train_loop(engine: TrainEngine, encoded: list[dict], pad_id: int, max_length
     last_saved = step if resumed else None
     bar = tqdm(total=e.max_steps, initial=step, disable=not engine.is_main, desc=desc)
     metrics: dict[str, float] = {}
-    lengths = np.array([len(item["input_ids"]) for item in encoded])
+    lengths = np.array([len(item["input_ids"]) for item in encoded]) if e.length_bucket_batches > 1 else None
     while step < e.max_steps:
         for micro in range(e.grad_accum_steps):
             metrics = engine.train_step(batch_for_step(encoded, step * e.grad_accum_steps + micro, engine, pad_id,
