@@ -20,6 +20,10 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet --upgrade "pip<26" wheel setuptools
 	$(BIN)/pip install --quiet "torch==2.13.0"
 	$(BIN)/pip install --quiet -e ".[dev]"
+	# DeepSpeed JIT-compiles its CPU shared-memory collective on first use (~45-80 s here): do it once
+	# now (as DS_BUILD_SHM_COMM=1 would at build time) rather than inside the first training stage.
+	DS_ACCELERATOR=cpu $(BIN)/python -c "from deepspeed.accelerator import get_accelerator; \
+	    get_accelerator().create_op_builder('ShareMemCommBuilder').load()"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -121,7 +121,8 @@ class PlainLoop:
     def __init__(self, model, e: EngineConfig):
         params = [p for p in model.parameters() if p.requires_grad]
         self.model, self.params, self.e = model, params, e
-        self.opt = torch.optim.AdamW(params, lr=e.lr, betas=tuple(e.betas), weight_decay=e.weight_decay)
+        self.opt = torch.optim.AdamW(params, lr=e.lr, betas=tuple(e.betas), weight_decay=e.weight_decay,
+                                     fused=True)  # as the engine
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, cosine_with_warmup(e.warmup_steps, e.max_steps,
                                                                                     e.min_lr_ratio))
 

@@ -10,7 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from fmrilm.engine import EngineConfig, TrainEngine, cosine_with_warmup, load_deepspeed_json, micro_batch_positions
+from fmrilm.engine import (
+    EngineConfig,
+    TrainEngine,
+    cosine_with_warmup,
+    load_deepspeed_json,
+    micro_batch_positions,
+    visited_positions,
+)
 from fmrilm.errors import InputError
 
 
@@ -133,3 +140,17 @@ def test_length_bucketing_visits_every_sample_once_per_epoch_in_tighter_batches(
     assert padded[1] < 0.8 * padded[0]
     # a pure function of (seed, step): the same call gives the same batch
     assert np.array_equal(bucketed[5][:micro], micro_batch_positions(96, 5, micro, 0, world, 3, lengths, 4))
+
+
+@pytest.mark.parametrize("steps,bucket_batches", [(5, 0), (7, 3), (40, 3)])
+def test_visited_positions_are_exactly_what_the_micro_batches_take(steps, bucket_batches):
+    """A run shorter than an epoch prepares only these samples; 40 steps span several epochs (all)."""
+    lengths = np.random.default_rng(1).integers(10, 500, size=101)
+    micro, world = 3, 2
+    taken = {int(i) for step in range(steps) for rank in range(world)
+             for i in micro_batch_positions(101, step, micro, rank, world, 5, lengths, bucket_batches)}
+    visited = visited_positions(101, steps, micro, world, 5, lengths, bucket_batches).tolist()
+    if steps < 101 // (micro * world):  # within the first epoch: exactly the samples taken
+        assert visited == sorted(taken) and len(visited) == steps * micro * world
+    else:  # a run spanning epochs prepares everything
+        assert visited == list(range(101)) and taken <= set(visited)

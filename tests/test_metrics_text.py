@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fmrilm.errors import InputError
-from fmrilm.evaluation.captions import caption_metrics, semscore, semscore_from_embeddings, tokenize
+from fmrilm.evaluation.captions import MeteorScorer, caption_metrics, semscore, semscore_from_embeddings, tokenize
 from fmrilm.evaluation.naming import names_category, zero_shot_naming
 from fmrilm.evaluation.vqa import normalize_answer, vqa_accuracy
 from fmrilm.textembed import embed_texts
@@ -50,6 +50,16 @@ def test_meteor_runs_with_the_machines_java():
                           [["a man rides a horse"], ["a cat on a sofa"]])
     assert "METEOR" not in out["unavailable"]
     assert 0.2 < out["METEOR"] < 0.9
+
+
+@needs_java
+def test_one_meteor_process_scores_several_conditions_as_fresh_ones_do():
+    refs = [["a man rides a horse"], ["a cat on a sofa"]]
+    conditions = [["a man riding a horse", "a zebra in a field"], ["a horse", "a cat sitting on a sofa"]]
+    with MeteorScorer() as meteor:
+        shared = [caption_metrics(gen, refs, meteor=meteor)["METEOR"] for gen in conditions]
+    assert shared == [caption_metrics(gen, refs)["METEOR"] for gen in conditions]
+    assert shared[0] != shared[1]
 
 
 def test_semscore_by_hand():

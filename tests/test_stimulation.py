@@ -63,6 +63,12 @@ def test_stimulate_cli_writes_dose_response_and_surface_map(tiny_run, tmp_path):
         assert condition["n_vertices"] == 50
         assert all(0.0 <= d["concept_rate"] <= 1.0 and np.isfinite(d["probe_semscore"]) for d in condition["doses"])
     assert np.isfinite(summary["specificity_vs_random"])
+    # Scans come from stimuli whose reference captions do not already name the concept.
+    from fmrilm.brain.task_data import TaskData
+
+    stimuli = TaskData(tiny_run / "task_world").stimuli
+    assert summary["concept_free_stimuli"] and summary["stimuli"]
+    assert all(concept_rate(stimuli[m]["captions"], summary["concept_words"]) == 0 for m in summary["stimuli"])
     # Target and control patches come from the localizer and differ; random vertices lie in cortex.
     assert set(summary["vertices"]["target"]) != set(summary["vertices"]["other_category"])
     for name in ("dose_response.png", "vertices.png"):

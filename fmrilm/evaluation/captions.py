@@ -107,28 +107,43 @@ def tokenize(captions: list[str]) -> tuple[list[str], str]:
     return [" ".join(w for w in line.split() if w not in _PTB_PUNCTUATION) for line in out], "ptb"
 
 
-def _meteor(gts: dict, res: dict) -> float:
-    from pycocoevalcap.meteor.meteor import Meteor
+class MeteorScorer:
+    """One METEOR process (pycocoevalcap's meteor-1.5.jar) kept for several scorings.
 
-    scorer = Meteor()
-    try:
-        return float(scorer.compute_score(gts, res)[0])
-    finally:
+    Each start loads a 60 MB paraphrase table into a JVM (~10 s), so an evaluation that scores
+    several conditions opens one and passes it to every :func:`caption_metrics` call::
+
+        with MeteorScorer() as meteor:
+            scores = [caption_metrics(gen, refs, meteor=meteor) for gen in conditions]
+    """
+
+    def __enter__(self) -> MeteorScorer:
+        from pycocoevalcap.meteor.meteor import Meteor
+
+        self._scorer = Meteor() if shutil.which("java") else None  # no java: caption_metrics says so
+        return self
+
+    def score(self, gts: dict, res: dict) -> float:
+        return float(self._scorer.compute_score(gts, res)[0])
+
+    def __exit__(self, *exc) -> None:
         # Stop the Java process now rather than whenever the garbage collector gets to it.
-        scorer.meteor_p.stdin.close()
-        scorer.meteor_p.kill()
-        scorer.meteor_p.wait()
+        if self._scorer is not None:
+            self._scorer.meteor_p.stdin.close()
+            self._scorer.meteor_p.kill()
+            self._scorer.meteor_p.wait()
 
 
-def caption_metrics(generated, references, meteor: bool = True) -> dict:
+def caption_metrics(generated, references, meteor: bool | MeteorScorer = True) -> dict:
     """BLEU-1…4, METEOR, ROUGE-L and CIDEr of generated captions (corpus level).
 
     Parameters
     ----------
     generated : list of str
     references : list of (str or list of str)
-    meteor : bool
-        METEOR starts a JVM that loads a 60 MB paraphrase table (~10 s); False skips it.
+    meteor : bool or MeteorScorer
+        True starts a METEOR JVM for this call (~10 s), an open :class:`MeteorScorer` is reused,
+        False skips METEOR.
 
     Returns
     -------
@@ -154,8 +169,11 @@ def caption_metrics(generated, references, meteor: bool = True) -> dict:
         unavailable["METEOR"] = "skipped (meteor=False)"
     elif shutil.which("java") is None:
         unavailable["METEOR"] = "needs Java (meteor-1.5.jar); no java on PATH"
+    elif isinstance(meteor, MeteorScorer):
+        out["METEOR"] = meteor.score(gts, res)
     else:
-        out["METEOR"] = _meteor(gts, res)
+        with MeteorScorer() as scorer:
+            out["METEOR"] = scorer.score(gts, res)
     out["ROUGE-L"] = float(Rouge().compute_score(gts, res)[0])
     out["CIDEr"] = float(Cider().compute_score(gts, res)[0])
     out.update(SPICE=None, unavailable=unavailable, tokenizer=tokenizer, n=len(generated))

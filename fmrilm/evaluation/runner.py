@@ -15,6 +15,7 @@ subject (``corpus.json`` ``task_fewshot_subjects``) appears only in the adaptati
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from dataclasses import dataclass, field
@@ -139,6 +140,7 @@ def run_evaluation(cfg: EvalConfig, overwrite: bool = False, progress: bool = Tr
     """
     from fmrilm.brain.task_data import TaskData
     from fmrilm.evaluation import fewshot, rest_eval, task_eval
+    from fmrilm.evaluation.captions import MeteorScorer
     from fmrilm.evaluation.heldout import load_heldout, resolve_model_dir, resolve_tokenizer_dir
     from fmrilm.evaluation.ideal_observer import ideal_observer
     from fmrilm.evaluation.report import write_markdown
@@ -194,9 +196,10 @@ def run_evaluation(cfg: EvalConfig, overwrite: bool = False, progress: bool = Tr
     position = {int(m): j for j, m in enumerate(test_stim)}
     observed = [observer["choice"][int(s)][position[int(m)]] for s, m in zip(item_subject, item_stimulus)]
     references = items.references()
-    captioning = {name: task_eval.score_captions(texts, references, cfg.meteor) for name, texts in captions.items()}
-    captioning["ideal_observer"] = task_eval.score_captions(
-        [data.stimuli[m]["captions"][-1] for m in observed], [r[:-1] or r for r in references], cfg.meteor)
+    with MeteorScorer() if cfg.meteor else contextlib.nullcontext(False) as meteor:  # one JVM for all conditions
+        captioning = {name: task_eval.score_captions(texts, references, meteor) for name, texts in captions.items()}
+        captioning["ideal_observer"] = task_eval.score_captions(
+            [data.stimuli[m]["captions"][-1] for m in observed], [r[:-1] or r for r in references], meteor)
     captioning["conditions"] = [*captions, "ideal_observer"]
     zero_shot = task_eval.zero_shot_section(captions, items, data.novel_categories, data.category_synonyms)
     timings["captioning"] = time.time() - t0

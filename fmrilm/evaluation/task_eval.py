@@ -23,7 +23,7 @@ import numpy as np
 
 from fmrilm.corpus import SCAN
 from fmrilm.corpus.phrasing import PROMPTS
-from fmrilm.evaluation.captions import caption_metrics, semscore
+from fmrilm.evaluation.captions import MeteorScorer, caption_metrics, semscore
 from fmrilm.evaluation.controls import derangement
 from fmrilm.evaluation.naming import zero_shot_naming
 from fmrilm.evaluation.vqa import vqa_accuracy
@@ -98,7 +98,7 @@ def caption_conditions(model, items: TaskItems, cfg, progress: bool = False) -> 
     return out
 
 
-def score_captions(generated: list[str], references: list[list[str]], meteor: bool) -> dict:
+def score_captions(generated: list[str], references: list[list[str]], meteor: bool | MeteorScorer) -> dict:
     """SemScore plus the BrainHub metrics of one condition."""
     sem = semscore(generated, references)
     coco = caption_metrics(generated, references, meteor=meteor)

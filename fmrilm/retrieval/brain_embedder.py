@@ -196,7 +196,7 @@ def train_brain_embedder(features, text_embeddings, cfg: BrainEmbedderConfig | N
     std = x.std(0)
     model.feature_std.copy_(torch.from_numpy(np.where(std > 1e-6, std, 1.0).astype(np.float32)))
     xt, yt = torch.from_numpy(x), F.normalize(torch.from_numpy(y), dim=-1)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     batch = min(cfg.batch_size, len(x))
     steps_per_epoch = max(1, len(x) // batch)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps_per_epoch)

@@ -130,7 +130,7 @@ def record_backbone(cfg: BackboneStageConfig, export_dir: Path) -> Path:
 
 
 def setup(cfg: BackboneStageConfig, train_dir: Path):
-    """Bootstrap (main rank) and build the engine. Returns (engine, tokenizer, encoded texts)."""
+    """Bootstrap (main rank) and build the engine. Returns (engine, tokenizer, training set)."""
     from transformers import AutoModelForCausalLM
 
     from fmrilm.llm.backbone import bootstrap_backbone, load_tokenizer
@@ -148,16 +148,16 @@ def setup(cfg: BackboneStageConfig, train_dir: Path):
     torch.distributed.barrier()
     tokenizer = load_tokenizer(init)
     text_only = BrainVocab(n_text=len(tokenizer), codebook_size=0)
-    encoded = lm_common.encode_samples(
+    data = lm_common.training_set(
         samples, lambda s, i: encode_joint(tokenizer, text_only, "text", text=s["json"]["answer"],
-                                           source=s["__key__"]), cfg.max_length)
+                                           source=s["__key__"]), cfg.max_length, cfg.engine)
     model = TextLM(AutoModelForCausalLM.from_pretrained(init, local_files_only=True, dtype=torch.float32))
-    return TrainEngine(model, cfg.engine, train_dir), tokenizer, encoded
+    return TrainEngine(model, cfg.engine, train_dir), tokenizer, data
 
 
-def train(engine: TrainEngine, tokenizer, encoded: list[dict], cfg: BackboneStageConfig) -> int:
+def train(engine: TrainEngine, tokenizer, data: lm_common.TrainingSet, cfg: BackboneStageConfig) -> int:
     """Pretrain on the texts up to ``engine.max_steps`` (resuming); returns the last step."""
-    return lm_common.train_loop(engine, encoded, tokenizer.eos_token_id, cfg.max_length, STAGE)
+    return lm_common.train_loop(engine, data, tokenizer.eos_token_id, cfg.max_length, STAGE)
 
 
 def save_checkpoint(engine: TrainEngine, tokenizer, export_dir: Path, cfg: BackboneStageConfig, step: int):
@@ -183,9 +183,9 @@ def run(cfg: BackboneStageConfig) -> Path | None:
         return record_backbone(cfg, export_dir) if int(os.environ.get("RANK", "0")) == 0 else export_dir
     train_dir = Path(cfg.out_dir) / f"train-{export_dir.name}"
     lm_common.prepare_run(train_dir, export_dir, cfg.force)
-    engine, tokenizer, encoded = setup(cfg, train_dir)
+    engine, tokenizer, data = setup(cfg, train_dir)
     try:
-        step = train(engine, tokenizer, encoded, cfg)
+        step = train(engine, tokenizer, data, cfg)
         return save_checkpoint(engine, tokenizer, export_dir, cfg, step)
     finally:
         cleanup(engine)

@@ -4,7 +4,7 @@ Launch (``--set`` overrides any config key)::
 
     # 1 process (CPU here)
     python -m fmrilm.stages.instruct --config instruct_demo --set out_dir=runs/demo corpus=runs/demo/corpus \
-        model=runs/demo/stage2_joint-llama5m_sp4k-vqK1024L1-step000250
+        model=runs/demo/stage2_joint-llama5m_sp4k-vqK1024L1-step000060
     # 2 CPU ranks on this machine (ZeRO-2)
     DS_ACCELERATOR=cpu deepspeed --num_gpus 2 --master_port 29600 --module fmrilm.stages.instruct \
         --config instruct_demo --set ...
@@ -145,20 +145,21 @@ def setup(cfg: InstructStageConfig, train_dir: Path, joint: dict):
 
         model.prompt_retriever = CaptionRetriever.from_search_dir(cfg.retrieval, cfg.retrieved_captions)
     samples, skipped = lm_common.read_split(cfg.corpus, cfg.split, cfg.tasks)
-    encoded = lm_common.encode_samples(samples, instruction_encoder(model, samples), model.max_length)
     mixture = lm_common.weight_tasks(samples, cfg.task_weights, cfg.engine.seed)
-    encoded = [encoded[i] for i in mixture]
+    data = lm_common.training_set(samples, instruction_encoder(model, samples), model.max_length, cfg.engine,
+                                  mixture)
     engine = TrainEngine(model, cfg.engine, train_dir)
     if engine.is_main:
         mix = Counter(samples[i]["json"]["task"] for i in mixture)
-        print(f"instruct: {len(encoded)} samples ({dict(mix)}), answer-only loss checked on every one", flush=True)
-    return engine, encoded, skipped
+        print(f"instruct: {data.size} samples ({dict(mix)}), {len(data.items)} visited by this run, answer-only "
+              f"loss checked on each", flush=True)
+    return engine, data, skipped
 
 
-def train(engine: TrainEngine, encoded: list[dict], skipped) -> int:
+def train(engine: TrainEngine, data: lm_common.TrainingSet, skipped) -> int:
     """Instruction tuning up to ``engine.max_steps`` (resuming from the latest checkpoint)."""
     model = engine.module
-    return lm_common.train_loop(engine, encoded, model.tokenizer.eos_token_id, model.max_length, STAGE, skipped)
+    return lm_common.train_loop(engine, data, model.tokenizer.eos_token_id, model.max_length, STAGE, skipped)
 
 
 def closed_question_accuracy(model, corpus: str, split: str, tasks, max_samples: int) -> dict:
@@ -213,9 +214,9 @@ def run(cfg: InstructStageConfig) -> Path | None:
     if lm_common.skip_finished(export_dir, cfg.force):
         return export_dir
     lm_common.prepare_run(train_dir, export_dir, cfg.force)
-    engine, encoded, skipped = setup(cfg, train_dir, joint)
+    engine, data, skipped = setup(cfg, train_dir, joint)
     try:
-        step = train(engine, encoded, skipped)
+        step = train(engine, data, skipped)
         return save_checkpoint(engine, export_dir, cfg, step, joint)
     finally:
         cleanup(engine)

@@ -137,26 +137,26 @@ def build_model(cfg: JointStageConfig):
 
 
 def setup(cfg: JointStageConfig, train_dir: Path, tokenizer: dict):
-    """Build BrainLM (LoRA/QLoRA), encode the corpus, wrap in the engine. Returns (engine, encoded, skips)."""
+    """Build BrainLM (LoRA/QLoRA), encode the corpus, wrap in the engine. Returns (engine, training set, skips)."""
     from fmrilm.llm.peft_setup import trainable_parameters
 
     lm_common.check_corpus_tokenizer(cfg.corpus, cfg.split, tokenizer)
     model = build_model(cfg)
     samples, skipped = lm_common.read_split(cfg.corpus, cfg.split, cfg.tasks)
     encode = joint_encoder(model, cfg.llm.seed, cfg.text_to_brain_fraction, len(samples))
-    encoded = lm_common.encode_samples(samples, encode, model.max_length)
+    data = lm_common.training_set(samples, encode, model.max_length, cfg.engine)
     engine = TrainEngine(model, cfg.engine, train_dir)
     if engine.is_main:
         counts = trainable_parameters(model)
-        print(f"joint: {len(encoded)} samples, {counts['trainable']:,} of {counts['total']:,} parameters "
-              f"trainable, {skipped.shards} corrupt shards skipped", flush=True)
-    return engine, encoded, skipped
+        print(f"joint: {data.size} samples ({len(data.items)} visited by this run), {counts['trainable']:,} of "
+              f"{counts['total']:,} parameters trainable, {skipped.shards} corrupt shards skipped", flush=True)
+    return engine, data, skipped
 
 
-def train(engine: TrainEngine, encoded: list[dict], skipped) -> int:
+def train(engine: TrainEngine, data: lm_common.TrainingSet, skipped) -> int:
     """Joint training up to ``engine.max_steps`` (resuming from the latest checkpoint)."""
     model = engine.module
-    return lm_common.train_loop(engine, encoded, model.tokenizer.eos_token_id, model.max_length, STAGE, skipped)
+    return lm_common.train_loop(engine, data, model.tokenizer.eos_token_id, model.max_length, STAGE, skipped)
 
 
 def save_checkpoint(engine: TrainEngine, export_dir: Path, cfg: JointStageConfig, step: int, tokenizer: dict,
@@ -184,9 +184,9 @@ def run(cfg: JointStageConfig) -> Path | None:
     if lm_common.skip_finished(export_dir, cfg.force):
         return export_dir
     lm_common.prepare_run(train_dir, export_dir, cfg.force)
-    engine, encoded, skipped = setup(cfg, train_dir, tokenizer)
+    engine, data, skipped = setup(cfg, train_dir, tokenizer)
     try:
-        step = train(engine, encoded, skipped)
+        step = train(engine, data, skipped)
         return save_checkpoint(engine, export_dir, cfg, step, tokenizer, backbone_tag)
     finally:
         cleanup(engine)

@@ -2,8 +2,9 @@
 
 - reading a corpus split into memory through the corpus reader's checked shard reader (corrupt
   shards are skipped and counted, never silently lost);
-- encoding samples once, up front, so a sample that does not fit the context is an error before
-  the first step, naming the sample;
+- encoding, up front, every sample the run will visit (a run shorter than an epoch visits a
+  fraction of the corpus), so a sample that does not fit the context is an error before the first
+  step, naming the sample;
 - a data order that is a pure function of (seed, step, rank), so a run resumed from a DeepSpeed
   checkpoint sees exactly the batches the uninterrupted run saw;
 - the train loop (resume, logging with skip counts, periodic checkpoints) and the export protocol:
@@ -28,7 +29,7 @@ from tqdm import tqdm
 from fmrilm.config import save_config
 from fmrilm.corpus.reader import Decode, ShardReader, SkipCounter
 from fmrilm.corpus.shards import load_manifest
-from fmrilm.engine import EngineConfig, TrainEngine, init_distributed, micro_batch_positions
+from fmrilm.engine import EngineConfig, TrainEngine, init_distributed, micro_batch_positions, visited_positions
 from fmrilm.errors import InputError
 from fmrilm.io import read_json, write_json
 from fmrilm.llm.formatting import collate
@@ -165,30 +166,72 @@ def weight_tasks(samples: list[dict], weights: dict[str, float], seed: int) -> n
     return np.repeat(np.arange(len(samples)), copies)
 
 
+def approx_length(sample: dict) -> int:
+    """A sample's token count, estimated without tokenizing (brain tokens + ~4 characters per text
+    token): close enough to sort samples into length buckets."""
+    meta = sample["json"]
+    brain = int(np.asarray(sample["tokens.npy"]).size) if "tokens.npy" in sample else 0
+    return brain + (len(meta.get("prompt") or "") + len(meta.get("answer") or "")) // 4
+
+
 def encode_samples(samples: list[dict], encode: Callable[[dict, int], dict], max_length: int | None,
-                   progress: bool = True) -> list[dict]:
-    """Encode every sample once; InputError naming the first sample longer than the context."""
-    encoded = []
-    for i, sample in enumerate(tqdm(samples, desc="encoding", unit="sample", disable=not progress)):
-        item = encode(sample, i)
+                   indices=None, progress: bool = True) -> dict[int, dict]:
+    """Encode the samples at `indices` (default: all), keyed by index; InputError naming the first
+    sample longer than the context."""
+    encoded = {}
+    for i in tqdm(range(len(samples)) if indices is None else indices, desc="encoding", unit="sample",
+                  disable=not progress):
+        item = encode(samples[i], i)
         if max_length is not None and len(item["input_ids"]) > max_length:
-            raise InputError(sample["__key__"], "length",
+            raise InputError(samples[i]["__key__"], "length",
                              f"{len(item['input_ids'])} tokens exceed the context of {max_length}: raise "
                              f"llm.max_length (up to the backbone's context) or leave this task out")
-        encoded.append(item)
+        encoded[i] = item
     return encoded
 
 
-def batch_for_step(encoded: list[dict], step: int, engine: TrainEngine, pad_id: int,
-                   max_length: int | None, lengths: np.ndarray | None = None) -> dict[str, torch.Tensor]:
-    """This rank's micro-batch at micro-step `step`: a pure function of (seed, step, rank, world).
+@dataclass
+class TrainingSet:
+    """What a run trains on: positions ``0..size-1``, each an encoded sample.
 
-    `lengths` (the samples' token counts) turns on the engine's length bucketing.
+    Attributes
+    ----------
+    size : int
+        Positions in one epoch (samples after task resampling).
+    items : dict of int to dict
+        The encoded sample of every position the run's data order visits — all of them once the run
+        spans an epoch; a shorter run encodes (and length-checks) only what it will train on.
+    lengths : ndarray or None
+        Approximate token counts of all positions (:func:`approx_length`) for the engine's length
+        bucketing; None when bucketing is off.
     """
+
+    size: int
+    items: dict[int, dict]
+    lengths: np.ndarray | None
+
+
+def training_set(samples: list[dict], encode: Callable[[dict, int], dict], max_length: int | None,
+                 cfg: EngineConfig, mixture: np.ndarray | None = None, progress: bool = True) -> TrainingSet:
+    """Encode what the run will visit. `mixture` maps positions to sample indices (default: identity).
+
+    Call after :func:`prepare_run` (the visited positions depend on the world size).
+    """
+    mixture = np.arange(len(samples)) if mixture is None else np.asarray(mixture)
+    lengths = np.array([approx_length(samples[i]) for i in mixture]) if cfg.length_bucket_batches > 1 else None
+    visit = visited_positions(len(mixture), cfg.max_steps * cfg.grad_accum_steps, cfg.micro_batch_size,
+                              torch.distributed.get_world_size(), cfg.seed, lengths, cfg.length_bucket_batches)
+    encoded = encode_samples(samples, encode, max_length, np.unique(mixture[visit]).tolist(), progress)
+    return TrainingSet(len(mixture), {int(p): encoded[int(mixture[p])] for p in visit}, lengths)
+
+
+def batch_for_step(data: TrainingSet, step: int, engine: TrainEngine, pad_id: int,
+                   max_length: int | None) -> dict[str, torch.Tensor]:
+    """This rank's micro-batch at micro-step `step`: a pure function of (seed, step, rank, world)."""
     e = engine.cfg
-    positions = micro_batch_positions(len(encoded), step, e.micro_batch_size, engine.rank, engine.world_size,
-                                      e.seed, lengths, e.length_bucket_batches)
-    return collate([encoded[i] for i in positions], pad_id, max_length)
+    positions = micro_batch_positions(data.size, step, e.micro_batch_size, engine.rank, engine.world_size,
+                                      e.seed, data.lengths, e.length_bucket_batches)
+    return collate([data.items[int(i)] for i in positions], pad_id, max_length)
 
 
 # ----------------------------------------------------------------------------------- training
@@ -201,7 +244,7 @@ def prepare_run(train_dir: Path, export_dir: Path, force: bool) -> None:
     torch.distributed.barrier()
 
 
-def train_loop(engine: TrainEngine, encoded: list[dict], pad_id: int, max_length: int | None, desc: str,
+def train_loop(engine: TrainEngine, data: TrainingSet, pad_id: int, max_length: int | None, desc: str,
                skipped: SkipCounter | None = None) -> int:
     """Optimizer steps up to ``max_steps``, resuming from the latest checkpoint; returns the last step.
 
@@ -209,19 +252,18 @@ def train_loop(engine: TrainEngine, encoded: list[dict], pad_id: int, max_length
     export resumes straight into the export).
     """
     e: EngineConfig = engine.cfg
-    if len(encoded) < e.micro_batch_size * engine.world_size:
-        raise InputError(desc, "samples", f"{len(encoded)} training samples, fewer than one global batch "
+    if data.size < e.micro_batch_size * engine.world_size:
+        raise InputError(desc, "samples", f"{data.size} training samples, fewer than one global batch "
                                           f"({e.micro_batch_size} × {engine.world_size} ranks)")
     resumed = engine.load_checkpoint()
     step = resumed[0] if resumed else 0
     last_saved = step if resumed else None
     bar = tqdm(total=e.max_steps, initial=step, disable=not engine.is_main, desc=desc)
     metrics: dict[str, float] = {}
-    lengths = np.array([len(item["input_ids"]) for item in encoded]) if e.length_bucket_batches > 1 else None
     while step < e.max_steps:
         for micro in range(e.grad_accum_steps):
-            metrics = engine.train_step(batch_for_step(encoded, step * e.grad_accum_steps + micro, engine, pad_id,
-                                                       max_length, lengths))
+            metrics = engine.train_step(batch_for_step(data, step * e.grad_accum_steps + micro, engine, pad_id,
+                                                       max_length))
         step += 1
         bar.update(1)
         if skipped is not None:

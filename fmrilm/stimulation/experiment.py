@@ -5,7 +5,9 @@ Protocol (after CorText):
 1. Pick the `n_vertices` cortical vertices with the largest localizer contrast "target category vs
    the other categories" (:func:`fmrilm.brain.localizer.localizer_contrast`). The localizer runs are
    independent of the task trials, so selection and test never share noise.
-2. Take `n_scans` held-out test scans of the subject (corpus test split, repeats averaged) and add
+2. Take `n_scans` held-out test scans of the subject (corpus test split, repeats averaged) of
+   stimuli whose reference captions do not name the target concept (so the rate starts near 0 and
+   its rise is what stimulation adds; ``concept_free_stimuli: false`` takes any), and add
    ``α · pattern``, where the pattern is each selected vertex's SD across the test scans (so α is
    in units of the betas' SD) and 0 elsewhere.
 3. Re-tokenize with the run's tokenizer, generate captions greedily, and measure the rate of
@@ -61,6 +63,8 @@ class StimulationConfig:
     alphas : tuple of float
         Perturbation sizes in units of the betas' SD; must include 0.
     n_scans : int
+    concept_free_stimuli : bool
+        Only stimuli none of whose reference captions contain a concept word.
     concept_words : list of str, optional
         Words that name the target concept (default: :data:`CONCEPT_WORDS`).
     probe : str, optional
@@ -77,6 +81,7 @@ class StimulationConfig:
     n_vertices: int = 300
     alphas: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0)
     n_scans: int = 30
+    concept_free_stimuli: bool = True
     max_new_tokens: int = 24
     batch_size: int = 32
     seed: int = 0
@@ -171,10 +176,16 @@ def run_stimulation(cfg: StimulationConfig, overwrite: bool = False, progress: b
     vertices = select_vertices(data, atlas, cfg, rng)
     tokenizer = BrainTokenizer.from_pretrained(resolve_tokenizer_dir(cfg.tokenizer), data.atlas_info)
     model = load_brainlm(resolve_model_dir(cfg.model))
-    stimuli = np.sort(rng.permutation(heldout.test_stimuli)[: cfg.n_scans])
+    words, probe = cfg.words(), embed_texts([cfg.probe_text()])[0]
+    pool = np.asarray(heldout.test_stimuli)
+    if cfg.concept_free_stimuli:
+        pool = pool[[concept_rate(data.stimuli[m]["captions"], words) == 0 for m in pool]]
+        if pool.size == 0:
+            raise InputError(cfg.corpus, "test stimuli", f"every test stimulus names {cfg.target!r} in a caption "
+                                                         "(set concept_free_stimuli: false)")
+    stimuli = np.sort(rng.permutation(pool)[: cfg.n_scans])
     scans = data.mean_betas(cfg.subject, stimuli)
     alphas = sorted(float(a) for a in cfg.alphas)
-    words, probe = cfg.words(), embed_texts([cfg.probe_text()])[0]
     baseline = stimulate(model, tokenizer, scans, vertices["target"], 0.0, cfg)
     results = {}
     for condition in tqdm(CONDITIONS, desc="stimulation", disable=not progress):
@@ -190,7 +201,9 @@ def run_stimulation(cfg: StimulationConfig, overwrite: bool = False, progress: b
                               "rate_rise": rate[-1] - rate[0], "n_vertices": int(vertices[condition].size)}
     floor = 1.0 / len(stimuli)
     summary = {"target": cfg.target, "other_category": cfg.other_category, "subject": cfg.subject,
-               "alphas": alphas, "n_scans": int(len(stimuli)), "concept_words": words, "probe": cfg.probe_text(),
+               "alphas": alphas, "n_scans": int(len(stimuli)), "concept_free_stimuli": cfg.concept_free_stimuli,
+               "stimuli": stimuli.tolist(),
+               "concept_words": words, "probe": cfg.probe_text(),
                "conditions": results,
                "specificity_vs_random": results["target"]["rate_rise"] / max(results["random"]["rate_rise"], floor),
                "specificity_vs_other": results["target"]["rate_rise"]

@@ -149,7 +149,7 @@ def adapt_subject_encoders(tokenizer, scans, k: int, text=None, cfg: AdaptConfig
         param.requires_grad_(name.startswith("encoder."))
     params = list(adapted.encoder.parameters())
     anchor = [p.detach().clone() for p in params]
-    optimizer = torch.optim.Adam(params, lr=cfg.lr, foreach=True)
+    optimizer = torch.optim.Adam(params, lr=cfg.lr, fused=True)
     adapted.train()
     for codebook in adapted.quantizer.codebooks():
         codebook.eval()  # no EMA update, dead-code replacement or k-means: the vocabulary is fixed
