@@ -63,6 +63,7 @@ def make_world(root: Path) -> dict:
     save_file({"code_embeddings": torch.randn(CODEBOOK, 64, generator=torch.Generator().manual_seed(0))},
               str(tok / lm_common.CODE_EMBEDDINGS_FILE))
     write_json(tok / "config.json", {"format": lm_common.TOKENIZER_FORMAT, "fingerprint": f"toy-0-{CODEBOOK}",
+                                     "atlas": {"n_parcels": 100},
                                      "tokenizer": {"quantizer": {"kind": "vq", "codebook_size": CODEBOOK,
                                                                  "levels": 1}}})
     texts = [s["json"]["answer"] for s in lm_common.read_split(root / "corpus", "train", ["text"], progress=False)[0]]

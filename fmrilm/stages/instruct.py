@@ -4,7 +4,7 @@ Launch (``--set`` overrides any config key)::
 
     # 1 process (CPU here)
     python -m fmrilm.stages.instruct --config instruct_demo --set out_dir=runs/demo corpus=runs/demo/corpus \
-        model=runs/demo/stage2_joint-llama5m_sp4k-vqK1024L1-step000060
+        model=runs/demo/stage2_joint-llama5m_sp4k-vqK1024L1-step000040
     # 2 CPU ranks on this machine (ZeRO-2)
     DS_ACCELERATOR=cpu deepspeed --num_gpus 2 --master_port 29600 --module fmrilm.stages.instruct \
         --config instruct_demo --set ...
