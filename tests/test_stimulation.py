@@ -88,3 +88,26 @@ def test_bad_config_is_refused_before_writing(tiny_run, tmp_path):
 def test_concept_rate_counts_whole_words():
     words = ["man", "people", "stop sign"]
     assert concept_rate(["a man on a horse", "a mango", "two People", "a stop sign"], words) == 0.75
+
+
+def test_mesh_smoothing_spreads_a_spike_to_its_neighbours_and_concentrates_top_vertices(atlas):
+    from fmrilm.brain.localizer import top_vertices
+    from fmrilm.stimulation.experiment import smooth_on_mesh
+
+    spike = np.zeros(atlas.n_vertices)
+    spike[5000] = 1.0
+    assert np.array_equal(smooth_on_mesh(spike, atlas, 0), spike)
+    once = smooth_on_mesh(spike, atlas, 1)
+    neighbours = atlas.adjacency[5000].indices
+    degree = np.asarray(atlas.adjacency.sum(1)).ravel() + 1.0
+    assert np.isclose(once[5000], 1.0 / degree[5000])
+    assert np.allclose(once[neighbours], 1.0 / degree[neighbours])
+    assert np.count_nonzero(once) == 1 + len(neighbours)
+    # A smooth bump plus vertex noise: the top vertices of the smoothed map fall in fewer parcels.
+    rng = np.random.default_rng(0)
+    bump = smooth_on_mesh(spike, atlas, 15) / smooth_on_mesh(spike, atlas, 15).max()
+    noisy = bump + 0.3 * rng.standard_normal(atlas.n_vertices)
+    cortex = atlas.labels > 0
+    parcels = [len(np.unique(atlas.labels[top_vertices(smooth_on_mesh(noisy, atlas, k), 100, cortex)]))
+               for k in (0, 5)]
+    assert parcels[1] < parcels[0]

@@ -3,8 +3,8 @@
 Protocol (after CorText):
 
 1. Pick the `n_vertices` cortical vertices with the largest localizer contrast "target category vs
-   the other categories" (:func:`fmrilm.brain.localizer.localizer_contrast`). The localizer runs are
-   independent of the task trials, so selection and test never share noise.
+   the other categories" (:func:`fmrilm.brain.localizer.localizer_contrast`), smoothed on the mesh.
+   The localizer runs are independent of the task trials, so selection and test never share noise.
 2. Take `n_scans` held-out test scans of the subject (corpus test split, repeats averaged) of
    stimuli whose reference captions do not name the target concept (so the rate starts near 0 and
    its rise is what stimulation adds; ``concept_free_stimuli: false`` takes any), and add
@@ -60,6 +60,9 @@ class StimulationConfig:
     target, other_category : str
         Localizer categories (faces, bodies, places, words, objects).
     n_vertices : int
+    smoothing_steps : int
+        Neighbour-averaging passes over the localizer contrast before its top vertices are taken
+        (0: raw contrast).
     alphas : tuple of float
         Perturbation sizes in units of the betas' SD; must include 0.
     n_scans : int
@@ -79,6 +82,7 @@ class StimulationConfig:
     target: str = "faces"
     other_category: str = "places"
     n_vertices: int = 300
+    smoothing_steps: int = 5
     alphas: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0)
     n_scans: int = 30
     concept_free_stimuli: bool = True
@@ -123,10 +127,24 @@ def select_vertices(data, atlas, cfg: StimulationConfig, rng: np.random.Generato
     betas, categories = data.localizer(cfg.subject)
     cfg.validate(categories)
     cortex = atlas.labels > 0
-    return {"target": top_vertices(localizer_contrast(betas, categories, cfg.target), cfg.n_vertices, cortex),
+
+    def patch(category: str) -> np.ndarray:
+        contrast = smooth_on_mesh(localizer_contrast(betas, categories, category), atlas, cfg.smoothing_steps)
+        return top_vertices(contrast, cfg.n_vertices, cortex)
+
+    return {"target": patch(cfg.target),
             "random": np.sort(rng.choice(np.flatnonzero(cortex), cfg.n_vertices, replace=False)),
-            "other_category": top_vertices(localizer_contrast(betas, categories, cfg.other_category),
-                                           cfg.n_vertices, cortex)}
+            "other_category": patch(cfg.other_category)}
+
+
+def smooth_on_mesh(values: np.ndarray, atlas, steps: int) -> np.ndarray:
+    """`steps` passes of averaging each vertex with its mesh neighbours (the usual spatial smoothing of a
+    localizer map: unsmoothed, the top vertices of a noisy contrast scatter over many parcels)."""
+    degree = np.asarray(atlas.adjacency.sum(1)).ravel() + 1.0
+    out = np.asarray(values, np.float64)
+    for _ in range(steps):
+        out = (atlas.adjacency @ out + out) / degree
+    return out
 
 
 def stimulate(model, tokenizer, scans: np.ndarray, vertices: np.ndarray, alpha: float, cfg) -> list[str]:
