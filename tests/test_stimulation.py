@@ -91,13 +91,15 @@ def test_concept_rate_counts_whole_words():
 
 
 def test_mesh_smoothing_spreads_a_spike_to_its_neighbours_and_concentrates_top_vertices(atlas):
+    from fmrilm.brain.encoding_model import smooth, smoothing_operator
     from fmrilm.brain.localizer import top_vertices
-    from fmrilm.stimulation.experiment import smooth_on_mesh
+
+    op = smoothing_operator(atlas)  # what the stimulation's vertex choice smooths with
 
     spike = np.zeros(atlas.n_vertices)
     spike[5000] = 1.0
-    assert np.array_equal(smooth_on_mesh(spike, atlas, 0), spike)
-    once = smooth_on_mesh(spike, atlas, 1)
+    assert np.array_equal(smooth(spike, op, 0), spike)
+    once = smooth(spike, op, 1)
     neighbours = atlas.adjacency[5000].indices
     degree = np.asarray(atlas.adjacency.sum(1)).ravel() + 1.0
     assert np.isclose(once[5000], 1.0 / degree[5000])
@@ -105,9 +107,9 @@ def test_mesh_smoothing_spreads_a_spike_to_its_neighbours_and_concentrates_top_v
     assert np.count_nonzero(once) == 1 + len(neighbours)
     # A smooth bump plus vertex noise: the top vertices of the smoothed map fall in fewer parcels.
     rng = np.random.default_rng(0)
-    bump = smooth_on_mesh(spike, atlas, 15) / smooth_on_mesh(spike, atlas, 15).max()
+    bump = smooth(spike, op, 15) / smooth(spike, op, 15).max()
     noisy = bump + 0.3 * rng.standard_normal(atlas.n_vertices)
     cortex = atlas.labels > 0
-    parcels = [len(np.unique(atlas.labels[top_vertices(smooth_on_mesh(noisy, atlas, k), 100, cortex)]))
+    parcels = [len(np.unique(atlas.labels[top_vertices(smooth(noisy, op, k), 100, cortex)]))
                for k in (0, 5)]
     assert parcels[1] < parcels[0]

@@ -122,29 +122,24 @@ def concept_rate(captions: list[str], words) -> float:
 
 def select_vertices(data, atlas, cfg: StimulationConfig, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Vertices stimulated in each condition (localizer top-N; random cortex; other category's top-N)."""
+    from fmrilm.brain.encoding_model import smooth, smoothing_operator
     from fmrilm.brain.localizer import localizer_contrast, top_vertices
 
     betas, categories = data.localizer(cfg.subject)
     cfg.validate(categories)
     cortex = atlas.labels > 0
+    # The usual spatial smoothing of a localizer map: unsmoothed, the top vertices of a noisy
+    # contrast scatter over many parcels.
+    op = smoothing_operator(atlas)
 
     def patch(category: str) -> np.ndarray:
-        contrast = smooth_on_mesh(localizer_contrast(betas, categories, category), atlas, cfg.smoothing_steps)
+        contrast = smooth(localizer_contrast(betas, categories, category), op, cfg.smoothing_steps)
         return top_vertices(contrast, cfg.n_vertices, cortex)
 
     return {"target": patch(cfg.target),
             "random": np.sort(rng.choice(np.flatnonzero(cortex), cfg.n_vertices, replace=False)),
             "other_category": patch(cfg.other_category)}
 
-
-def smooth_on_mesh(values: np.ndarray, atlas, steps: int) -> np.ndarray:
-    """`steps` passes of averaging each vertex with its mesh neighbours (the usual spatial smoothing of a
-    localizer map: unsmoothed, the top vertices of a noisy contrast scatter over many parcels)."""
-    degree = np.asarray(atlas.adjacency.sum(1)).ravel() + 1.0
-    out = np.asarray(values, np.float64)
-    for _ in range(steps):
-        out = (atlas.adjacency @ out + out) / degree
-    return out
 
 
 def stimulate(model, tokenizer, scans: np.ndarray, vertices: np.ndarray, alpha: float, cfg) -> list[str]:
