@@ -11,7 +11,7 @@ from fmrilm.errors import InputError
 from fmrilm.llm.checkpoint import load_brainlm, merge_to_hf, save_brainlm
 from fmrilm.llm.config import OBJECTIVES, LLMConfig, LoraSettings, LossWeights, ScanConditionSettings
 from fmrilm.llm.formatting import collate, encode_instruction, encode_joint
-from fmrilm.llm.generate import Sampling, choose_answer, generate, generate_scan
+from fmrilm.llm.generate import Sampling, choose_answer, generate, generate_scan, number_tokens
 from fmrilm.llm.model import BRAIN_PARTS_PREFIXES
 from fmrilm.llm.peft_setup import build_brainlm
 
@@ -185,6 +185,19 @@ def test_constrained_answers_and_next_scan(backbone):
     ]
     nxt = generate_scan(model, [SCANS[:2], SCANS[:1]], tokens_per_scan=SCANS.shape[1])
     assert nxt.shape == (2, SCANS.shape[1]) and ((nxt >= 0) & (nxt < CODEBOOK)).all()
+
+
+def test_numeric_answers_hold_only_digits(backbone):
+    model = _model(backbone)
+    digits = number_tokens(model.tokenizer)
+    assert digits and all(model.tokenizer.decode([i]).strip().isdigit() for i in digits)
+    prompts = ["How old is this participant? <scan>", "Describe <scan>"]
+    free = generate(model, [SCANS[:1], SCANS[1:2]], prompts, max_new_tokens=4)
+    answers = generate(model, [SCANS[:1], SCANS[1:2]], prompts, max_new_tokens=4, allowed_tokens=digits)
+    assert all(a.isdigit() for a in answers), answers  # at least one digit, nothing else
+    assert answers != free  # the untrained model's free answers are not numbers
+    with pytest.raises(InputError, match="allowed_tokens"):
+        generate(model, [SCANS[:1]], prompts[:1], allowed_tokens=[len(model.tokenizer) + 5])
 
 
 def test_prompt_longer_than_the_context_is_refused(backbone):

@@ -33,6 +33,30 @@ def test_every_configured_stage_ran_in_order_and_left_an_artifact(tiny_run):
     assert "no_retrieval" in report["captioning"]["conditions"]
 
 
+def test_retrieved_captions_prefix_task_scans_only(tiny_run):
+    from fmrilm.llm.checkpoint import load_brainlm
+    from fmrilm.llm.generate import generate
+    from fmrilm.retrieval.caption_prompts import PREFIX
+    from fmrilm.stages import lm_common
+    from fmrilm.stages.instruct import instruction_encoder
+
+    _, run_dir, _ = tiny_run
+    state = json.loads((run_dir / "stages.json").read_text())
+    model = load_brainlm(state["instruct"])
+    samples, _ = lm_common.read_split(state["corpus"], "train", ["caption", "phenotype"], progress=False)
+    task = next(s for s in samples if s["json"]["source"] == "task" and not s["json"]["shots"])
+    rest = next(s for s in samples if s["json"]["source"] == "rest" and not s["json"]["shots"])
+    encode = instruction_encoder(model, [task, rest])
+    prompts = [model.tokenizer.decode([t for t in encode(s, i)["input_ids"] if t < model.vocab.n_text])
+               for i, s in enumerate([task, rest])]
+    assert PREFIX.strip() in prompts[0] and PREFIX.strip() not in prompts[1]
+    # generation: retrieve=False prompts exactly as a model without a retriever does
+    scan = [task["tokens.npy"]]
+    plain = generate(model, scan, [task["json"]["prompt"]], max_new_tokens=5, retrieve=False)
+    model.prompt_retriever = None
+    assert plain == generate(model, scan, [task["json"]["prompt"]], max_new_tokens=5)
+
+
 def test_a_second_run_skips_finished_stages_and_force_redoes_the_rest(tiny_run):
     cfg, run_dir, _ = tiny_run
     assert run_pipeline(cfg)["timings_s"] == {}

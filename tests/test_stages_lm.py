@@ -76,6 +76,8 @@ def test_stage0_bootstraps_an_hf_backbone_that_knows_the_novel_category(world):
         load_config(backbone.BackboneStageConfig, "backbone_tiny").bootstrap)
     info = lm_common.read_stage(stage0, "backbone")
     assert info["bootstrapped"] and info["steps"] == 4
+    # the neighbour-prompted captions (caption_neighbours: 3, weight 2) joined the plain texts
+    assert info["mixture"]["text"] > 0 and info["mixture"]["caption_neighbours"] > 0
     AutoModelForCausalLM.from_pretrained(stage0, local_files_only=True)
     tokenizer = AutoTokenizer.from_pretrained(stage0, local_files_only=True)
     pieces = tokenizer.convert_ids_to_tokens(tokenizer("a zebra", add_special_tokens=False)["input_ids"])

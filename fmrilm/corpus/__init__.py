@@ -68,3 +68,8 @@ Reading::
 SCAN = "<scan>"
 TASKS = ("caption", "vqa", "describe", "temporal", "phenotype", "text")
 SPLITS = ("train", "val", "test", "fewshot")
+
+
+def without_scan(prompt: str) -> str:
+    """A prompt with its scan placeholders removed (text-only controls and text-only training)."""
+    return " ".join(prompt.replace(SCAN, " ").split())

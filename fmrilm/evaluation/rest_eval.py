@@ -3,7 +3,8 @@
 Items are the corpus's ``test``-split rest samples (zero-shot ones), so subjects are held out.
 
 - Phenotypes: sex and diagnosis by constrained decoding among the sample's choices
-  (:func:`~fmrilm.llm.generate.choose_answer`), age by greedy generation parsed as a number; the
+  (:func:`~fmrilm.llm.generate.choose_answer`), age by greedy generation restricted to digit pieces
+  (:func:`~fmrilm.llm.generate.number_tokens`) and parsed as a number; the
   windows of a subject are pooled (majority vote, mean age). Baseline on the same test subjects:
   logistic / ridge regression on Fisher-z FC, trained on the subjects of neither test, val nor
   few-shot (:func:`~fmrilm.evaluation.baselines.phenotype_baseline`).
@@ -34,7 +35,7 @@ from fmrilm.evaluation.baselines import fc_features, phenotype_baseline
 from fmrilm.evaluation.regression import classification_scores, r2_score, regression_scores
 from fmrilm.evaluation.temporal_baselines import LinearAR, persistence_forecast
 from fmrilm.io import read_json
-from fmrilm.llm.generate import choose_answer, generate, generate_scan
+from fmrilm.llm.generate import choose_answer, generate, generate_scan, number_tokens
 from fmrilm.tokenizer.data import zscore_time
 
 SEX_LABELS = {"female": "F", "male": "M"}
@@ -59,13 +60,15 @@ def phenotype_section(model, samples: list, rest: Dataset, excluded: set, cfg) -
         tokens = [s["tokens.npy"] for s in items]
         per_subject = defaultdict(list)
         if name == "age":
-            answers = generate(model, tokens, prompts, max_new_tokens=4, batch_size=cfg.batch_size)
+            # numeric answer: only digit pieces may be written (the closed-answer analogue of choose_answer)
+            answers = generate(model, tokens, prompts, max_new_tokens=4, batch_size=cfg.batch_size,
+                               allowed_tokens=number_tokens(model.tokenizer), retrieve=False)
             fallback = float(np.median([r["age"] for r in rows if r.get("age") is not None]))
             parsed = [_number(a) for a in answers]
             for s, value in zip(items, parsed):
                 per_subject[s["json"]["subject"]].append(fallback if value is None else value)
         else:
-            answers, _ = choose_answer(model, tokens, prompts, [s["json"]["choices"] for s in items])
+            answers, _ = choose_answer(model, tokens, prompts, [s["json"]["choices"] for s in items], retrieve=False)
             for s, a in zip(items, answers):
                 per_subject[s["json"]["subject"]].append(a)
         test_subjects = sorted(per_subject)

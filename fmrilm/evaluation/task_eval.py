@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fmrilm.corpus import SCAN
+from fmrilm.corpus import without_scan
 from fmrilm.corpus.phrasing import PROMPTS
 from fmrilm.evaluation.captions import MeteorScorer, caption_metrics, semscore
 from fmrilm.evaluation.controls import derangement
@@ -32,11 +32,6 @@ from fmrilm.llm.generate import generate
 CONDITIONS = ("model", "shuffled", "text_only")
 CAPTION_PROMPT = PROMPTS["caption"][0]
 VQA_PROMPT = PROMPTS["vqa"][0]
-
-
-def without_scan(prompt: str) -> str:
-    """The instruction with its scan placeholder removed (the text-only control)."""
-    return " ".join(prompt.replace(SCAN, " ").split())
 
 
 @dataclass

@@ -52,9 +52,14 @@ def _pick(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator) 
 
 
 def _decode(
-    model: BrainLM, prompts: list[list[int]], steps: int, head, sampling: Sampling, stop_id: int | None
+    model: BrainLM, prompts: list[list[int]], steps: int, head, sampling: Sampling, stop_id: int | None,
+    allowed: torch.Tensor | None = None,
 ):
-    """Left-padded, KV-cached autoregressive decoding; `head` maps hidden [B, d] → (logits, id offset)."""
+    """Left-padded, KV-cached autoregressive decoding; `head` maps hidden [B, d] → (logits, id offset).
+
+    `allowed` (bool over the head's logits) restricts every step's choice; the stop token is allowed
+    from the second step on, so at least one allowed token is written.
+    """
     pad = model.tokenizer.eos_token_id
     width = max(len(p) for p in prompts)
     ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
@@ -65,8 +70,13 @@ def _decode(
     hidden, state = model.hidden_states(ids, mask, positions, use_cache=True)
     out = torch.empty((len(prompts), 0), dtype=torch.long)
     done = torch.zeros(len(prompts), dtype=torch.bool)
-    for _ in range(steps):
+    for step in range(steps):
         logits, offset = head(hidden[:, -1])
+        if allowed is not None:
+            ok = allowed.clone()
+            if stop_id is not None and step > 0:
+                ok[stop_id - offset] = True
+            logits = logits.masked_fill(~ok, float("-inf"))
         token = _pick(logits, sampling, generator) + offset
         if stop_id is not None:
             token = token.masked_fill(done, stop_id)
@@ -80,8 +90,10 @@ def _decode(
     return out
 
 
-def _as_lists(model: BrainLM, brain_tokens, prompts):
-    """(token arrays, prompts) as lists; prompts rewritten by the model's retriever if it has one."""
+def _as_lists(model: BrainLM, brain_tokens, prompts, retrieve=True):
+    """(token arrays, prompts) as lists; prompts rewritten by the model's retriever if it has one,
+    where `retrieve` (one bool, or one per prompt) says so: its captions describe task stimuli, so
+    rest scans are prompted without them."""
     if isinstance(prompts, str):
         prompts, brain_tokens = [prompts], [brain_tokens]
     if len(brain_tokens) != len(prompts):
@@ -90,7 +102,11 @@ def _as_lists(model: BrainLM, brain_tokens, prompts):
         )
     brain_tokens, prompts = list(brain_tokens), list(prompts)
     if model.prompt_retriever is not None:
-        prompts = model.prompt_retriever.augment(prompts, brain_tokens)
+        flags = [retrieve] * len(prompts) if isinstance(retrieve, bool) else list(retrieve)
+        if len(flags) != len(prompts):
+            raise InputError("generate", "retrieve", f"{len(flags)} flags for {len(prompts)} prompts")
+        prompts = model.prompt_retriever.augment(
+            prompts, [t if f else None for t, f in zip(brain_tokens, flags, strict=True)])
     return brain_tokens, prompts
 
 
@@ -108,6 +124,18 @@ def _room(model: BrainLM, prompt_length: int, wanted: int, source: str) -> int:
     return min(wanted, model.max_length - prompt_length)
 
 
+DIGIT_BYTES = {f"<0x{0x30 + d:02X}>" for d in range(10)}  # SentencePiece byte-fallback pieces of 0–9
+
+
+def number_tokens(tokenizer) -> list[int]:
+    """Ids of the tokenizer's pieces that are digits only (a word-start marker allowed, or the
+    byte-fallback pieces of 0–9): the vocabulary of a numeric answer for :func:`generate`'s
+    ``allowed_tokens``."""
+    pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    return [i for i, p in enumerate(pieces)
+            if p and (p in DIGIT_BYTES or (p.lstrip("▁Ġ").isdigit() and p.lstrip("▁Ġ").isascii()))]
+
+
 @torch.no_grad()
 def generate(
     model: BrainLM,
@@ -117,6 +145,8 @@ def generate(
     sampling: Sampling | None = None,
     batch_size: int = 16,
     progress: bool = False,
+    allowed_tokens: list[int] | None = None,
+    retrieve=True,
 ) -> list[str]:
     """Answers / captions for prompts that may refer to brain scans.
 
@@ -127,13 +157,19 @@ def generate(
     prompts : str or list of str
     sampling : Sampling, optional
         Greedy by default.
+    allowed_tokens : list of int, optional
+        Text token ids the answer may use (end-of-sequence too, after the first token), e.g.
+        :func:`number_tokens` for a numeric answer.
+    retrieve : bool or list of bool
+        Prefix single-scan prompts with the model's retrieved captions (task scans; False for rest),
+        for all prompts or per prompt.
 
     Returns
     -------
     list of str
         The generated text of each prompt, up to (not including) the end-of-sequence token.
     """
-    brain_tokens, prompts = _as_lists(model, brain_tokens, prompts)
+    brain_tokens, prompts = _as_lists(model, brain_tokens, prompts, retrieve)
     sampling = sampling or Sampling()
     # Every prompt is encoded and checked before any generation starts.
     encoded = [
@@ -141,6 +177,13 @@ def generate(
         for i, (p, t) in enumerate(zip(prompts, brain_tokens, strict=True))
     ]
     room = [_room(model, len(e), max_new_tokens, f"prompt {i}") for i, e in enumerate(encoded)]
+    allowed = None
+    if allowed_tokens is not None:
+        n_text = model.vocab.n_text
+        if not allowed_tokens or min(allowed_tokens) < 0 or max(allowed_tokens) >= n_text:
+            raise InputError("generate", "allowed_tokens", f"need text token ids in [0, {n_text})")
+        allowed = torch.zeros(n_text, dtype=torch.bool)
+        allowed[list(allowed_tokens)] = True
     was_training = model.training
     model.eval()
     texts: list[str] = []
@@ -148,7 +191,7 @@ def generate(
         for start in tqdm(range(0, len(prompts), batch_size), disable=not progress, desc="generate"):
             batch, steps = encoded[start : start + batch_size], min(room[start : start + batch_size])
             eos = model.tokenizer.eos_token_id
-            out = _decode(model, batch, steps, lambda h: (model.text_logits(h), 0), sampling, eos)
+            out = _decode(model, batch, steps, lambda h: (model.text_logits(h), 0), sampling, eos, allowed)
             for row in out.tolist():
                 row = row[: row.index(eos)] if eos in row else row
                 texts.append(model.tokenizer.decode(row, skip_special_tokens=True).strip())
@@ -158,12 +201,15 @@ def generate(
 
 
 @torch.no_grad()
-def choose_answer(model: BrainLM, brain_tokens, prompts, candidates, batch_size: int = 32):
+def choose_answer(model: BrainLM, brain_tokens, prompts, candidates, batch_size: int = 32, retrieve=True):
     """Constrained decoding: the most likely answer among `candidates` for each prompt.
 
     Parameters
     ----------
     candidates : list of str, or list of lists of str (one candidate set per prompt)
+    retrieve : bool or list of bool
+        Prefix single-scan prompts with the model's retrieved captions (task scans; False for rest),
+        for all prompts or per prompt.
 
     Returns
     -------
@@ -171,7 +217,7 @@ def choose_answer(model: BrainLM, brain_tokens, prompts, candidates, batch_size:
     log_likelihoods : list of np.ndarray
         Summed log-probability of each candidate (answer tokens and end-of-sequence).
     """
-    brain_tokens, prompts = _as_lists(model, brain_tokens, prompts)
+    brain_tokens, prompts = _as_lists(model, brain_tokens, prompts, retrieve)
     if candidates and isinstance(candidates[0], str):
         candidates = [list(candidates)] * len(prompts)
     if len(candidates) != len(prompts) or any(len(c) == 0 for c in candidates):

@@ -20,7 +20,11 @@ fetched from the hub) the stage validates it and records it in ``OUT/stage0_back
 Without it, it trains a SentencePiece tokenizer on the corpus's text-only training samples (captions
 of every stimulus, novel categories included, and the descriptor texts), initialises a compact
 Llama-architecture decoder and, for ``engine.max_steps`` > 0, pretrains it on those texts (text
-next-token objective) through the DeepSpeed engine. The result is an ordinary HF model directory
+next-token objective) through the DeepSpeed engine. With ``caption_neighbours: k`` the texts also hold
+every training caption written after its k most similar captions of other stimuli, in the prefix
+format that stage 3's retrieval-augmented prompts use (:mod:`fmrilm.retrieval.text_neighbours`): a
+compact LM learns to copy from such a prefix far sooner on short text than beside 100 brain tokens
+(README: "Making the LM read the scan"). The result is an ordinary HF model directory
 ``OUT/stage0_backbone-llama<params>_sp<vocab>/`` (``stage.json`` written last marks it finished);
 checkpoints and the training log go to ``OUT/train-stage0_backbone-<...>/``. A rerun resumes from
 the latest checkpoint, and is a no-op once the export exists (``--set force=true`` redoes it).
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,6 +67,14 @@ class BackboneStageConfig:
         Size of the compact model and its tokenizer.
     max_length : int
         Longest text sample, in tokens.
+    caption_neighbours : int
+        With k > 0, every distinct training caption, and every distinct VQA question with its
+        answer, is also trained on written after the k captions most similar to its stimulus's
+        caption among other stimuli, in stage 3's retrieval-prefix format
+        (:mod:`fmrilm.retrieval.text_neighbours`): the compact LM learns to copy from a prefix on cheap
+        text before stage 3 asks it to do so beside a scan. 0 trains on the plain texts only.
+    task_weights : dict of str to float
+        Resamples the mixture by task (``text``, ``caption_neighbours``, ``vqa_neighbours``), as in stage 3.
     engine : EngineConfig
         ``max_steps: 0`` keeps the freshly initialised weights (no pretraining).
     force : bool
@@ -73,6 +86,8 @@ class BackboneStageConfig:
     backbone: str | None = None
     bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
     max_length: int = 512
+    caption_neighbours: int = 0
+    task_weights: dict[str, float] = field(default_factory=dict)
     engine: EngineConfig = field(default_factory=EngineConfig)
     force: bool = False
 
@@ -130,7 +145,7 @@ def record_backbone(cfg: BackboneStageConfig, export_dir: Path) -> Path:
 
 
 def setup(cfg: BackboneStageConfig, train_dir: Path):
-    """Bootstrap (main rank) and build the engine. Returns (engine, tokenizer, training set)."""
+    """Bootstrap (main rank) and build the engine. Returns (engine, tokenizer, training set, samples per task)."""
     from transformers import AutoModelForCausalLM
 
     from fmrilm.llm.backbone import bootstrap_backbone, load_tokenizer
@@ -140,19 +155,50 @@ def setup(cfg: BackboneStageConfig, train_dir: Path):
     if not cfg.corpus:
         raise InputError("config", "corpus", "no corpus given (--set corpus=DIR), and no backbone to record "
                                              "(--set backbone=PATH to a local HF causal-LM directory)")
-    samples, _ = lm_common.read_split(cfg.corpus, "train", ["text"])
+    tasks = ["text", "caption", "vqa"] if cfg.caption_neighbours > 0 else ["text"]
+    read, _ = lm_common.read_split(cfg.corpus, "train", tasks)
+    samples = [s for s in read if s["json"]["task"] == "text"]
     texts = [s["json"]["answer"] for s in samples]
     init = train_dir / "init"
     if torch.distributed.get_rank() == 0 and not (init / "config.json").is_file():
         bootstrap_backbone(texts, init, cfg.bootstrap, overwrite=True)
     torch.distributed.barrier()
     tokenizer = load_tokenizer(init)
+    if cfg.caption_neighbours > 0:
+        samples = samples + _neighbour_prompted(cfg, read)
+    mixture = lm_common.weight_tasks(samples, cfg.task_weights, cfg.engine.seed)
     text_only = BrainVocab(n_text=len(tokenizer), codebook_size=0)
     data = lm_common.training_set(
         samples, lambda s, i: encode_joint(tokenizer, text_only, "text", text=s["json"]["answer"],
-                                           source=s["__key__"]), cfg.max_length, cfg.engine)
+                                           source=s["__key__"]), cfg.max_length, cfg.engine, mixture)
+    mix = dict(sorted(Counter(samples[i]["json"]["task"] for i in mixture).items()))
     model = TextLM(AutoModelForCausalLM.from_pretrained(init, local_files_only=True, dtype=torch.float32))
-    return TrainEngine(model, cfg.engine, train_dir), tokenizer, data
+    return TrainEngine(model, cfg.engine, train_dir), tokenizer, data, mix
+
+
+def _neighbour_prompted(cfg: BackboneStageConfig, read: list[dict]) -> list[dict]:
+    """Text samples of the training captions and VQA answers behind their stimuli's nearest
+    other-stimulus captions (tasks ``caption_neighbours`` and ``vqa_neighbours`` of the mixture)."""
+    from fmrilm.corpus import without_scan
+    from fmrilm.retrieval.text_neighbours import (
+        CaptionNeighbours,
+        neighbour_prompted_answers,
+        neighbour_prompted_captions,
+    )
+
+    captioned = [s["json"] for s in read if s["json"]["task"] == "caption"]
+    if not captioned:
+        raise InputError(cfg.corpus, "caption", "caption_neighbours needs caption samples in the train split")
+    neighbours = CaptionNeighbours([m["answer"] for m in captioned], [m["stimulus"] for m in captioned])
+    texts = {"caption_neighbours": neighbour_prompted_captions(neighbours, cfg.caption_neighbours)}
+    questions = [s["json"] for s in read if s["json"]["task"] == "vqa"]
+    # each question once per stimulus (subjects repeat them)
+    questions = list({(m["stimulus"], without_scan(m["prompt"])): m for m in questions}.values())
+    texts["vqa_neighbours"] = neighbour_prompted_answers(
+        neighbours, [without_scan(m["prompt"]) for m in questions],
+        [m["answer"] for m in questions], [m["stimulus"] for m in questions], cfg.caption_neighbours)
+    return [{"__key__": f"{task}-{i:06d}", "json": {"answer": t, "task": task}}
+            for task, rows in texts.items() for i, t in enumerate(rows)]
 
 
 def train(engine: TrainEngine, tokenizer, data: lm_common.TrainingSet, cfg: BackboneStageConfig) -> int:
@@ -160,7 +206,8 @@ def train(engine: TrainEngine, tokenizer, data: lm_common.TrainingSet, cfg: Back
     return lm_common.train_loop(engine, data, tokenizer.eos_token_id, cfg.max_length, STAGE)
 
 
-def save_checkpoint(engine: TrainEngine, tokenizer, export_dir: Path, cfg: BackboneStageConfig, step: int):
+def save_checkpoint(engine: TrainEngine, tokenizer, export_dir: Path, cfg: BackboneStageConfig, step: int,
+                    mixture: dict[str, int]):
     """Export the pretrained backbone as an ordinary HF directory (``stage.json`` last)."""
 
     def save(out: Path) -> None:
@@ -170,7 +217,8 @@ def save_checkpoint(engine: TrainEngine, tokenizer, export_dir: Path, cfg: Backb
             save_config(cfg.bootstrap, tmp / "bootstrap.yaml")
 
     return lm_common.export(engine, export_dir, save, cfg, {
-        "stage": STAGE, "backbone_tag": bootstrap_tag(cfg.bootstrap), "bootstrapped": True, "steps": step})
+        "stage": STAGE, "backbone_tag": bootstrap_tag(cfg.bootstrap), "bootstrapped": True, "steps": step,
+        "mixture": mixture})
 
 
 def run(cfg: BackboneStageConfig) -> Path | None:
@@ -183,10 +231,10 @@ def run(cfg: BackboneStageConfig) -> Path | None:
         return record_backbone(cfg, export_dir) if int(os.environ.get("RANK", "0")) == 0 else export_dir
     train_dir = Path(cfg.out_dir) / f"train-{export_dir.name}"
     lm_common.prepare_run(train_dir, export_dir, cfg.force)
-    engine, tokenizer, data = setup(cfg, train_dir)
+    engine, tokenizer, data, mixture = setup(cfg, train_dir)
     try:
         step = train(engine, tokenizer, data, cfg)
-        return save_checkpoint(engine, tokenizer, export_dir, cfg, step)
+        return save_checkpoint(engine, tokenizer, export_dir, cfg, step, mixture)
     finally:
         cleanup(engine)
 

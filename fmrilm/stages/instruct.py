@@ -24,8 +24,8 @@ sample before training starts. After training, closed questions of the validatio
 classes) are answered by constrained decoding (:func:`~fmrilm.llm.generate.choose_answer`) and the
 accuracy is stored in the export's ``eval.json``.
 
-``task_weights`` resamples the mixture by task (the demo doubles captions: scan conditioning takes
-hold only when captions dominate the batches). With ``retrieved_captions`` > 0 and ``retrieval``
+``task_weights`` resamples the mixture by task (the demo up-weights captions and VQA, the tasks whose
+answers the retrieved captions carry). With ``retrieved_captions`` > 0 and ``retrieval``
 (the run's search indexes; the pipeline passes them) every single-scan prompt is prefixed with the
 captions its scan retrieves from the training stimuli (:mod:`fmrilm.retrieval.caption_prompts`,
 SmallCap-style), and the export keeps the retriever so that generation prompts the same way.
@@ -115,15 +115,19 @@ def names(cfg: InstructStageConfig) -> tuple[Path, Path, dict]:
 
 def instruction_encoder(model, samples: list[dict]):
     """`encode(sample, index)` for stage 3 over `samples`: the chat template, loss on the answer, masking
-    checked; with the model's retriever, single-scan prompts carry their neighbours' captions (never
-    the sample's own stimulus)."""
+    checked; with the model's retriever, single-task-scan prompts carry their neighbours' captions
+    (never the sample's own stimulus)."""
     from fmrilm.llm.formatting import encode_instruction
 
     tokens = [np.asarray(s["tokens.npy"]).astype(np.int64) for s in samples]
     prompts = [s["json"]["prompt"] for s in samples]
     if model.prompt_retriever is not None:
-        own = [s["json"].get("stimulus") if s["json"].get("source") == "task" else None for s in samples]
-        prompts = model.prompt_retriever.augment(prompts, tokens, exclude=own)
+        # the retrieved captions describe task stimuli: rest scans keep their plain prompts
+        task = [s["json"].get("source") == "task" for s in samples]
+        own = [s["json"].get("stimulus") if t else None for s, t in zip(samples, task, strict=True)]
+        prompts = model.prompt_retriever.augment(prompts, [t if is_task else None
+                                                           for t, is_task in zip(tokens, task, strict=True)],
+                                                 exclude=own)
 
     def encode(sample: dict, index: int) -> dict:
         return encode_instruction(model.tokenizer, model.vocab, {
@@ -175,7 +179,8 @@ def closed_question_accuracy(model, corpus: str, split: str, tasks, max_samples:
     # the answer's own scans (none for closed answers) never reach the prompt
     tokens = [np.asarray(s["tokens.npy"]).astype(np.int64) for s in closed]
     with torch.no_grad():
-        answers, _ = choose_answer(model, tokens, [m["prompt"] for m in meta], [m["choices"] for m in meta])
+        answers, _ = choose_answer(model, tokens, [m["prompt"] for m in meta], [m["choices"] for m in meta],
+                                   retrieve=[m.get("source") == "task" for m in meta])
     hits = np.array([a == m["answer"] for a, m in zip(answers, meta, strict=True)])
     by_task = {t: float(hits[[m["task"] == t for m in meta]].mean()) for t in sorted({m["task"] for m in meta})}
     return {"n": len(closed), "accuracy": float(hits.mean()), "by_task": by_task,
