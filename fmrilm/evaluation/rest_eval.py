@@ -3,8 +3,8 @@
 Items are the corpus's ``test``-split rest samples (zero-shot ones), so subjects are held out.
 
 - Phenotypes: sex and diagnosis by constrained decoding among the sample's choices
-  (:func:`~fmrilm.llm.generate.choose_answer`), age by greedy generation restricted to digit pieces
-  (:func:`~fmrilm.llm.generate.number_tokens`) and parsed as a number; the
+  (:func:`~fmrilm.llm.generate.choose_answer`), age by greedy generation of at most two digits
+  (:func:`~fmrilm.llm.generate.number_tokens`) parsed as a number; the
   windows of a subject are pooled (majority vote, mean age). Baseline on the same test subjects:
   logistic / ridge regression on Fisher-z FC, trained on the subjects of neither test, val nor
   few-shot (:func:`~fmrilm.evaluation.baselines.phenotype_baseline`).
@@ -60,8 +60,9 @@ def phenotype_section(model, samples: list, rest: Dataset, excluded: set, cfg) -
         tokens = [s["tokens.npy"] for s in items]
         per_subject = defaultdict(list)
         if name == "age":
-            # numeric answer: only digit pieces may be written (the closed-answer analogue of choose_answer)
-            answers = generate(model, tokens, prompts, max_new_tokens=4, batch_size=cfg.batch_size,
+            # a whole number of years below 100: at most two single-digit pieces (the numeric analogue
+            # of choose_answer; free text made the compact LM run on, "755", "7777")
+            answers = generate(model, tokens, prompts, max_new_tokens=2, batch_size=cfg.batch_size,
                                allowed_tokens=number_tokens(model.tokenizer), retrieve=False)
             fallback = float(np.median([r["age"] for r in rows if r.get("age") is not None]))
             parsed = [_number(a) for a in answers]

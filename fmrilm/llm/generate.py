@@ -124,16 +124,16 @@ def _room(model: BrainLM, prompt_length: int, wanted: int, source: str) -> int:
     return min(wanted, model.max_length - prompt_length)
 
 
+DIGITS = set("0123456789")
 DIGIT_BYTES = {f"<0x{0x30 + d:02X}>" for d in range(10)}  # SentencePiece byte-fallback pieces of 0–9
 
 
 def number_tokens(tokenizer) -> list[int]:
-    """Ids of the tokenizer's pieces that are digits only (a word-start marker allowed, or the
-    byte-fallback pieces of 0–9): the vocabulary of a numeric answer for :func:`generate`'s
-    ``allowed_tokens``."""
+    """Ids of the tokenizer's single-digit pieces (``7``, ``▁7``, ``Ġ7`` or the byte-fallback piece of
+    a digit): the vocabulary of a whole-number answer for :func:`generate`'s ``allowed_tokens``, where
+    ``max_new_tokens`` then bounds the number of digits on any tokenizer."""
     pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
-    return [i for i, p in enumerate(pieces)
-            if p and (p in DIGIT_BYTES or (p.lstrip("▁Ġ").isdigit() and p.lstrip("▁Ġ").isascii()))]
+    return [i for i, p in enumerate(pieces) if p in DIGIT_BYTES or (p and p.lstrip("▁Ġ") in DIGITS)]
 
 
 @torch.no_grad()

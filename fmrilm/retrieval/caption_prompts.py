@@ -16,7 +16,8 @@ code vectors of the scan's tokens, so the shuffled control retrieves another sca
 text-only control (no scan) gets no prefix, and in-silico stimulation acts through re-tokenization.
 Training prompts leave out the sample's own stimulus, so the LM never learns to expect an exact
 match, which a held-out test scan (its stimulus is not in the bank) never has. Prompts with several
-scans (k-shot examples, temporal runs) are left as they are.
+scans (k-shot examples, temporal runs) are left as they are, and so are rest scans (the captions
+describe viewed scenes; callers pass ``None`` tokens, or ``retrieve=False`` to generation).
 
 A retriever is saved inside the stage-3 export (``retriever/``) and loaded with the model, so every
 caller of :func:`fmrilm.llm.generate.generate` (evaluation, ``fmrilm ask``, stimulation) prompts the

@@ -26,7 +26,7 @@ accuracy is stored in the export's ``eval.json``.
 
 ``task_weights`` resamples the mixture by task (the demo up-weights captions and VQA, the tasks whose
 answers the retrieved captions carry). With ``retrieved_captions`` > 0 and ``retrieval``
-(the run's search indexes; the pipeline passes them) every single-scan prompt is prefixed with the
+(the run's search indexes; the pipeline passes them) every single-task-scan prompt is prefixed with the
 captions its scan retrieves from the training stimuli (:mod:`fmrilm.retrieval.caption_prompts`,
 SmallCap-style), and the export keeps the retriever so that generation prompts the same way.
 
@@ -71,7 +71,7 @@ class InstructStageConfig:
     retrieval : str
         The run's ``retrieval`` stage directory (the pipeline passes it).
     retrieved_captions : int
-        With ``retrieval``, single-scan prompts are prefixed with this many captions its embedder
+        With ``retrieval``, single-task-scan prompts are prefixed with this many captions its embedder
         retrieves (:mod:`fmrilm.retrieval.caption_prompts`; SmallCap uses 4) and the export keeps the
         retriever; 0 trains without.
     eval_split : str
