@@ -70,13 +70,14 @@ def _decode(
     hidden, state = model.hidden_states(ids, mask, positions, use_cache=True)
     out = torch.empty((len(prompts), 0), dtype=torch.long)
     done = torch.zeros(len(prompts), dtype=torch.bool)
+    then_stop = allowed
+    if allowed is not None and stop_id is not None:
+        then_stop = allowed.clone()
+        then_stop[stop_id] = True  # the heads with a stop token (text) have offset 0
     for step in range(steps):
         logits, offset = head(hidden[:, -1])
         if allowed is not None:
-            ok = allowed.clone()
-            if stop_id is not None and step > 0:
-                ok[stop_id - offset] = True
-            logits = logits.masked_fill(~ok, float("-inf"))
+            logits = logits.masked_fill(~(allowed if step == 0 else then_stop), float("-inf"))
         token = _pick(logits, sampling, generator) + offset
         if stop_id is not None:
             token = token.masked_fill(done, stop_id)

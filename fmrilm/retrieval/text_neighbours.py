@@ -50,17 +50,22 @@ class CaptionNeighbours:
         for s, c in self.pairs:
             self._owned[self._row[c], self._column[s]] = True
         self.first_caption = dict(reversed(self.pairs))  # stimulus → its first caption
-        vectors = TfidfVectorizer().fit_transform(self.texts)
-        self._similarity = (vectors @ vectors.T).toarray()
+        # sparse rows, one similarity row per distinct query: a dense caption × caption matrix would
+        # not fit for NSD-sized banks (45k captions → 16 GB)
+        self._vectors = TfidfVectorizer().fit_transform(self.texts).tocsr()
+        self._prefixes: dict[tuple[int, str, int], str] = {}
 
     def prefix(self, stimulus: int, caption: str, k: int) -> str:
         """``Similar scenes: …`` with the `k` captions nearest to `caption` that `stimulus` does not have."""
         if k < 1:
             raise InputError("captions", "k", f"needs k >= 1 neighbours (got {k})")
-        sims = self._similarity[self._row[caption]].copy()
-        sims[self._owned[:, self._column[stimulus]]] = -np.inf  # every caption the stimulus itself has
-        best = [i for i in np.argsort(-sims, kind="stable")[:k] if np.isfinite(sims[i])]
-        return PREFIX + SEPARATOR.join(self.texts[i] for i in best)
+        key = (stimulus, caption, k)
+        if key not in self._prefixes:
+            sims = (self._vectors @ self._vectors[self._row[caption]].T).toarray().ravel()
+            sims[self._owned[:, self._column[stimulus]]] = -np.inf  # every caption the stimulus itself has
+            best = [i for i in np.argsort(-sims, kind="stable")[:k] if np.isfinite(sims[i])]
+            self._prefixes[key] = PREFIX + SEPARATOR.join(self.texts[i] for i in best)
+        return self._prefixes[key]
 
 
 def neighbour_prompted_captions(neighbours: CaptionNeighbours, k: int = 3) -> list[str]:
