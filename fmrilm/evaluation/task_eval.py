@@ -66,9 +66,9 @@ def _scan_lists(tokens: np.ndarray) -> list[np.ndarray]:
     return [row[None] for row in tokens]
 
 
-def _generate(model, tokens, prompts, max_new_tokens, batch_size, progress):
+def _generate(model, tokens, prompts, max_new_tokens, batch_size, progress, retrieve=True):
     return generate(model, tokens, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                    progress=progress)
+                    progress=progress, retrieve=retrieve)
 
 
 def caption_conditions(model, items: TaskItems, cfg, progress: bool = False) -> dict[str, list[str]]:
@@ -82,14 +82,9 @@ def caption_conditions(model, items: TaskItems, cfg, progress: bool = False) -> 
     # Greedy decoding of one scan-free prompt gives one caption: generate it once, use it for all.
     (text_only,) = _generate(model, [None], [without_scan(CAPTION_PROMPT)], cfg.max_new_tokens, 1, False)
     out["text_only"] = [text_only] * n
-    retriever = model.prompt_retriever
-    if retriever is not None:
-        model.prompt_retriever = None
-        try:
-            out["no_retrieval"] = _generate(model, _scan_lists(items.tokens), prompts, cfg.max_new_tokens,
-                                            cfg.batch_size, progress)
-        finally:
-            model.prompt_retriever = retriever
+    if model.prompt_retriever is not None:
+        out["no_retrieval"] = _generate(model, _scan_lists(items.tokens), prompts, cfg.max_new_tokens,
+                                        cfg.batch_size, progress, retrieve=False)
     return out
 
 

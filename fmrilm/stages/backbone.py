@@ -21,7 +21,8 @@ Without it, it trains a SentencePiece tokenizer on the corpus's text-only traini
 of every stimulus, novel categories included, and the descriptor texts), initialises a compact
 Llama-architecture decoder and, for ``engine.max_steps`` > 0, pretrains it on those texts (text
 next-token objective) through the DeepSpeed engine. With ``caption_neighbours: k`` the texts also hold
-every training caption written after its k most similar captions of other stimuli, in the prefix
+every training caption, and every VQA question with its answer, written after the k captions most
+similar to the stimulus's caption among other stimuli, in the prefix
 format that stage 3's retrieval-augmented prompts use (:mod:`fmrilm.retrieval.text_neighbours`): a
 compact LM learns to copy from such a prefix far sooner on short text than beside 100 brain tokens
 (README: "Making the LM read the scan"). The result is an ordinary HF model directory
@@ -191,12 +192,12 @@ def _neighbour_prompted(cfg: BackboneStageConfig, read: list[dict]) -> list[dict
         raise InputError(cfg.corpus, "caption", "caption_neighbours needs caption samples in the train split")
     neighbours = CaptionNeighbours([m["answer"] for m in captioned], [m["stimulus"] for m in captioned])
     texts = {"caption_neighbours": neighbour_prompted_captions(neighbours, cfg.caption_neighbours)}
-    questions = [s["json"] for s in read if s["json"]["task"] == "vqa"]
     # each question once per stimulus (subjects repeat them)
-    questions = list({(m["stimulus"], without_scan(m["prompt"])): m for m in questions}.values())
+    questions = list(dict.fromkeys((s["json"]["stimulus"], without_scan(s["json"]["prompt"]), s["json"]["answer"])
+                                   for s in read if s["json"]["task"] == "vqa"))
     texts["vqa_neighbours"] = neighbour_prompted_answers(
-        neighbours, [without_scan(m["prompt"]) for m in questions],
-        [m["answer"] for m in questions], [m["stimulus"] for m in questions], cfg.caption_neighbours)
+        neighbours, [q for _, q, _ in questions], [a for _, _, a in questions], [m for m, _, _ in questions],
+        cfg.caption_neighbours)
     return [{"__key__": f"{task}-{i:06d}", "json": {"answer": t, "task": task}}
             for task, rows in texts.items() for i, t in enumerate(rows)]
 
