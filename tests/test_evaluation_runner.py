@@ -129,6 +129,20 @@ def test_report_has_every_section_with_controls(report):
     assert "## Captioning" in (out / "report.md").read_text()
 
 
+def test_item_paired_targets_carry_a_bootstrap_interval(report):
+    out, rep = report
+    targets = rep["targets"]
+    for name in ("caption_semscore_vs_shuffled", "caption_semscore_minus_ridge"):
+        low, high = targets[name]["ci95"]
+        assert low <= high
+    low, high = targets["caption_semscore_minus_ridge"]["ci95"]
+    assert low <= targets["caption_semscore_minus_ridge"]["measured"] <= high  # the bootstrap of a mean centres on it
+    # the VQA ratio has an interval unless the shuffled control never scored (undefined ratio)
+    assert ("ci95" in targets["vqa_vs_shuffled"]) == (rep["vqa"]["shuffled"]["overall"] > 0)
+    assert "ci95" not in targets["top1_minus_ridge"]  # n-way draws, not items: no item bootstrap
+    assert "95 % CI (items resampled)" in (out / "report.md").read_text()
+
+
 def test_report_numbers_are_finite(report):
     _, rep = report
     numbers = list(_finite_numbers(rep))

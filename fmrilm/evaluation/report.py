@@ -24,6 +24,10 @@ def _table(header, rows) -> list[str]:
     return lines + [""]
 
 
+def _interval(ci) -> str:
+    return "—" if ci is None else f"[{_fmt(ci[0])}, {_fmt(ci[1])}]"
+
+
 def _skipped(section) -> bool:
     return isinstance(section, dict) and section.get("status") == "skipped"
 
@@ -58,8 +62,9 @@ def render_markdown(report: dict) -> str:
     out += _adaptation_markdown(fs["subject_adaptation"])
     out += _rest_markdown(report["rest"])
     out += ["## Targets", ""]
-    out += _table(("target", "measured", "threshold", "met"),
-                  [(name, t["measured"], t["threshold"], t["met"]) for name, t in report["targets"].items()])
+    out += _table(("target", "measured", "95 % CI (items resampled)", "threshold", "met"),
+                  [(name, t["measured"], _interval(t.get("ci95")), t["threshold"], t["met"])
+                   for name, t in report["targets"].items()])
     out += ["## Examples", ""]
     for ex in report["examples"]:
         out += [f"- **{ex['subject']} / stim {ex['stimulus']}** reference: {ex['reference']}",

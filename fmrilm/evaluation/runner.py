@@ -118,16 +118,28 @@ def _brain_map(tokenizer_dir: Path, data, atlas, out_dir: Path) -> dict:
     return {"what": title, "mean": float(np.nanmean(values))}
 
 
-def _targets(report: dict) -> dict:
+def _targets(report: dict, semscore: dict, vqa_hits: dict) -> dict:
+    """The issue's targets; the item-paired ones carry a 95 % bootstrap interval (items resampled).
+
+    `semscore` and `vqa_hits` map a condition to its per-item SemScores / exact-match hits."""
+    from fmrilm.evaluation.uncertainty import paired_difference_ci, paired_ratio_ci
+
     cap, vqa, ret = report["captioning"], report["vqa"], report["retrieval"]
 
-    def target(measured, threshold):
-        return {"measured": measured, "threshold": threshold, "met": bool(measured >= threshold)}
+    def target(measured, threshold, ci=None):
+        out = {"measured": measured, "threshold": threshold, "met": bool(measured >= threshold)}
+        # an unbounded ratio (a resample whose control scored 0) is written as null, not Infinity
+        return {**out, "ci95": [float(v) if np.isfinite(v) else None for v in ci]} if ci is not None else out
+
+    def ratio_ci(scores: dict):
+        return paired_ratio_ci(scores["model"], scores["shuffled"]) if np.mean(scores["shuffled"]) > 0 else None
 
     ratio = cap["model"]["semscore"] / max(cap["shuffled"]["semscore"], 1e-9)
-    return {"caption_semscore_vs_shuffled": target(ratio, 1.7),
-            "caption_semscore_minus_ridge": target(cap["model"]["semscore"] - cap["ridge_decoder"]["semscore"], 0.0),
-            "vqa_vs_shuffled": target(vqa["model"]["overall"] / max(vqa["shuffled"]["overall"], 1e-9), 2.0),
+    return {"caption_semscore_vs_shuffled": target(ratio, 1.7, ratio_ci(semscore)),
+            "caption_semscore_minus_ridge": target(cap["model"]["semscore"] - cap["ridge_decoder"]["semscore"], 0.0,
+                                                   paired_difference_ci(semscore["model"], semscore["ridge_decoder"])),
+            "vqa_vs_shuffled": target(vqa["model"]["overall"] / max(vqa["shuffled"]["overall"], 1e-9), 2.0,
+                                      ratio_ci(vqa_hits)),
             "top1_minus_ridge": target(ret["brain_embedder_tokens"]["brain_to_caption"]["top1"]
                                        - ret["ridge"]["brain_to_caption"]["top1"], 0.0)}
 
@@ -146,6 +158,7 @@ def run_evaluation(cfg: EvalConfig, overwrite: bool = False, progress: bool = Tr
     from fmrilm.evaluation.report import write_markdown
     from fmrilm.evaluation.retrieval_eval import retrieval_section
     from fmrilm.evaluation.subject_adaptation import subject_adaptation_section
+    from fmrilm.evaluation.vqa import answer_matches
     from fmrilm.llm.checkpoint import load_brainlm
     from fmrilm.tokenizer.data import dataset_atlas
     from fmrilm.tokenizer.model import BrainTokenizer
@@ -230,7 +243,10 @@ def run_evaluation(cfg: EvalConfig, overwrite: bool = False, progress: bool = Tr
               "captioning": {k: ({kk: vv for kk, vv in v.items() if kk != "per_item_semscore"}
                                  if isinstance(v, dict) else v) for k, v in captioning.items()},
               "vqa": vqa, "retrieval": retrieval, "zero_shot": zero_shot, "few_shot": few_shot, "rest": rest}
-    report["targets"] = _targets(report)
+    vqa_hits = {c: [answer_matches(p, a) for p, a in zip(vqa_details[c], vqa_details["answer"], strict=True)]
+                for c in ("model", "shuffled")}
+    report["targets"] = _targets(report, {c: captioning[c]["per_item_semscore"] for c in captioning
+                                          if isinstance(captioning[c], dict)}, vqa_hits)
     report["examples"] = _examples(items, captions, vqa_details, embeddings, test, row_of, cfg)
     report["timings_s"] = {k: round(v, 2) for k, v in timings.items()}
     report["brain_map"] = "brain_map.png"

@@ -9,7 +9,9 @@ Every score is computed on the same items under three conditions:
 
 A model trained with retrieval-augmented prompts (:mod:`fmrilm.retrieval.caption_prompts`) also gets
 the captioning ablation ``no_retrieval``: its own scans with plain prompts, i.e. what the brain tokens
-and scan conditioning give without the retrieved captions.
+and scan conditioning give without the retrieved captions; and ``retrieved_caption``: the retriever's
+nearest training caption verbatim, i.e. what the prompt offers the LM to copy (a retrieval-only
+decoder on the same brain tokens, beside the ridge decoder on vertices).
 
 Prompts are the first paraphrase of each task in :data:`fmrilm.corpus.phrasing.PROMPTS`, i.e. the
 wording the model was instruction-tuned on.
@@ -85,6 +87,7 @@ def caption_conditions(model, items: TaskItems, cfg, progress: bool = False) -> 
     if model.prompt_retriever is not None:
         out["no_retrieval"] = _generate(model, _scan_lists(items.tokens), prompts, cfg.max_new_tokens,
                                         cfg.batch_size, progress, retrieve=False)
+        out["retrieved_caption"] = [found[0] for found in model.prompt_retriever.neighbours(items.tokens)]
     return out
 
 
