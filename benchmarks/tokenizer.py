@@ -187,12 +187,14 @@ def task_benchmark(root: Path, quick: bool) -> dict:
         rows[name] = r2_of(predict, model, x_held, targets)
     best_pca = max((k for k in rows if k.startswith("pca")), key=lambda k: rows[k]["clean"])
     rows["noise_free_input"] = r2_of(model.reconstruct, model, targets["clean"], {"clean": targets["clean"]})
-    kmeans = kmeans_baseline(model, x_train, q.codebook_size)
+    # k-means needs at least K training points per parcel: the quick world has fewer than K = 1024
+    kmeans_k = min(q.codebook_size, len(x_train))
+    kmeans = kmeans_baseline(model, x_train, kmeans_k)
     rows["kmeans_per_parcel"] = r2_of(kmeans, model, x_held, targets)
     speed = throughput(model, x_held[:256].repeat(2 if quick else 4, 1, 1))
     precision = precision_step_times(model, x_train[:cfg.engine.micro_batch_size])
     return {"n_train_scans": len(train), "n_heldout_scans": len(held), "bits_per_scan": bits,
-            "train_steps": steps,
+            "train_steps": steps, "kmeans_k": kmeans_k,
             "train_s": train_s, "r2": rows, "best_pca": best_pca, "usage": health["usage"],
             "perplexity_ratio": health["perplexity_ratio"], "throughput": speed, "precision": precision}
 

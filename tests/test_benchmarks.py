@@ -1,0 +1,29 @@
+"""`make bench` at test size: every benchmark runs with --quick and ends with its JSON figures.
+
+The benchmarks are scripts, not library code, so nothing else would notice when a config change
+breaks one (the quick tokenizer world once had fewer scans than the codebook has codes).
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = sorted((Path(__file__).resolve().parents[1] / "benchmarks").glob("*.py"))
+
+
+def test_every_benchmark_is_covered():
+    assert {b.stem for b in BENCHMARKS} == {"corpus", "llm", "tokenizer", "world"}
+
+
+@pytest.mark.parametrize("script", BENCHMARKS, ids=lambda p: p.stem)
+def test_quick_benchmark_prints_its_figures(script, tmp_path):
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    run = subprocess.run([sys.executable, str(script), "--quick"], capture_output=True, text=True,
+                         cwd=tmp_path, env=env, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    figures = json.loads(run.stdout.strip().splitlines()[-1])
+    assert isinstance(figures, dict) and figures
