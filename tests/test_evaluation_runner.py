@@ -143,6 +143,30 @@ def test_item_paired_targets_carry_a_bootstrap_interval(report):
     assert "95 % CI (items resampled)" in (out / "report.md").read_text()
 
 
+def test_vqa_asks_distinct_questions_per_item_and_counts_every_answer(report):
+    out, rep = report
+    vqa = json.loads((out / "items.json").read_text())["vqa"]
+    items = np.asarray(vqa["item"])
+    assert len(vqa["question"]) == len(vqa["model"]) == len(items) == rep["vqa"]["model"]["n"]
+    assert (np.diff(items) >= 0).all() and np.bincount(items).max() == 2  # eval_tiny: 2 per item
+    for i in np.unique(items):
+        asked = [q for q, row in zip(vqa["question"], items) if row == i]
+        assert len(set(asked)) == len(asked)
+
+
+def test_vqa_questions_take_at_most_what_an_item_has():
+    from fmrilm.evaluation.task_eval import TaskItems, vqa_questions
+
+    qa = [{"question": f"q{j}?", "answer": str(j), "type": "what"} for j in range(4)]
+    stimuli = [{"qa": qa[:1]}, {"qa": qa}, {"qa": qa[:3]}]
+    items = TaskItems(np.array([0, 0, 1]), np.array([0, 1, 2]), np.zeros((3, 2), np.int64), stimuli)
+    asked = vqa_questions(items, seed=0, per_item=3)
+    assert asked["item"] == [0, 1, 1, 1, 2, 2, 2]
+    assert asked["question"][0] == "q0?" and sorted(asked["question"][4:]) == ["q0?", "q1?", "q2?"]
+    assert all(f"q{a}?" == q for q, a in zip(asked["question"], asked["answer"]))
+    assert vqa_questions(items, seed=0, per_item=3) == asked  # seeded
+
+
 def test_report_numbers_are_finite(report):
     _, rep = report
     numbers = list(_finite_numbers(rep))

@@ -50,6 +50,9 @@ class EvalConfig:
         Training (subject, stimulus) items for the ridge and retrieval heads.
     n_temporal : int
         Next-scan targets evaluated.
+    vqa_questions_per_item : int
+        Distinct questions asked about each item's scan (more give a tighter VQA estimate; the
+        intervals still resample items).
     meteor : bool
         METEOR starts a JVM per condition (~10 s each).
     adaptation : SubjectAdaptationConfig
@@ -68,6 +71,7 @@ class EvalConfig:
     n_temporal: int = 64
     max_new_tokens: int = 24
     vqa_max_new_tokens: int = 6
+    vqa_questions_per_item: int = 1
     batch_size: int = 32
     n_way: int = 300
     n_draws: int = 30
@@ -121,7 +125,7 @@ def _brain_map(tokenizer_dir: Path, data, atlas, out_dir: Path) -> dict:
 def _targets(report: dict, semscore: dict, vqa_hits: dict) -> dict:
     """The issue's targets; the item-paired ones carry a 95 % bootstrap interval (items resampled).
 
-    `semscore` and `vqa_hits` map a condition to its per-item SemScores / exact-match hits."""
+    `semscore` and `vqa_hits` map a condition to its per-item SemScores / exact-match hit counts."""
     from fmrilm.evaluation.uncertainty import paired_difference_ci, paired_ratio_ci
 
     cap, vqa, ret = report["captioning"], report["vqa"], report["retrieval"]
@@ -243,7 +247,9 @@ def run_evaluation(cfg: EvalConfig, overwrite: bool = False, progress: bool = Tr
               "captioning": {k: ({kk: vv for kk, vv in v.items() if kk != "per_item_semscore"}
                                  if isinstance(v, dict) else v) for k, v in captioning.items()},
               "vqa": vqa, "retrieval": retrieval, "zero_shot": zero_shot, "few_shot": few_shot, "rest": rest}
-    vqa_hits = {c: [answer_matches(p, a) for p, a in zip(vqa_details[c], vqa_details["answer"], strict=True)]
+    # Hits summed per item: the interval resamples items, and the ratio of the sums is the accuracy ratio.
+    vqa_hits = {c: np.bincount(vqa_details["item"], [answer_matches(p, a) for p, a in
+                                                     zip(vqa_details[c], vqa_details["answer"], strict=True)])
                 for c in ("model", "shuffled")}
     report["targets"] = _targets(report, {c: captioning[c]["per_item_semscore"] for c in captioning
                                           if isinstance(captioning[c], dict)}, vqa_hits)
@@ -271,7 +277,9 @@ def _examples(items, captions, vqa_details, embeddings, test, row_of, cfg) -> li
 
     unique = sorted(set(test["stimulus"].tolist()))
     bank = embed_texts([items.stimuli[m]["captions"][0] for m in unique])
-    qa_row = {(s, m): i for i, (s, m) in enumerate(zip(vqa_details["subject"], vqa_details["stimulus"]))}
+    qa_row = {}
+    for i, key in enumerate(zip(vqa_details["subject"], vqa_details["stimulus"])):
+        qa_row.setdefault(key, i)  # an item's first question
     out = []
     for i in range(min(cfg.n_examples, len(items))):
         s, m = int(items.subject[i]), int(items.stimulus[i])

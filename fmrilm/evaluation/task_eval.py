@@ -109,34 +109,43 @@ def zero_shot_section(captions: dict[str, list[str]], items: TaskItems, novel_ca
     return {c: zero_shot_naming([captions[c][i] for i in rows], cats, synonyms) for c in CONDITIONS}
 
 
-def vqa_questions(items: TaskItems, seed: int) -> tuple[list[str], list[str], list[str]]:
-    """One seeded question per item: (question, answer, question type)."""
+def vqa_questions(items: TaskItems, seed: int, per_item: int = 1) -> dict[str, list]:
+    """Seeded questions, up to `per_item` distinct ones per item.
+
+    Returns ``{"item": index into items, "question", "answer", "type"}``, one entry per question,
+    items in order and each item's questions together.
+    """
     rng = np.random.default_rng([seed, 11])
-    questions, answers, types = [], [], []
-    for m in items.stimulus:
+    out = {"item": [], "question": [], "answer": [], "type": []}
+    for i, m in enumerate(items.stimulus):
         qa = items.stimuli[m]["qa"]
-        pick = qa[int(rng.integers(len(qa)))]
-        questions.append(pick["question"])
-        answers.append(str(pick["answer"]))
-        types.append(pick.get("type", "all"))
-    return questions, answers, types
+        for j in rng.choice(len(qa), size=min(per_item, len(qa)), replace=False):
+            out["item"].append(i)
+            out["question"].append(qa[int(j)]["question"])
+            out["answer"].append(str(qa[int(j)]["answer"]))
+            out["type"].append(qa[int(j)].get("type", "all"))
+    return out
 
 
 def vqa_section(model, items: TaskItems, cfg, progress: bool = False) -> tuple[dict, dict]:
-    """VQA exact-match accuracy by question type for each condition, and the answers given."""
+    """VQA exact-match accuracy by question type for each condition, and the answers given.
+
+    Each item is asked ``cfg.vqa_questions_per_item`` questions about the same scan (the shuffled
+    condition: about the same other item's scan), so an item's questions share its brain tokens;
+    ``details["item"]`` says which item a question belongs to (resampling unit of the intervals)."""
     keep = np.array([bool(items.stimuli[m]["qa"]) for m in items.stimulus])
     sub = TaskItems(items.subject[keep], items.stimulus[keep], items.tokens[keep], items.stimuli)
-    questions, answers, types = vqa_questions(sub, cfg.seed)
-    prompts = [VQA_PROMPT.format(question=q) for q in questions]
+    asked = vqa_questions(sub, cfg.seed, cfg.vqa_questions_per_item)
+    row = np.asarray(asked["item"], np.int64)
+    prompts = [VQA_PROMPT.format(question=q) for q in asked["question"]]
     given = {
-        "model": _generate(model, _scan_lists(sub.tokens), prompts, cfg.vqa_max_new_tokens, cfg.batch_size,
+        "model": _generate(model, _scan_lists(sub.tokens[row]), prompts, cfg.vqa_max_new_tokens, cfg.batch_size,
                            progress),
-        "shuffled": _generate(model, _scan_lists(sub.shuffled_tokens(cfg.seed)), prompts,
+        "shuffled": _generate(model, _scan_lists(sub.shuffled_tokens(cfg.seed)[row]), prompts,
                               cfg.vqa_max_new_tokens, cfg.batch_size, progress),
         "text_only": _generate(model, [None] * len(prompts), [without_scan(p) for p in prompts],
                                cfg.vqa_max_new_tokens, cfg.batch_size, progress),
     }
-    section = {c: vqa_accuracy(given[c], answers, types) for c in CONDITIONS}
-    details = {"stimulus": sub.stimulus.tolist(), "subject": sub.subject.tolist(), "question": questions,
-               "answer": answers, "type": types, **given}
+    section = {c: vqa_accuracy(given[c], asked["answer"], asked["type"]) for c in CONDITIONS}
+    details = {**asked, "stimulus": sub.stimulus[row].tolist(), "subject": sub.subject[row].tolist(), **given}
     return section, details
