@@ -162,7 +162,6 @@ def run_evaluation(cfg: EvalConfig, overwrite: bool = False, progress: bool = Tr
     from fmrilm.evaluation.report import write_markdown
     from fmrilm.evaluation.retrieval_eval import retrieval_section
     from fmrilm.evaluation.subject_adaptation import subject_adaptation_section
-    from fmrilm.evaluation.vqa import answer_matches
     from fmrilm.llm.checkpoint import load_brainlm
     from fmrilm.tokenizer.data import dataset_atlas
     from fmrilm.tokenizer.model import BrainTokenizer
@@ -248,9 +247,7 @@ def run_evaluation(cfg: EvalConfig, overwrite: bool = False, progress: bool = Tr
                                  if isinstance(v, dict) else v) for k, v in captioning.items()},
               "vqa": vqa, "retrieval": retrieval, "zero_shot": zero_shot, "few_shot": few_shot, "rest": rest}
     # Hits summed per item: the interval resamples items, and the ratio of the sums is the accuracy ratio.
-    vqa_hits = {c: np.bincount(vqa_details["item"], [answer_matches(p, a) for p, a in
-                                                     zip(vqa_details[c], vqa_details["answer"], strict=True)])
-                for c in ("model", "shuffled")}
+    vqa_hits = {c: np.bincount(vqa_details["item"], vqa_details["hits"][c]) for c in ("model", "shuffled")}
     report["targets"] = _targets(report, {c: captioning[c]["per_item_semscore"] for c in captioning
                                           if isinstance(captioning[c], dict)}, vqa_hits)
     report["examples"] = _examples(items, captions, vqa_details, embeddings, test, row_of, cfg)

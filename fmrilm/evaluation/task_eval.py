@@ -132,7 +132,8 @@ def vqa_section(model, items: TaskItems, cfg, progress: bool = False) -> tuple[d
 
     Each item is asked ``cfg.vqa_questions_per_item`` questions about the same scan (the shuffled
     condition: about the same other item's scan), so an item's questions share its brain tokens;
-    ``details["item"]`` says which item a question belongs to (resampling unit of the intervals)."""
+    ``details["item"]`` says which item a question belongs to (resampling unit of the intervals),
+    ``details["hits"][condition]`` whether each answer matched."""
     keep = np.array([bool(items.stimuli[m]["qa"]) for m in items.stimulus])
     sub = TaskItems(items.subject[keep], items.stimulus[keep], items.tokens[keep], items.stimuli)
     asked = vqa_questions(sub, cfg.seed, cfg.vqa_questions_per_item)
@@ -146,6 +147,8 @@ def vqa_section(model, items: TaskItems, cfg, progress: bool = False) -> tuple[d
         "text_only": _generate(model, [None] * len(prompts), [without_scan(p) for p in prompts],
                                cfg.vqa_max_new_tokens, cfg.batch_size, progress),
     }
-    section = {c: vqa_accuracy(given[c], asked["answer"], asked["type"]) for c in CONDITIONS}
-    details = {**asked, "stimulus": sub.stimulus[row].tolist(), "subject": sub.subject[row].tolist(), **given}
+    scores = {c: vqa_accuracy(given[c], asked["answer"], asked["type"]) for c in CONDITIONS}
+    section = {c: {k: v for k, v in score.items() if k != "hits"} for c, score in scores.items()}
+    details = {**asked, "stimulus": sub.stimulus[row].tolist(), "subject": sub.subject[row].tolist(), **given,
+               "hits": {c: score["hits"] for c, score in scores.items()}}
     return section, details

@@ -56,7 +56,8 @@ def vqa_accuracy(predictions, answers, question_types=None) -> dict:
     Returns
     -------
     dict
-        ``{"overall": float, "n": int, "by_type": {type: {"accuracy": float, "n": int}}}``.
+        ``{"overall": float, "n": int, "by_type": {type: {"accuracy": float, "n": int}},
+        "hits": [bool per question]}``.
     """
     predictions, answers = list(predictions), list(answers)
     types = ["all"] * len(predictions) if question_types is None else list(question_types)
@@ -69,4 +70,5 @@ def vqa_accuracy(predictions, answers, question_types=None) -> dict:
     for t, hit in zip(types, hits):
         by_type[t].append(hit)
     return {"overall": sum(hits) / len(hits), "n": len(hits),
-            "by_type": {t: {"accuracy": sum(h) / len(h), "n": len(h)} for t, h in sorted(by_type.items())}}
+            "by_type": {t: {"accuracy": sum(h) / len(h), "n": len(h)} for t, h in sorted(by_type.items())},
+            "hits": hits}
