@@ -11,7 +11,7 @@
 3. Encode throughput in scans/s: the matmul + argmin fast path, the library's eval forward, and
    the GEMM bound (one matmul of the same shape, measured in the same run).
 4. bf16 autocast vs fp32 training-step time (decides ``engine.precision`` for this machine).
-5. The real brainspace rest run: a rest tokenizer on the first 80 % of TRs, R² on held-out TRs.
+5. A synthetic rest population: a rest tokenizer on the train subjects, R² on held-out (val) subjects.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fmrilm.brain.splits import SplitsConfig, read_splits, write_run_splits
 from fmrilm.brain.store import Dataset
 from fmrilm.config import load_config
 from fmrilm.stages.tokenizer import TokenizerStageConfig
@@ -165,14 +166,17 @@ def task_benchmark(root: Path, quick: bool) -> dict:
 
     overrides = ["n_stimuli=240", "n_subjects=2"] if quick else ["n_stimuli=600", "n_subjects=2"]
     world = generate_task_world(load_config(TaskWorldConfig, "task_world_tiny", overrides), root / "task")
+    splits_path = write_run_splits(load_config(SplitsConfig, "splits_demo", [
+        f"task_dataset={world}", f"out={root / 'splits.json'}", "heldout_task_subjects=0"]))
+    splits = read_splits(splits_path)
     steps = 300 if quick else 1500
-    overrides = [f"data.dataset={world}", f"engine.max_steps={steps}", f"engine.warmup_steps={steps // 20}",
-                 "engine.checkpoint_every=0", f"engine.log_every={steps // 5}"]
+    overrides = [f"data.dataset={world}", f"data.splits={splits_path}", f"engine.max_steps={steps}",
+                 f"engine.warmup_steps={steps // 20}", "engine.checkpoint_every=0", f"engine.log_every={steps // 5}"]
     cfg = load_config(TokenizerStageConfig, "tokenizer_demo", overrides)
     t0 = time.time()
     model = BrainTokenizer.from_pretrained(train_stage(root / "tok", overrides))
     train_s = time.time() - t0
-    train, held = load_splits(world, model, cfg.data.heldout_fraction, cfg.engine.seed, with_text=False)
+    train, held = load_splits(world, model, splits, with_text=False)
     ds = Dataset(world)
     betas = ds.array("betas")
     x_train, x_held = grouped(model, betas[np.sort(train.rows)]), grouped(model, betas[held.rows])
@@ -200,18 +204,20 @@ def task_benchmark(root: Path, quick: bool) -> dict:
 
 
 def rest_benchmark(root: Path, quick: bool) -> dict:
-    from fmrilm.brain.rest_run import import_rest_run, load_rest_run
+    from fmrilm.brain.rest_world import RestWorldConfig, generate_rest_population
 
-    data = import_rest_run(load_rest_run(), root / "rest")
+    world_cfg = load_config(RestWorldConfig, "rest_world_tiny" if quick else "rest_world_demo",
+                            [] if quick else ["n_subjects=60"])
+    data = generate_rest_population(world_cfg, root / "rest")
+    splits = write_run_splits(SplitsConfig(rest_dataset=str(data), out=str(root / "rest_splits.json"),
+                                           rest_val_fraction=0.2))
     steps = 200 if quick else 600
-    overrides = [f"data.dataset={data}", "tokenizer.input=rest", "tokenizer.window=8",
+    overrides = [f"data.dataset={data}", f"data.splits={splits}", "tokenizer.input=rest", "tokenizer.window=8",
                  "tokenizer.quantizer.codebook_size=256", "tokenizer.contrastive=none",
-                 "data.heldout_fraction=0.2",
                  f"engine.max_steps={steps}", "engine.checkpoint_every=0", f"engine.log_every={steps // 4}",
-                 "engine.micro_batch_size=16", "data.tag=brainspace"]
-    cfg = load_config(TokenizerStageConfig, "tokenizer_demo", overrides)
+                 "engine.micro_batch_size=16"]
     model = BrainTokenizer.from_pretrained(train_stage(root / "rest_tok", overrides))
-    _, held = load_splits(data, model, cfg.data.heldout_fraction, 0, with_text=False)
+    _, held = load_splits(data, model, read_splits(splits), with_text=False)
     report = evaluate_tokenizer(model, held)
     return {"window": 8, "codebook_size": 256, "heldout_windows": len(held), "r2_heldout": report["r2"],
             "usage": report["usage"], "perplexity_ratio": report["perplexity_ratio"]}
@@ -239,7 +245,8 @@ def main(argv=None) -> int:
     p = task["precision"]
     print(f"training step fp32 {p['step_s_fp32'] * 1e3:.0f} ms, "
           f"bf16 autocast {p['step_s_bf16'] * 1e3:.0f} ms")
-    print(f"brainspace rest run: held-out R2 {rest['r2_heldout']:.3f} on {rest['heldout_windows']} windows, "
+    print(f"synthetic rest population: held-out-subject R2 {rest['r2_heldout']:.3f} on {rest['heldout_windows']} "
+          "windows, "
           f"usage {rest['usage']:.3f}")
     print(json.dumps({"task": task, "rest": rest}))
     return 0

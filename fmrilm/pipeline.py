@@ -75,11 +75,21 @@ def _rest_world(ctx: StageContext) -> Path:
     return generate_rest_population(ctx.load(RestWorldConfig), ctx.out_dir, overwrite=True)
 
 
+def _splits(ctx: StageContext) -> Path:
+    from fmrilm.brain.splits import SPLITS_FILE, SplitsConfig, write_run_splits
+
+    datasets = [f"{k}={ctx.artifacts[s]}" for k, s in (("task_dataset", "task_world"), ("rest_dataset", "rest_world"))
+                if s in ctx.artifacts]
+    return write_run_splits(ctx.load(SplitsConfig, "seed", [*datasets, f"out={ctx.out_dir / SPLITS_FILE}"]),
+                            overwrite=True)
+
+
 def _tokenizer(ctx: StageContext) -> Path:
     from fmrilm.stages.tokenizer import TokenizerStageConfig, run
 
     cfg = ctx.load(TokenizerStageConfig, "engine.seed",
-                   [f"data.dataset={ctx.artifact('task_world')}", f"out_dir={ctx.out_dir}"])
+                   [f"data.dataset={ctx.artifact('task_world')}", f"data.splits={ctx.artifact('splits')}",
+                    f"out_dir={ctx.out_dir}"])
     return run(cfg)
 
 
@@ -87,7 +97,8 @@ def _retrieval(ctx: StageContext) -> Path:
     from fmrilm.retrieval.search import SearchIndexConfig, build_search_indexes
 
     cfg = ctx.load(SearchIndexConfig, "seed", [f"out={ctx.out_dir}", f"corpus={ctx.artifact('corpus')}",
-                                              f"tokenizer={ctx.artifact('tokenizer')}"])
+                                              f"tokenizer={ctx.artifact('tokenizer')}",
+                                              f"splits={ctx.artifact('splits')}"])
     return build_search_indexes(cfg, overwrite=True)
 
 
@@ -114,6 +125,7 @@ def _corpus(ctx: StageContext) -> Path:
     from fmrilm.corpus.build import CorpusConfig, build_corpus
 
     cfg = ctx.load(CorpusConfig, "seed", [
+        f"splits={ctx.artifact('splits')}",
         f"task_dataset={ctx.artifact('task_world')}", f"task_tokens={ctx.artifact('task_tokens')}",
         f"rest_dataset={ctx.artifact('rest_world')}", f"rest_tokens={ctx.artifact('rest_tokens')}"])
     build_corpus(cfg, ctx.out_dir, overwrite=True)
@@ -147,6 +159,7 @@ def _evaluation(ctx: StageContext) -> Path:
     from fmrilm.evaluation.runner import EvalConfig, run_evaluation
 
     cfg = ctx.load(EvalConfig, "seed", [f"out={ctx.out_dir}", f"corpus={ctx.artifact('corpus')}",
+                                        f"splits={ctx.artifact('splits')}",
                                         f"tokenizer={ctx.artifact('tokenizer')}", f"model={ctx.artifact('instruct')}"])
     run_evaluation(cfg, overwrite=True)
     return Path(cfg.out)
@@ -162,13 +175,15 @@ def _stimulation(ctx: StageContext) -> Path:
     return Path(cfg.out)
 
 
-# Stage name → runner, in execution order. A forced stage redoes every later one, so each stage sits
+# Stage name → runner, in execution order. The splits are decided once, before anything is fitted,
+# and handed to every stage that fits or scores on data. A forced stage redoes every later one, so each stage sits
 # as late as its consumers allow: the search indexes just before stage 3 (whose prompts carry the
 # captions they retrieve), the real rest run after the LM stages (`--force real_rest` never retrains
 # the LM). Nothing trains on the real run: it is held out for the evaluation's next-scan R².
 STAGES = {
     "task_world": _task_world,
     "rest_world": _rest_world,
+    "splits": _splits,
     "tokenizer": _tokenizer,
     "task_tokens": _tokens("task_world"),
     "rest_tokens": _tokens("rest_world"),

@@ -1,8 +1,11 @@
-"""Retrieval-augmented prompts: neighbours from the brain embedding, own stimulus left out, persistence."""
+"""Retrieval-augmented prompts: neighbours from the brain embedding, own stimulus left out, the query of a k-shot
+prompt, persistence."""
 
 import numpy as np
 import pytest
 
+from fmrilm.corpus import SCAN
+from fmrilm.corpus.phrasing import SHOT_SEPARATOR, with_shots
 from fmrilm.errors import InputError
 from fmrilm.retrieval.brain_embedder import BrainEmbedderConfig, train_brain_embedder
 from fmrilm.retrieval.caption_prompts import PREFIX, CaptionRetriever
@@ -40,11 +43,26 @@ def test_neighbours_come_from_the_scan_and_skip_its_own_stimulus(retriever):
     assert found[0] == "three boats" and len(set(found)) == len(found) == 2
 
 
-def test_only_single_scan_prompts_are_augmented(retriever):
+def test_only_prompts_whose_query_has_one_scan_are_augmented(retriever):
     prompts = ["Describe <scan>", "Caption it", "Compare <scan> and <scan>"]
     out = retriever.augment(prompts, [scan_of(0), None, np.concatenate([scan_of(0), scan_of(1)])])
     assert out[0].startswith(PREFIX + "a red bus") and out[0].endswith("\nDescribe <scan>")
     assert out[1:] == prompts[1:]
+
+
+def test_a_k_shot_prompt_carries_its_query_scans_prefix(retriever):
+    query = f"Describe {SCAN}"
+    k2 = with_shots(query, [(query, "two dogs"), (query, "a kite in the sky")])
+    scans = np.concatenate([scan_of(1), scan_of(3), scan_of(2)])  # the examples' scans, then the query's
+    (out,) = retriever.augment([k2], [scans])
+    (zero_shot,) = retriever.augment([query], [scan_of(2)])
+    assert zero_shot.startswith(PREFIX + "a cat on a bed")  # the query's neighbours, not the examples'
+    # the examples stay as they were; the query reads exactly as the zero-shot prompt does
+    assert out == SHOT_SEPARATOR.join([f"{query} two dogs", f"{query} a kite in the sky", zero_shot])
+    assert out.count(PREFIX) == 1
+    # in training the query's own stimulus is left out, as for zero-shot prompts
+    (trained,) = retriever.augment([k2], [scans], exclude=[2])
+    assert "a cat on a bed" not in trained.split(SHOT_SEPARATOR)[-1]
 
 
 def test_save_load_round_trip(tmp_path, retriever):

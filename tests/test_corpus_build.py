@@ -9,11 +9,12 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
+from fmrilm.brain.splits import SplitsConfig, stimulus_splits, write_run_splits
 from fmrilm.config import load_config
 from fmrilm.corpus import commands
 from fmrilm.corpus.build import CorpusConfig, build_corpus, plan_corpus
 from fmrilm.corpus.inputs import open_inputs
-from fmrilm.corpus.splits import LeakageError, SplitConfig, check_leakage, stimulus_splits
+from fmrilm.corpus.splits import LeakageError, check_leakage
 from fmrilm.corpus.toy import write_toy_inputs, write_toy_rest, write_toy_tokens
 from fmrilm.errors import InputError
 
@@ -24,13 +25,18 @@ def toy(tmp_path_factory, atlas):
                             repeats=3, n_rest_subjects=9)
 
 
+def _splits(root, task="", rest=""):
+    return write_run_splits(SplitsConfig(task_dataset=str(task), rest_dataset=str(rest), out=str(root / "splits.json"),
+                                         heldout_task_subjects=1 if task else 0), overwrite=True)
+
+
 def _cfg(paths, *overrides):
     return load_config(CorpusConfig, "corpus_tiny", [f"{k}={v}" for k, v in paths.items()] + list(overrides))
 
 
 @pytest.fixture(scope="module")
 def plan(toy):
-    cfg = _cfg(toy, "splits.task_fewshot_subjects=1")
+    cfg = _cfg(toy)
     inputs = open_inputs(cfg.task_dataset, cfg.task_tokens, cfg.rest_dataset, cfg.rest_tokens)
     return inputs, plan_corpus(cfg, inputs, progress=False)
 
@@ -76,7 +82,7 @@ def test_check_leakage_catches_violations(plan):
 
 def test_stimulus_splits_fractions_and_novel():
     novel = np.array([False] * 20 + [True] * 3)
-    split = stimulus_splits(novel, SplitConfig(val_fraction=0.1, test_fraction=0.25), seed=3)
+    split = stimulus_splits(novel, val_fraction=0.1, test_fraction=0.25, seed=3)
     assert list(split[20:]) == ["test"] * 3
     assert (split[:20] == "test").sum() == 5 and (split[:20] == "val").sum() == 2
 
@@ -99,8 +105,11 @@ def test_tokens_of_the_wrong_dataset_are_refused(toy, tmp_path):
 
 def test_short_run_is_refused_before_writing(toy, tmp_path, atlas):
     rest = write_toy_rest(tmp_path / "rest", atlas, n_subjects=4, n_timepoints=24)
-    tokens = write_toy_tokens(tmp_path / "rest_tokens", rest, window=4)
-    cfg = _cfg(dict(toy, rest_dataset=str(rest), rest_tokens=str(tokens)))
+    splits = _splits(tmp_path, toy["task_dataset"], rest)
+    tokens = write_toy_tokens(tmp_path / "rest_tokens", rest, window=4, splits=splits)
+    task_tokens = write_toy_tokens(tmp_path / "task_tokens", toy["task_dataset"], splits=splits)
+    cfg = _cfg(dict(toy, rest_dataset=str(rest), rest_tokens=str(tokens), task_tokens=str(task_tokens),
+                    splits=str(splits)))
     with pytest.raises(InputError, match=r"run too short to estimate FC: 24 TRs \(48 s at TR 2 s\); "
                                          r"need at least 34 TRs"):
         build_corpus(cfg, tmp_path / "out", progress=False)
@@ -111,7 +120,10 @@ def test_config_errors(toy, tmp_path):
     with pytest.raises(InputError, match="unknown task"):
         build_corpus(_cfg(toy, "samples.tasks=[caption,dance]"), tmp_path / "o", progress=False)
     with pytest.raises(InputError, match="needs its tokens"):
-        build_corpus(_cfg({"task_dataset": toy["task_dataset"]}), tmp_path / "o", progress=False)
+        build_corpus(_cfg({"task_dataset": toy["task_dataset"], "splits": toy["splits"]}), tmp_path / "o",
+                     progress=False)
+    with pytest.raises(InputError, match="no splits file given"):
+        build_corpus(_cfg(dict(toy, splits="")), tmp_path / "o", progress=False)
 
 
 def test_cli_build_and_inspect(toy, tmp_path, capsys):
@@ -130,10 +142,33 @@ def test_cli_build_and_inspect(toy, tmp_path, capsys):
 
 
 def test_builds_from_the_synthetic_task_world(tiny_task_world, tmp_path):
-    tokens = write_toy_tokens(tmp_path / "tokens", tiny_task_world)
-    sets = [f"task_dataset={tiny_task_world}", f"task_tokens={tokens}", "samples.tasks=[caption,vqa,text]"]
+    splits = _splits(tmp_path, tiny_task_world)
+    tokens = write_toy_tokens(tmp_path / "tokens", tiny_task_world, splits=splits)
+    sets = [f"task_dataset={tiny_task_world}", f"task_tokens={tokens}", f"splits={splits}",
+            "samples.tasks=[caption,vqa,text]"]
     cfg = load_config(CorpusConfig, "corpus_tiny", sets)
     summary = build_corpus(cfg, tmp_path / "corpus", progress=False)
     train = summary["splits"]["train"]["counts"]
     assert train["caption"] > 0 and train["vqa"] > 0 and train["text"] > 0
     assert set(summary["novel_categories"]) and "test" in summary["splits"]
+
+
+def test_tokens_of_a_tokenizer_trained_on_other_splits_are_refused(toy, tmp_path):
+    other = write_run_splits(SplitsConfig(task_dataset=toy["task_dataset"], rest_dataset=toy["rest_dataset"],
+                                          out=str(tmp_path / "other.json"), seed=7), overwrite=True)
+    with pytest.raises(InputError, match=r"was built on splits .* but this stage was handed .*other\.json"):
+        build_corpus(_cfg(dict(toy, splits=str(other))), tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_no_held_out_caption_is_training_text(plan):
+    inputs, p = plan
+    stimuli = inputs.task.table("stimuli")
+    held = {s.meta["stimulus"] for s in p.samples if s.split in ("val", "test") and s.meta["stimulus"] is not None}
+    held_captions = {c for m in held for c in stimuli[m]["captions"]}
+    train_text = {s.meta["answer"] for s in p.samples if s.task == "text" and s.split == "train"}
+    assert held_captions and not held_captions & train_text
+    with pytest.raises(LeakageError, match="test caption in the training text"):
+        check_leakage([s.meta for s in p.samples] + [
+            {"task": "text", "split": "train", "answer": sorted(held_captions)[0]}], set(), [], p.fewshot_subjects,
+            held_captions)

@@ -27,6 +27,7 @@ BOOT = dict(vocab_size=420, hidden_size=32, num_layers=1, num_heads=2, intermedi
 def build_tiny_run(root: Path, world: Path, rest: bool = False) -> Path:
     """A run directory laid out like the pipeline's (task_world, tokenizer, corpus, instruct); with
     `rest`, also the tiny rest population tokenized as vertex scans, and rest tasks in the corpus."""
+    from fmrilm.brain.splits import SplitsConfig, write_run_splits
     from fmrilm.brain.store import Dataset
     from fmrilm.config import load_config
     from fmrilm.corpus.build import CorpusConfig, build_corpus
@@ -40,8 +41,15 @@ def build_tiny_run(root: Path, world: Path, rest: bool = False) -> Path:
     run = root / "run"
     run.mkdir()
     (run / "task_world").symlink_to(world)
+    datasets = [f"task_dataset={world}"]
+    if rest:
+        from fmrilm.brain.rest_world import RestWorldConfig, generate_rest_population
+
+        generate_rest_population(load_config(RestWorldConfig, "rest_world_tiny"), run / "rest_world")
+        datasets.append(f"rest_dataset={run / 'rest_world'}")
+    splits = write_run_splits(load_config(SplitsConfig, "splits_tiny", [*datasets, f"out={run / 'splits.json'}"]))
     cmd = [sys.executable, "-m", "fmrilm.stages.tokenizer", "--config", "tokenizer_tiny", "--set",
-           f"data.dataset={world}", f"out_dir={run / 'tokenizer'}", "tokenizer.input=task",
+           f"data.dataset={world}", f"data.splits={splits}", f"out_dir={run / 'tokenizer'}", "tokenizer.input=task",
            "tokenizer.contrastive=none", "engine.max_steps=4", "engine.micro_batch_size=16"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, DS_ACCELERATOR="cpu"))
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -49,11 +57,8 @@ def build_tiny_run(root: Path, world: Path, rest: bool = False) -> Path:
     tokenizer = BrainTokenizer.from_pretrained(tok_dir)
     write_tokens_dataset(tokenizer, world, run / "task_tokens", tokenizer_dir=str(tok_dir))
     sets = [f"task_dataset={world}", f"task_tokens={run / 'task_tokens'}", "samples.shots=0",
-            "samples.tasks=[caption, vqa, text]"]
+            f"splits={splits}", "samples.tasks=[caption, vqa, text]"]
     if rest:
-        from fmrilm.brain.rest_world import RestWorldConfig, generate_rest_population
-
-        generate_rest_population(load_config(RestWorldConfig, "rest_world_tiny"), run / "rest_world")
         write_tokens_dataset(tokenizer, run / "rest_world", run / "rest_tokens", tokenizer_dir=str(tok_dir))
         sets = [*sets[:-1], "samples.tasks=[caption, vqa, phenotype, temporal, text]",
                 f"rest_dataset={run / 'rest_world'}", f"rest_tokens={run / 'rest_tokens'}"]
@@ -139,8 +144,25 @@ def test_item_paired_targets_carry_a_bootstrap_interval(report):
     assert low <= targets["caption_semscore_minus_ridge"]["measured"] <= high  # the bootstrap of a mean centres on it
     # the VQA ratio has an interval unless the shuffled control never scored (undefined ratio)
     assert ("ci95" in targets["vqa_vs_shuffled"]) == (rep["vqa"]["shuffled"]["overall"] > 0)
-    assert "ci95" not in targets["top1_minus_ridge"]  # n-way draws, not items: no item bootstrap
-    assert "95 % CI (items resampled)" in (out / "report.md").read_text()
+    low, high = targets["top1_minus_ridge"]["ci95"]  # per-query hits of both heads, query stimuli resampled
+    assert low <= targets["top1_minus_ridge"]["measured"] <= high
+    assert "95 % CI (stimuli resampled)" in (out / "report.md").read_text()
+
+
+def test_controls_base_rates_and_bounds_are_reported(report):
+    _, rep = report
+    cap = rep["captioning"]
+    assert cap["shuffled"]["n_derangements"] == 3 and len(cap["shuffled"]["per_derangement"]) == 3
+    assert rep["vqa"]["shuffled"]["n_derangements"] == 3
+    # no retrieval decoder exceeds the best training caption; the ideal observer picks from that bank
+    assert {"bank_ceiling", "ideal_observer"} <= set(cap["conditions"])
+    assert cap["bank_ceiling"]["semscore"] >= max(cap[c]["semscore"] for c in ("ridge_decoder", "ideal_observer",
+                                                                                "retrieved_caption"))
+    ret = rep["retrieval"]["brain_embedder_tokens"]["brain_to_caption"]
+    assert rep["retrieval"]["brain_embedder_tokens"]["n_way"] <= rep["retrieval"]["brain_embedder_tokens"]["n_distinct"]
+    assert 0 <= ret["top1"] <= 1
+    for k, row in rep["few_shot"]["in_context"].items():
+        assert "retrieval" in row and "no_retrieval" in row, k
 
 
 def test_vqa_asks_distinct_questions_per_item_and_counts_every_answer(report):

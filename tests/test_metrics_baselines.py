@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from fmrilm.errors import InputError
-from fmrilm.evaluation.baselines import RidgeCaptionDecoder, fc_features, phenotype_baseline
-from fmrilm.evaluation.regression import classification_scores, r2_score, regression_scores
+from fmrilm.evaluation.baselines import RidgeCaptionDecoder, chance_baseline, fc_features, phenotype_baseline
+from fmrilm.evaluation.regression import balanced_accuracy, classification_scores, r2_score, regression_scores, roc_auc
 from fmrilm.evaluation.temporal_baselines import LinearAR, next_scan_targets, persistence_forecast, temporal_baselines
 
 
@@ -24,10 +24,43 @@ def test_r2_by_hand():
 def test_phenotype_scores_by_hand():
     out = classification_scores(["F", "M", "M", "F"], ["F", "M", "F", "F"], y_score=[0.1, 0.9, 0.4, 0.6])
     # Accuracy 3/4. AUC for "M": pairs (M, F) = (0.9 > 0.1, 0.9 > 0.6, 0.4 > 0.1, 0.4 < 0.6) → 3/4.
-    assert out == {"accuracy": 0.75, "n": 4, "auc": 0.75}
-    assert classification_scores(["a", "b", "c"], ["a", "b", "b"])["auc"] is None
+    # Balanced: recall F = 2/2, recall M = 1/2 → 3/4.
+    assert {k: out[k] for k in ("accuracy", "n", "auc", "balanced_accuracy")} == \
+        {"accuracy": 0.75, "n": 4, "auc": 0.75, "balanced_accuracy": 0.75}
+    for name in ("accuracy", "balanced_accuracy", "auc"):
+        low, high = out["ci95"][name]
+        assert 0.0 <= low <= out[name] <= high <= 1.0
+    three = classification_scores(["a", "b", "c"], ["a", "b", "b"])
+    assert three["auc"] is None and three["ci95"]["auc"] is None
+    # 6 "a" all right, 2 "b" all wrong: accuracy 0.75 but balanced accuracy (1 + 0) / 2
+    assert classification_scores(list("aaaaaabb"), list("aaaaaaaa"))["balanced_accuracy"] == 0.5
     reg = regression_scores([20.0, 30.0, 40.0], [22.0, 30.0, 37.0])
     assert reg["mae"] == pytest.approx(5 / 3) and reg["r2"] == pytest.approx(1 - 13 / 200)
+    # errors 2, 0, 3: a resampled mean error lies between 0 and 3
+    assert 0.0 <= reg["ci95"]["mae"][0] <= reg["mae"] <= reg["ci95"]["mae"][1] <= 3.0
+
+
+def test_vectorised_auc_and_balanced_accuracy_match_sklearn():
+    from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+
+    rng = np.random.default_rng(0)
+    truth = rng.random((5, 30)) < 0.4
+    score = np.round(rng.random((5, 30)) + truth, 1)  # rounded: ties
+    pred = rng.random((5, 30)) < 0.5
+    for t, s, p, auc, bal in zip(truth, score, pred, roc_auc(truth, score), balanced_accuracy(truth, pred)):
+        assert auc == pytest.approx(roc_auc_score(t, s)) and bal == pytest.approx(balanced_accuracy_score(t, p))
+    assert np.isnan(roc_auc(np.ones(4, bool), np.arange(4.0)))  # one class: undefined
+
+
+def test_chance_baseline_takes_the_constant_from_the_training_subjects():
+    # the test subjects are mostly "F", the training ones mostly "M": the majority guess is "M"
+    cls = chance_baseline(["M", "M", "F"], ["F", "F", "F", "M"], "classification")
+    assert cls["label"] == "M" and cls["accuracy"] == 0.25
+    assert cls["balanced_accuracy"] == 0.5 and cls["auc"] == 0.5  # constant score: chance AUC
+    reg = chance_baseline([20.0, 40.0], [10.0, 30.0, 50.0], "regression")
+    assert reg["value"] == 30.0 and reg["mae"] == pytest.approx(40 / 3) and reg["ci95"]["mae"][1] <= 20.0
+    with pytest.raises(InputError, match="task"):
+        chance_baseline([1.0], [1.0], "ranking")
 
 
 def ar1(n_subjects, n_time, coef, seed):
@@ -96,6 +129,7 @@ def test_phenotype_baselines_recover_planted_effects():
     cls = phenotype_baseline(x[:120], sex[:120], x[120:], sex[120:], "classification", seed=0)
     # Chance is 0.5; the planted feature separates the classes up to the label noise.
     assert cls["accuracy"] >= 0.7 and cls["auc"] >= 0.8 and len(cls["predictions"]) == 40
+    assert cls["ci95"]["auc"][0] > 0.5  # above chance beyond the resampling noise of 40 subjects
     reg = phenotype_baseline(x[:120], age[:120], x[120:], age[120:], "regression")
     assert reg["mae"] < 3.0 and reg["r2"] > 0.8
     with pytest.raises(InputError, match="task"):

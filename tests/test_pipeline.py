@@ -57,6 +57,68 @@ def test_retrieved_captions_prefix_task_scans_only(tiny_run):
     assert plain == generate(model, scan, [task["json"]["prompt"]], max_new_tokens=5)
 
 
+def test_every_fitted_component_obeys_the_one_splits_file(tiny_run):
+    """Leakage guard: tokenizer, corpus, retriever and LM exports were built on the run's splits and
+    saw no test stimulus, no held-out subject and no held-out caption."""
+    from fmrilm.brain.splits import read_splits
+    from fmrilm.brain.store import Dataset
+    from fmrilm.stages import lm_common
+
+    _, run_dir, _ = tiny_run
+    state = json.loads((run_dir / "stages.json").read_text())
+    splits = read_splits(state["splits"])
+    task = Dataset(state["task_world"])
+    stimuli = task.table("stimuli")
+    heldout = set(splits.heldout_task_subjects())
+    assert heldout  # the tiny job holds one task subject out
+    # tokenizer: train stimuli of train subjects only, recorded in its config.json and its tokens
+    (tok_dir,) = Path(state["tokenizer"]).parent.glob("tokenizer_*")
+    provenance = json.loads((tok_dir / "config.json").read_text())["provenance"]
+    assert provenance["splits"]["sha256"] == splits.sha256
+    assert {splits.stimuli[k] for k in provenance["train_stimuli"]} == {"train"}
+    assert not heldout & set(provenance["train_subjects"])
+    for tokens in ("task_tokens", "rest_tokens", "real_rest_tokens"):
+        assert Dataset(state[tokens]).manifest["tokenizer"]["splits"]["sha256"] == splits.sha256
+    # corpus: recorded splits; no train sample of a non-train stimulus or a held-out subject; no
+    # val/test caption among the training texts, which do name the novel categories (text scenes)
+    corpus = json.loads((Path(state["corpus"]) / "corpus.json").read_text())
+    assert corpus["run_splits"]["sha256"] == splits.sha256
+    samples, _ = lm_common.read_split(state["corpus"], "train", ("caption", "vqa", "describe", "text"),
+                                      progress=False)
+    brain = [s["json"] for s in samples if s["json"]["task"] != "text"]
+    assert brain and all(splits.stimuli[stimuli[m["stimulus"]]["key"]] == "train" for m in brain
+                         if m["stimulus"] is not None)
+    assert not heldout & {m["subject"] for m in brain}
+    held_captions = {c for r in stimuli if splits.stimuli[r["key"]] != "train" for c in r["captions"]}
+    texts = {s["json"]["answer"] for s in samples if s["json"]["task"] == "text"}
+    assert held_captions and not held_captions & texts
+    novel = [w for c in task.manifest["novel_categories"] for w in (c, c + "s")]
+    assert any(any(w in t.split() for w in novel) for t in texts)
+    # retriever: embedder trained on the train subjects; LM exports record the same splits
+    search = json.loads((Path(state["retrieval"]) / "search.json").read_text())
+    assert search["splits"]["sha256"] == splits.sha256 and not heldout & set(search["train_subjects"])
+    for stage in ("backbone", "joint", "instruct"):
+        assert json.loads((Path(state[stage]) / "stage.json").read_text())["splits"]["sha256"] == splits.sha256
+
+
+def test_a_stage_handed_another_splits_file_refuses_before_any_work(tiny_run, tmp_path):
+    from fmrilm.brain.splits import SplitsConfig, write_run_splits
+    from fmrilm.evaluation.runner import EvalConfig, run_evaluation
+    from fmrilm.retrieval.search import SearchIndexConfig, build_search_indexes
+
+    _, run_dir, _ = tiny_run
+    state = json.loads((run_dir / "stages.json").read_text())
+    other = write_run_splits(SplitsConfig(task_dataset=state["task_world"], rest_dataset=state["rest_world"],
+                                          out=str(tmp_path / "other.json"), seed=5))
+    with pytest.raises(InputError, match=r"the corpus .* was built on splits .* handed .*other\.json"):
+        build_search_indexes(SearchIndexConfig(corpus=state["corpus"], tokenizer=state["tokenizer"],
+                                               splits=str(other), out=str(tmp_path / "search")))
+    with pytest.raises(InputError, match="was built on splits"):
+        run_evaluation(EvalConfig(corpus=state["corpus"], tokenizer=state["tokenizer"], model=state["instruct"],
+                                  splits=str(other), out=str(tmp_path / "eval")))
+    assert not (tmp_path / "search").exists() and not (tmp_path / "eval").exists()
+
+
 def test_a_second_run_skips_finished_stages_and_force_redoes_the_rest(tiny_run):
     cfg, run_dir, _ = tiny_run
     assert run_pipeline(cfg)["timings_s"] == {}

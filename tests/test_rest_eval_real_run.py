@@ -12,7 +12,7 @@ from test_evaluation_runner import build_tiny_run
 
 from fmrilm.errors import InputError
 from fmrilm.evaluation.heldout import load_heldout, resolve_model_dir, resolve_tokenizer_dir
-from fmrilm.evaluation.rest_eval import real_run_temporal, real_run_tokens, rest_section
+from fmrilm.evaluation.rest_eval import phenotype_section, real_run_temporal, real_run_tokens, rest_section
 from fmrilm.io import write_json
 from fmrilm.pipeline import STAGES, load_pipeline_config
 
@@ -51,6 +51,44 @@ def test_rest_section_scores_the_last_trs_of_the_real_run(run):
     assert all(math.isfinite(result[k]) and result[k] <= 1.0 for k in SCORES)
     # Real BOLD is slow: the previous TR and an AR(1) fitted on the earlier TRs predict the next one well.
     assert result["persistence"] > 0.3 and result["linear_ar"] > 0.3
+
+
+def test_phenotypes_sit_beside_base_rates_from_the_training_subjects(run):
+    from collections import Counter
+
+    from fmrilm.brain.store import Dataset
+
+    run, _, model = run
+    heldout = load_heldout(run / "corpus")
+    rest = Dataset(heldout.input_path("rest_dataset"), kind="rest")
+    excluded = set(heldout.summary.get("fewshot_subjects", [])) | heldout.val_subjects
+    section = phenotype_section(model, heldout.test_samples, rest, excluded, CFG)
+    rows = {r["subject"]: r for r in rest.table("subjects")}
+    for name, result in section.items():
+        tested = {s["json"]["subject"] for s in heldout.test_samples if s["json"].get("phenotype") == name}
+        train = [r[name] for subject, r in rows.items() if subject not in tested | excluded]
+        assert result["n_subjects"] == len(tested) and train
+        if name == "age":
+            chance = result["constant_mean"]
+            assert chance["value"] == pytest.approx(sum(train) / len(train))
+            keys = ("mae",)
+        else:
+            chance = result["majority_class"]
+            counts = Counter(train)
+            assert counts[chance["label"]] == max(counts.values())  # the TRAINING subjects' majority
+            assert chance["accuracy"] == pytest.approx(sum(rows[s][name] == chance["label"] for s in tested)
+                                                       / len(tested))
+            keys = ("accuracy", "balanced_accuracy", "auc")
+            two_classes = len({rows[s][name] for s in tested}) == 2
+            # the LM's AUC comes from its constrained-decoding probabilities, the FC baseline's from its logistic ones
+            assert (result["model"]["auc"] is not None) == (result["fc_baseline"]["auc"] is not None) == two_classes
+        for scores in (result["model"], result["fc_baseline"], chance):
+            for key in keys:
+                if scores[key] is None:
+                    continue
+                low, high = scores["ci95"][key]
+                # a resampled mean brackets the mean; AUC and balanced accuracy need not be centred
+                assert low <= scores[key] <= high if key in ("accuracy", "mae") else 0.0 <= low <= high <= 1.0
 
 
 def test_targets_are_capped_by_the_run_length_and_context(run):

@@ -96,27 +96,32 @@ def test_bad_input_is_refused(planted):
         adapt_subject_encoders(tokenizer, train_b, 4, cfg=AdaptConfig(steps=0))
 
 
-def test_heldout_subject_is_unseen_by_the_tokenizer(tiny_task_world):
+def test_heldout_subject_is_unseen_by_the_tokenizer(tiny_task_world, tmp_path):
+    from fmrilm.brain.splits import SplitsConfig, decide_splits, read_splits, write_splits
     from fmrilm.brain.store import Dataset
     from fmrilm.evaluation.subject_adaptation import check_ks, heldout_subject
-    from fmrilm.tokenizer.data import load_splits, tokenizer_for_dataset
+    from fmrilm.tokenizer.data import load_splits, tokenizer_for_dataset, training_record
 
     ds = Dataset(tiny_task_world)
     subjects = np.asarray(ds.array("trial_subject"))
     n_subjects = len(ds.table("subjects"))
-    tokenizer = tokenizer_for_dataset(TokenizerConfig(heldout_task_subjects=1, contrastive="none"), tiny_task_world)
-    train, heldout = load_splits(tiny_task_world, tokenizer, 0.25, seed=0, with_text=False)
+    tokenizer = tokenizer_for_dataset(TokenizerConfig(contrastive="none"), tiny_task_world)
+    splits = read_splits(write_splits(decide_splits(SplitsConfig(task_dataset=str(tiny_task_world),
+                                                                 heldout_task_subjects=1)), tmp_path / "s.json"))
+    train, heldout = load_splits(tiny_task_world, tokenizer, splits, with_text=False)
     last = n_subjects - 1
     assert last not in set(subjects[train.rows]) | set(subjects[heldout.rows])
     assert set(subjects[train.rows]) == set(range(last))
-    # default 0: every subject trains, as before
-    everyone, _ = load_splits(tiny_task_world, tokenizer_for_dataset(TokenizerConfig(contrastive="none"),
-                                                                       tiny_task_world), 0.25, 0, False)
-    assert set(subjects[everyone.rows]) == set(range(n_subjects))
+    stim = np.asarray(ds.array("trial_stimulus"))
+    assert set(stim[heldout.rows]) == set(splits.stimulus_indices(ds, "val"))  # held-out figures on val
+    assert not set(stim[train.rows]) & set(splits.stimulus_indices(ds, "test"))
+    tokenizer.provenance = training_record(tiny_task_world, splits)
+    # 0 held out: every subject trains
+    everyone = read_splits(write_splits(decide_splits(SplitsConfig(task_dataset=str(tiny_task_world))),
+                                        tmp_path / "all.json"))
+    assert set(subjects[load_splits(tiny_task_world, tokenizer, everyone, False)[0].rows]) == set(range(n_subjects))
     with pytest.raises(InputError, match="heldout_task_subjects"):
-        load_splits(tiny_task_world, tokenizer_for_dataset(TokenizerConfig(heldout_task_subjects=n_subjects,
-                                                                           contrastive="none"), tiny_task_world),
-                    0.25, 0, False)
+        decide_splits(SplitsConfig(task_dataset=str(tiny_task_world), heldout_task_subjects=n_subjects))
 
     from fmrilm.brain.task_data import TaskData
 
@@ -136,22 +141,14 @@ def test_heldout_subject_is_absent_from_the_corpus_train_split(tmp_path, atlas):
     from fmrilm.config import load_config
     from fmrilm.corpus.build import CorpusConfig, plan_corpus
     from fmrilm.corpus.inputs import open_inputs
-    from fmrilm.corpus.splits import last_subjects_fewshot
     from fmrilm.corpus.toy import write_toy_inputs
 
-    assert list(last_subjects_fewshot(4, 1)) == ["train", "train", "train", "fewshot"]
-    assert list(last_subjects_fewshot(2, 0)) == ["train", "train"]
     paths = write_toy_inputs(tmp_path, atlas, n_stimuli=12, n_task_subjects=3, repeats=2, n_rest_subjects=6)
     cfg = load_config(CorpusConfig, "corpus_tiny", [f"{k}={v}" for k, v in paths.items()])
-    assert cfg.splits.task_fewshot_subjects == 1  # the shipped tiny corpus holds one task subject out
     inputs = open_inputs(cfg.task_dataset, cfg.task_tokens, cfg.rest_dataset, cfg.rest_tokens)
     plan = plan_corpus(cfg, inputs, progress=False)
     last = inputs.task.table("subjects")[-1]["subject"]
-    assert plan.task_fewshot_subjects == [last]
+    assert plan.task_fewshot_subjects == [last]  # splits_tiny holds the last task subject out
     task = [s.meta for s in plan.samples if s.meta.get("source") == "task"]
     assert {m["split"] for m in task if m["subject"] == last} == {"fewshot"}
     assert all(m["subject"] != last for m in task if m["split"] == "train")
-    too_many = load_config(CorpusConfig, "corpus_tiny", [f"{k}={v}" for k, v in paths.items()]
-                           + ["splits.task_fewshot_subjects=3"])
-    with pytest.raises(InputError, match="task_fewshot_subjects"):
-        plan_corpus(too_many, inputs, progress=False)

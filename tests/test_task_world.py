@@ -118,6 +118,27 @@ def test_localizer_contrasts_peak_in_their_patches(data, atlas):
         assert (near.min(1) < 20.0).all()
 
 
+def test_noise_covariance_describes_the_betas(data, atlas):
+    from fmrilm.evaluation.ideal_observer import GaussianObserver
+
+    cfg = load_config(TaskWorldConfig, "task_world_tiny")
+    assert data.dataset.array("noise_basis").shape == (cfg.encoding.noise_rank, atlas.n_vertices)
+    d, u = data.noise_covariance("sub-02")
+    noise_sd = np.asarray(data.dataset.array("noise_sd")[1], np.float64)
+    np.testing.assert_allclose(d + (u**2).sum(1), noise_sd**2, rtol=1e-4)  # unit raw variance, in z-units
+    trials = data.trials("sub-02")
+    residual = np.asarray(data.betas[trials], np.float64) - data.clean(1)[data.trial_stimulus[trials]]
+    # Under the right covariance a trial's Mahalanobis norm is chi-square with V degrees of freedom
+    # (mean V, sd sqrt(2V)); the diagonal model gets the mean right but not the spread.
+    full = GaussianObserver(d, u).quadratic(residual) / atlas.n_vertices
+    diagonal = GaussianObserver(noise_sd**2).quadratic(residual) / atlas.n_vertices
+    assert abs(full.mean() - 1) < 0.05 and full.std() < 0.03 < diagonal.std()
+    older = TaskData(data.path)  # a dataset written before the basis was saved
+    del older.dataset.manifest["arrays"]["noise_basis"]
+    with pytest.raises(InputError, match="noise_basis"):
+        older.noise_covariance(0)
+
+
 def test_mean_betas_averages_repeats(data):
     trials = data.trials("sub-02")
     wanted = [5, 0, 5, 17]

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from fmrilm.brain.rest_world import RestWorldConfig, generate_rest_population
+from fmrilm.brain.splits import SplitsConfig, write_run_splits
 from fmrilm.config import load_config
 
 
@@ -23,12 +24,14 @@ def free_port() -> int:
 @pytest.mark.timeout(900)
 def test_two_cpu_ranks_train_with_synced_codebook(tmp_path):
     data = generate_rest_population(load_config(RestWorldConfig, "rest_world_tiny"), tmp_path / "rest")
+    splits = write_run_splits(SplitsConfig(rest_dataset=str(data), out=str(tmp_path / "splits.json")))
     bin_dir = Path(sys.executable).parent
     env = dict(os.environ, DS_ACCELERATOR="cpu", PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
                OMP_NUM_THREADS="1")
     cmd = [str(bin_dir / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()), "--module",
            "fmrilm.stages.tokenizer", "--config", "tokenizer_tiny",
-           "--set", f"data.dataset={data}", f"out_dir={tmp_path / 'out'}", "engine.max_steps=4"]
+           "--set", f"data.dataset={data}", f"data.splits={splits}", f"out_dir={tmp_path / 'out'}",
+           "engine.max_steps=4"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=850)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (artifact,) = [p for p in (tmp_path / "out").iterdir() if p.name.startswith("tokenizer_")]

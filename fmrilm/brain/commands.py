@@ -1,4 +1,4 @@
-"""`fmrilm atlas` and `fmrilm world task|rest` sub-commands (registered by fmrilm/cli.py)."""
+"""`fmrilm atlas`, `fmrilm world task|rest`, `fmrilm import` and `fmrilm splits` (registered by fmrilm/cli.py)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,17 @@ def register(sub) -> None:
         k.add_argument("--out", required=True, help="output dataset directory")
         k.add_argument("--force", action="store_true", help="replace an existing dataset")
         k.set_defaults(handler=_world)
+
+    sp = sub.add_parser("splits", help="decide a run's splits once (stimuli, task and rest subjects)",
+                        description="Write the splits file every stage of a run obeys (see fmrilm.brain.splits).")
+    sp.add_argument("--task-dataset", default="", help="task dataset directory")
+    sp.add_argument("--rest-dataset", default="", help="rest dataset directory")
+    sp.add_argument("--config", default=None, help="YAML path or shipped config name with the split rules")
+    sp.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="rule overrides, e.g. seed=1 test_fraction=0.2 heldout_task_subjects=1")
+    sp.add_argument("--out", required=True, help="splits file to write (splits.json)")
+    sp.add_argument("--force", action="store_true", help="replace an existing splits file")
+    sp.set_defaults(handler=_splits)
 
     imp = sub.add_parser("import", help="import real data into a dataset directory",
                          description="Import a real resting-state run or NSD-style task betas.")
@@ -68,6 +79,21 @@ def _world(args) -> int:
     cfg = load_config(Config, args.config, args.set)
     out = generate(cfg, args.out, overwrite=args.force)
     print(Dataset(out))
+    return 0
+
+
+def _splits(args) -> int:
+    from collections import Counter
+
+    from fmrilm.brain.splits import SplitsConfig, read_splits, write_run_splits
+    from fmrilm.config import load_config
+
+    paths = {"task_dataset": args.task_dataset, "rest_dataset": args.rest_dataset, "out": args.out}
+    cfg = load_config(SplitsConfig, args.config, [f"{k}={v}" for k, v in paths.items() if v] + args.set)
+    splits = read_splits(write_run_splits(cfg, overwrite=args.force))
+    print(f"{splits.path} (sha256 {splits.sha256[:12]}): stimuli {dict(Counter(splits.stimuli.values()))}, "
+          f"task subjects {dict(Counter(splits.task_subjects.values()))}, "
+          f"rest subjects {dict(Counter(splits.rest_subjects.values()))}")
     return 0
 
 

@@ -25,7 +25,9 @@ unit variance in raw units. The NSD noise ceiling follows from the known varianc
 
 Ground-truth arrays written to a synthetic task dataset: ``features`` [M, F], ``weights``
 [S, F, V], ``noise_sd`` [S, V] (z-units), ``ncsnr`` [S, V], ``noise_ceiling`` [S, V] (single
-trial, %), ``patch_maps`` [S, 5, V]; ``encoding.json`` holds feature names and patch centres.
+trial, %), ``patch_maps`` [S, 5, V], ``noise_basis`` [R, V] (:class:`NoiseModel`'s ``basis``, raw
+units, shared by the subjects); ``encoding.json`` holds feature names, patch centres and the
+noise's ``noise_independent_sd``.
 """
 
 from __future__ import annotations
@@ -331,7 +333,8 @@ class NoiseModel:
     """Spatially correlated gaussian noise with unit variance per vertex.
 
     A share ``rho`` comes from ``R`` smooth fields (low rank, so a trial costs one small matmul),
-    the rest is independent per vertex: ``noise = z @ B + sqrt(1-rho) e`` (B scaled to variance rho).
+    the rest is independent per vertex: ``noise = z @ B + sqrt(1-rho) e`` (B scaled to variance rho),
+    so its covariance is ``Bᵀ B + (1 - rho) I`` (raw units, the same for every subject and trial).
     """
 
     def __init__(self, atlas: Atlas, op: sp.csr_matrix, cfg: EncodingConfig, rng: np.random.Generator):

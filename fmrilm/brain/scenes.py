@@ -402,3 +402,24 @@ def make_stimuli(
     return [
         make_stimulus(m, rng, novel, next(anchors) if m in positions else None, n_captions) for m in range(n)
     ]
+
+
+def make_text_scenes(n: int, rng: np.random.Generator, novel=DEFAULT_NOVEL, n_captions: int = 5,
+                     exclude=()) -> list[dict]:
+    """`n` text-only scenes anchored on the novel categories in turn, never shown as stimuli.
+
+    They are where a language model learns the novel words without any brain data (CorText's
+    zero-shot naming rests on the LLM knowing them). Captions that are word for word in `exclude`
+    (the stimuli's captions) are dropped, so no scene text is ever a test reference.
+    """
+    novel = check_novel(novel)
+    if n and not novel:
+        raise InputError("config", "n_text_scenes", "text-only scenes name novel categories, but none are set")
+    exclude = set(exclude)
+    out = []
+    for i in range(n):
+        row = make_stimulus(i, rng, novel, novel[i % len(novel)], n_captions)
+        row.update(stimulus=None, key=f"text-{i:06d}", captions=[c for c in row["captions"] if c not in exclude])
+        out.append(row)
+    return out
+

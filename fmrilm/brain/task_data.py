@@ -7,7 +7,7 @@ Layout (a :class:`~fmrilm.brain.store.Dataset` of kind ``"task"``):
   ``trial_repeat`` int8, each [N_trials];
 - ``stimuli.jsonl`` (key, captions, qa, categories, supercategories, novel, graph), ``subjects.jsonl``;
 - synthetic only: ``clean`` [S, M, V], ``noise_ceiling`` [S, V] (% single trial), ``ncsnr``, ``noise_sd``,
-  ``features``, ``weights``, ``patch_maps``, ``localizer_betas`` + ``localizer.jsonl``
+  ``noise_basis`` [R, V], ``features``, ``weights``, ``patch_maps``, ``localizer_betas`` + ``localizer.jsonl``
   (see :mod:`fmrilm.brain.encoding_model`).
 
 >>> data = TaskData("runs/task_world")                      # doctest: +SKIP
@@ -241,6 +241,35 @@ class TaskData:
     def noise_ceiling(self, subject: int | str) -> np.ndarray:
         """NSD-style single-trial noise ceiling (%) per vertex (V,)."""
         return np.asarray(self._truth("noise_ceiling")[self.subject_index(subject)])
+
+    def noise_covariance(self, subject: int | str) -> tuple[np.ndarray, np.ndarray]:
+        """Covariance of `subject`'s single-trial noise in the betas' z-units, as ``diag(d) + U Uᵀ``.
+
+        The simulator's raw noise is ``z @ noise_basis + noise_independent_sd * e`` (unit variance
+        per vertex) and session z-scoring divides each vertex by its expected total sd, i.e.
+        multiplies by ``noise_sd``. So, taking the z-scoring's mean and sd as their expectations
+        (they are estimated from each session's ~750 trials), ``d = (noise_independent_sd ·
+        noise_sd)²`` and ``U = (noise_basis · noise_sd)ᵀ``; trials are independent of each other.
+
+        Returns
+        -------
+        d : ndarray float64 [V]
+        U : ndarray float64 [V, R]
+
+        Raises
+        ------
+        InputError
+            When the dataset has no noise basis (not synthetic, or written before it was saved).
+        """
+        if "noise_basis" not in self.dataset.manifest["arrays"]:
+            raise InputError(self.path, "noise_basis", "not stored: the full noise covariance needs a synthetic "
+                             "dataset written with its noise basis (regenerate it with `fmrilm world task`)")
+        sd = np.asarray(self._truth("noise_sd")[self.subject_index(subject)], np.float64)
+        basis = np.asarray(self.dataset.array("noise_basis"), np.float64)
+        if basis.ndim != 2 or basis.shape[1] != self.n_vertices:
+            raise InputError(self._file("noise_basis.npy"), "shape", f"{basis.shape}, expected [R, {self.n_vertices}]")
+        independent = float(self.dataset.json("encoding")["noise_independent_sd"])
+        return (independent * sd) ** 2, (basis * sd).T
 
     def localizer(self, subject: int | str) -> tuple[np.ndarray, list[str]]:
         """fLoc-style localizer betas (n, V) of `subject` and the category of each row."""

@@ -8,8 +8,9 @@ Launch::
 
 Writes a task dataset (manifest kind ``"task"``, layout in :mod:`fmrilm.brain.task_data`):
 single-trial ``betas`` [N_trials, V] z-scored per (subject, session), the trial tables, the
-stimuli (scene graphs, ~5 captions, QA, novel flag), and the ground truth of
-:mod:`fmrilm.brain.encoding_model` (``clean``, ``weights``, ``noise_ceiling``, ...) plus
+stimuli (scene graphs, ~5 captions, QA, novel flag), text-only scenes that name the novel
+categories but are never shown (``text_scenes``: language data for the LM, no brain data), and the ground truth of
+:mod:`fmrilm.brain.encoding_model` (``clean``, ``weights``, ``noise_ceiling``, ``noise_basis``, ...) plus
 fLoc-style ``localizer_betas``. Each subject sees every stimulus ``n_repeats`` times in a seeded
 random order split into sessions of about ``trials_per_session`` trials. Arrays are memmaps
 filled one session (or stimulus block) at a time, so NSD scale (10k stimuli × 3 repeats × 8
@@ -42,13 +43,14 @@ from fmrilm.brain.scenes import (
     TEMPLATES,
     check_novel,
     make_stimuli,
+    make_text_scenes,
 )
 from fmrilm.brain.store import DatasetWriter
 from fmrilm.errors import InputError
 from fmrilm.textembed import embed_texts
 
 # Purposes of the independent random streams.
-_SCENES, _GROUP, _NOISE_BASIS, _SUBJECT, _SCHEDULE, _TRIAL_NOISE, _LOCALIZER = range(7)
+_SCENES, _GROUP, _NOISE_BASIS, _SUBJECT, _SCHEDULE, _TRIAL_NOISE, _LOCALIZER, _TEXT_SCENES = range(8)
 
 
 @dataclass
@@ -63,6 +65,7 @@ class TaskWorldConfig:
     captions_per_stimulus: int = 5
     novel_categories: tuple[str, ...] = DEFAULT_NOVEL
     novel_fraction: float = 0.05
+    n_text_scenes: int = 0  # text-only scenes naming the novel categories (no brain data; LM vocabulary)
     atlas_parcels: int = 100
     stimulus_chunk: int = 512  # stimuli per block when writing the clean responses
     encoding: EncodingConfig = field(default_factory=EncodingConfig)
@@ -90,6 +93,8 @@ def validate_config(cfg: TaskWorldConfig) -> None:
         f"{cfg.captions_per_stimulus} is not in 1..{len(TEMPLATES)}",
     )
     need(cfg.stimulus_chunk >= 1, "stimulus_chunk", f"{cfg.stimulus_chunk} < 1")
+    need(isinstance(cfg.n_text_scenes, int) and cfg.n_text_scenes >= 0, "n_text_scenes",
+         f"{cfg.n_text_scenes!r} must be an integer >= 0")
     novel = check_novel(cfg.novel_categories)
     need(0.0 <= cfg.novel_fraction < 1.0, "novel_fraction", f"{cfg.novel_fraction} is not in [0, 1)")
     n_novel = int(round(cfg.n_stimuli * cfg.novel_fraction))
@@ -169,7 +174,12 @@ def generate_task_world(cfg: TaskWorldConfig, out: str | Path, overwrite: bool =
 
     with DatasetWriter(out, "task", atlas.describe(), cfg, cfg.seed, overwrite=overwrite) as writer:
         writer.write_table("stimuli", stimuli)
+        writer.write_table("text_scenes", make_text_scenes(
+            cfg.n_text_scenes, _rng(cfg.seed, _TEXT_SCENES), novel, cfg.captions_per_stimulus,
+            exclude={c for s in stimuli for c in s["captions"]}))
         writer.write_array("features", features)
+        # The correlated part of the noise, so an ideal observer can use the full covariance.
+        writer.write_array("noise_basis", noise.basis)
         arrays = _create_arrays(writer, cfg, atlas.n_vertices, features.shape[1])
         subjects, loc_rows, centres = [], [], {}
         blocks = -(-cfg.n_stimuli // cfg.stimulus_chunk)
@@ -200,6 +210,9 @@ def generate_task_world(cfg: TaskWorldConfig, out: str | Path, overwrite: bool =
                 "patch_centres": centres,
                 "clean_formula": "clean[s] = features @ weights[s]",
                 "noise_ceiling_trials_averaged": 1,
+                "noise_formula": "noise_raw = z @ noise_basis + noise_independent_sd * e; z, e standard "
+                "normal; betas ≈ (clean_raw + noise_raw) * noise_sd",
+                "noise_independent_sd": float(noise.independent_sd),
             },
         )
         writer.write_json(

@@ -21,21 +21,14 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from fmrilm.brain.splits import check_recorded, read_splits
 from fmrilm.config import save_config, to_dict
 from fmrilm.corpus import SPLITS, TASKS
 from fmrilm.corpus.descriptors_rest import RestDescriptorConfig, rest_features
 from fmrilm.corpus.inputs import CorpusInputs, open_inputs
 from fmrilm.corpus.samples import Sample, SampleBuilder, SampleConfig
 from fmrilm.corpus.shards import SplitWriter, remove_stale
-from fmrilm.corpus.splits import (
-    SplitConfig,
-    check_leakage,
-    last_subjects_fewshot,
-    novel_pattern,
-    stimulus_splits,
-    subject_splits,
-    trial_splits,
-)
+from fmrilm.corpus.splits import check_leakage, novel_pattern, trial_splits
 from fmrilm.errors import InputError
 from fmrilm.io import write_json
 
@@ -58,17 +51,20 @@ class CorpusConfig:
         Task dataset directory and the tokens dataset encoding it (both or neither).
     rest_dataset, rest_tokens : str or None
         Rest dataset directory and its tokens dataset (both or neither).
+    splits : str
+        The run's splits file (:mod:`fmrilm.brain.splits`); the tokens must come from a tokenizer
+        trained on the same one.
     seed : int
-    splits, samples, descriptors, shards
-        See :class:`SplitConfig`, :class:`SampleConfig`, :class:`RestDescriptorConfig`, :class:`ShardConfig`.
+    samples, descriptors, shards
+        See :class:`SampleConfig`, :class:`RestDescriptorConfig`, :class:`ShardConfig`.
     """
 
     task_dataset: str | None = None
     task_tokens: str | None = None
     rest_dataset: str | None = None
     rest_tokens: str | None = None
+    splits: str = ""
     seed: int = 0
-    splits: SplitConfig = field(default_factory=SplitConfig)
     samples: SampleConfig = field(default_factory=SampleConfig)
     descriptors: RestDescriptorConfig = field(default_factory=RestDescriptorConfig)
     shards: ShardConfig = field(default_factory=ShardConfig)
@@ -77,13 +73,8 @@ class CorpusConfig:
         unknown = sorted(set(self.samples.tasks) - set(TASKS))
         if unknown:
             raise InputError(source, "samples.tasks", f"unknown task(s) {unknown}; known: {list(TASKS)}")
-        for name in ("val_fraction", "test_fraction", "rest_val_fraction", "rest_test_fraction"):
-            if not 0.0 <= getattr(self.splits, name) < 1.0:
-                raise InputError(source, f"splits.{name}", f"{getattr(self.splits, name)} not in [0, 1)")
-        if self.splits.val_fraction + self.splits.test_fraction >= 1.0:
-            raise InputError(source, "splits", "val_fraction + test_fraction leaves no training stimuli")
-        if self.splits.task_fewshot_subjects < 0 or self.splits.rest_fewshot_subjects < 0:
-            raise InputError(source, "splits.*_fewshot_subjects", "must be >= 0")
+        if not self.splits:
+            raise InputError(source, "splits", "no splits file given (write one with `fmrilm splits`)")
         if self.shards.maxcount < 1 or self.shards.maxsize < 1:
             raise InputError(source, "shards", f"maxcount {self.shards.maxcount} and maxsize "
                              f"{self.shards.maxsize} must be positive")
@@ -100,42 +91,49 @@ class Plan:
     fewshot_subjects: set
     dropped_novel: int
     task_fewshot_subjects: list
+    splits: dict
+    dropped_heldout_captions: int
 
 
 def plan_corpus(cfg: CorpusConfig, inputs: CorpusInputs, progress: bool = True) -> Plan:
-    """Decide splits and build every sample (json fields + scan references); checks leakage."""
+    """Apply the run's splits and build every sample (json fields + scan references); checks leakage."""
     seed, tasks = cfg.seed, set(cfg.samples.tasks)
+    splits = read_splits(cfg.splits)
     trial_split = rest_split = features = None
-    novel_categories, novel_stimuli, fewshot, task_fewshot = [], set(), set(), []
+    novel_categories, novel_stimuli, fewshot, task_fewshot, heldout_captions = [], set(), set(), [], set()
+    for tokens in (inputs.task_tokens, inputs.rest_tokens):
+        if tokens is not None:
+            check_recorded(tokens.tokenizer.get("splits"), splits, f"the tokenizer of {tokens.path}",
+                           tokens.path / "manifest.json")
     if inputs.task is not None:
         stimuli = inputs.task.table("stimuli")
-        novel = np.array([bool(r.get("novel", False)) for r in stimuli])
-        novel_stimuli = set(np.flatnonzero(novel).tolist())
+        stim_split = splits.stimulus_split(inputs.task)
+        novel_stimuli = {i for i, r in enumerate(stimuli) if r.get("novel")}
         novel_categories = list(inputs.task.manifest.get("novel_categories") or sorted(
             {c for r in stimuli if r.get("novel") for c in r.get("categories", [])}))
         subjects = [r["subject"] for r in inputs.task.table("subjects")]
-        if cfg.splits.task_fewshot_subjects >= len(subjects):
-            raise InputError(inputs.task.path / "subjects.jsonl", "splits.task_fewshot_subjects",
-                             f"{cfg.splits.task_fewshot_subjects} of {len(subjects)} subjects leaves none to train on")
-        task_subject_split = last_subjects_fewshot(len(subjects), cfg.splits.task_fewshot_subjects)
+        task_subject_split = np.array(["fewshot" if splits.task_subjects[s] == "heldout" else "train"
+                                       for s in subjects], dtype=object)
         task_fewshot = [s for s, sp in zip(subjects, task_subject_split, strict=True) if sp == "fewshot"]
         fewshot |= set(task_fewshot)
         trial_split = trial_splits(inputs.task.array("trial_stimulus"), inputs.task.array("trial_subject"),
-                                   stimulus_splits(novel, cfg.splits, seed), task_subject_split)
+                                   stim_split, task_subject_split)
+        heldout_captions = {c for r, sp in zip(stimuli, stim_split, strict=True) if sp != "train"
+                            for c in r["captions"]}
     if inputs.rest is not None:
         rows = inputs.rest.table("subjects")
-        rest_split = subject_splits(len(rows), cfg.splits.rest_val_fraction, cfg.splits.rest_test_fraction,
-                                    cfg.splits.rest_fewshot_subjects, seed)
+        rest_split = splits.rest_split(inputs.rest)
         fewshot |= {r["subject"] for r, sp in zip(rows, rest_split, strict=True) if sp == "fewshot"}
         if {"describe", "text"} & tasks:
             tr = float(inputs.rest.manifest["tr"])
             features = rest_features(inputs.rest.array("timeseries"), inputs.atlas, tr, cfg.descriptors, seed,
                                      inputs.rest.path, progress)
     builder = SampleBuilder(inputs, cfg.samples, seed, trial_split, rest_split, features,
-                            novel_pattern(novel_categories), progress)
+                            novel_pattern(novel_categories), progress, heldout_captions)
     samples = builder.build()
-    check_leakage((s.meta for s in samples), novel_stimuli, novel_categories, fewshot)
-    return Plan(samples, novel_categories, fewshot, builder.dropped_novel, task_fewshot)
+    check_leakage((s.meta for s in samples), novel_stimuli, novel_categories, fewshot, heldout_captions)
+    return Plan(samples, novel_categories, fewshot, builder.dropped_novel, task_fewshot, splits.record(),
+                builder.dropped_heldout_captions)
 
 
 def gather_tokens(inputs: CorpusInputs, scans: tuple) -> np.ndarray:
@@ -192,7 +190,8 @@ def build_corpus(cfg: CorpusConfig, out, overwrite: bool = False, progress: bool
                        "bytes": sum(sh["bytes"] for sh in m["shards"])} for k, m in manifests.items()},
         "counts": dict(Counter(s.task for s in plan.samples)), "dropped_novel_mentions": plan.dropped_novel,
         "novel_categories": plan.novel_categories, "fewshot_subjects": sorted(plan.fewshot_subjects),
-        "task_fewshot_subjects": plan.task_fewshot_subjects,
+        "task_fewshot_subjects": plan.task_fewshot_subjects, "run_splits": plan.splits,
+        "dropped_heldout_caption_texts": plan.dropped_heldout_captions,
         "inputs": {k: v for k, v in to_dict(cfg).items() if k.endswith(("_dataset", "_tokens"))},
         **extra}
     # corpus.json last: its presence marks a complete build

@@ -118,14 +118,19 @@ class SampleBuilder:
     rest_features : RestFeatures or None
     novel : re.Pattern or None
         Matches novel category names; training brain samples that name one are dropped (counted).
+    heldout_captions : set of str
+        Captions of val and test stimuli: a training stimulus whose caption is word for word one of
+        them contributes no text-only sample of it (counted), so no held-out reference is ever
+        training text.
     """
 
     def __init__(self, inputs: CorpusInputs, cfg: SampleConfig, seed: int, trial_split=None, rest_split=None,
-                 rest_features: RestFeatures | None = None, novel=None, progress: bool = True):
+                 rest_features: RestFeatures | None = None, novel=None, progress: bool = True,
+                 heldout_captions: set = frozenset()):
         self.inputs, self.cfg, self.seed = inputs, cfg, seed
         self.trial_split, self.rest_split, self.features = trial_split, rest_split, rest_features
-        self.novel, self.progress = novel, progress
-        self.dropped_novel = 0
+        self.novel, self.progress, self.heldout_captions = novel, progress, heldout_captions
+        self.dropped_novel = self.dropped_heldout_captions = 0
         self.descriptions: list[tuple[str, str]] = []  # (split, text) for text-only samples
         if inputs.task is not None:
             self.stimuli = inputs.task.table("stimuli")
@@ -242,11 +247,22 @@ class SampleBuilder:
 
     # ----------------------------------------------------------------- text only
     def text(self) -> list[Sample]:
-        """Captions of every stimulus, novel ones included (train), and the descriptor texts."""
+        """Captions of the training stimuli and of the world's text-only scenes, and the descriptor texts.
+
+        Text-only scenes (table ``text_scenes`` of a synthetic task world) name the novel categories in
+        scenes never shown as stimuli: where the LM learns those words without any brain data.
+        """
         out = []
         if self.inputs.task is not None:
-            for row in self.stimuli:
+            train = set(self.trial_stimulus[self.trial_split == "train"].tolist())
+            rows = [self.stimuli[m] for m in sorted(train)]
+            if "text_scenes" in self.inputs.task.manifest.get("tables", {}):
+                rows += self.inputs.task.table("text_scenes")
+            for row in rows:
                 for caption in row["captions"]:
+                    if caption in self.heldout_captions:
+                        self.dropped_heldout_captions += 1
+                        continue
                     out.append(Sample(_meta("text", "", caption, "train", None, None, "text"), (), "text"))
         for split, text in self.descriptions:
             out.append(Sample(_meta("text", "", text, split, None, None, "text"), (), "text"))

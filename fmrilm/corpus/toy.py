@@ -4,7 +4,8 @@ They exercise the corpus without the synthetic worlds or a trained tokenizer: th
 seeded random integers (a stand-in with the tokens-dataset manifest of ``fmrilm tokenizer encode``),
 the betas a per-stimulus pattern plus noise, the rest runs AR(1) noise sharing one signal per network.
 Every fourth non-novel stimulus has a question naming the novel category, so the training filter
-has work to do.
+has work to do; two text-only scenes name it too. The splits file is decided by the real
+:mod:`fmrilm.brain.splits` with the shipped ``splits_tiny`` rules, and the fake tokenizer records it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from fmrilm.brain.atlas import Atlas
+from fmrilm.brain.splits import SplitsConfig, read_splits, write_run_splits
 from fmrilm.brain.store import Dataset, DatasetWriter
+from fmrilm.config import load_config
 from fmrilm.corpus.descriptors_task import network_index
 
 CATEGORIES = ("dog", "cat", "car", "tree", "boat", "zebra")
@@ -54,6 +57,8 @@ def write_toy_task(out, atlas: Atlas, n_stimuli: int = 12, n_subjects: int = 2, 
         w.write_array("trial_session", grid[:, 2].astype(np.int16))
         w.write_array("trial_repeat", grid[:, 2].astype(np.int8))
         w.write_table("stimuli", stimuli)
+        w.write_table("text_scenes", [dict(_stimulus(n_stimuli + i, NOVEL[0], rng), stimulus=None, key=f"text-{i:06d}")
+                                      for i in range(2)])
         w.write_table("subjects", [{"subject": f"sub-{s + 1:02d}"} for s in range(n_subjects)])
         return w.finish(n_stimuli=n_stimuli, n_subjects=n_subjects, novel_categories=list(NOVEL),
                         source="synthetic")
@@ -87,10 +92,11 @@ def write_toy_rest(out, atlas: Atlas, n_subjects: int = 8, n_timepoints: int = 1
 
 
 def write_toy_tokens(out, dataset, codebook_size: int = 512, levels: int = 1, window: int = 16, seed: int = 0,
-                     tokenizer_atlas: dict | None = None) -> Path:
+                     tokenizer_atlas: dict | None = None, splits=None) -> Path:
     """Tokens dataset for `dataset` (random ids): [N, P·L] for task data, [S, T // window, P·L] for rest.
 
-    `tokenizer_atlas` overrides the atlas identity the fake tokenizer claims (to test mismatches).
+    `tokenizer_atlas` overrides the atlas identity the fake tokenizer claims (to test mismatches);
+    `splits` (a splits file) is the one the fake tokenizer claims to have been trained on.
     """
     ds = Dataset(dataset)
     p = ds.atlas_info["n_parcels"]
@@ -101,18 +107,26 @@ def write_toy_tokens(out, dataset, codebook_size: int = 512, levels: int = 1, wi
         lead = (s, t // window)
     tokens = np.random.default_rng(seed + 2).integers(0, codebook_size, lead + (p * levels,)).astype(np.int16)
     tokenizer = {"name": "toy-random", "codebook_size": codebook_size, "levels": levels,
-                 "fingerprint": f"toy-{seed}-{codebook_size}", "atlas": tokenizer_atlas or ds.atlas_info}
+                 "fingerprint": f"toy-{seed}-{codebook_size}", "atlas": tokenizer_atlas or ds.atlas_info,
+                 "splits": read_splits(splits).record() if splits else None}
     with DatasetWriter(out, "tokens", ds.atlas_info, {"toy": "tokens"}, seed, overwrite=True) as w:
         w.write_array("tokens", tokens)
         return w.finish(tokenizer=tokenizer, source_dataset=str(ds.path), source_kind=ds.kind, window=window)
 
 
 def write_toy_inputs(root, atlas: Atlas, n_stimuli: int = 12, n_task_subjects: int = 2, repeats: int = 2,
-                     n_rest_subjects: int = 10, n_timepoints: int = 128, seed: int = 0) -> dict:
-    """All four corpus inputs under `root`; returns the paths as CorpusConfig fields."""
+                     n_rest_subjects: int = 10, n_timepoints: int = 128, seed: int = 0,
+                     split_rules: list[str] | None = None) -> dict:
+    """All four corpus inputs and their splits file under `root`; returns the paths as CorpusConfig fields.
+
+    `split_rules` are overrides of the ``splits_tiny`` rules (e.g. ``["heldout_task_subjects=0"]``).
+    """
     root = Path(root)
     task = write_toy_task(root / "task", atlas, n_stimuli, n_task_subjects, repeats, seed)
     rest = write_toy_rest(root / "rest", atlas, n_rest_subjects, n_timepoints, seed=seed)
-    return {"task_dataset": str(task), "rest_dataset": str(rest),
-            "task_tokens": str(write_toy_tokens(root / "task_tokens", task, seed=seed)),
-            "rest_tokens": str(write_toy_tokens(root / "rest_tokens", rest, seed=seed))}
+    splits = write_run_splits(load_config(SplitsConfig, "splits_tiny", [
+        f"task_dataset={task}", f"rest_dataset={rest}", f"out={root / 'splits.json'}", f"seed={seed}",
+        *(split_rules or [])]), overwrite=True)
+    return {"task_dataset": str(task), "rest_dataset": str(rest), "splits": str(splits),
+            "task_tokens": str(write_toy_tokens(root / "task_tokens", task, seed=seed, splits=splits)),
+            "rest_tokens": str(write_toy_tokens(root / "rest_tokens", rest, seed=seed, splits=splits))}

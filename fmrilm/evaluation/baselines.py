@@ -6,6 +6,8 @@
 - :func:`fc_features` + :func:`phenotype_baseline`: Fisher-z functional connectivity (upper
   triangle) of each subject's parcel time series, then cross-validated logistic regression
   (sex, diagnosis) or ridge regression (age) — the standard resting-state phenotype baseline.
+- :func:`chance_baseline`: the base rate a phenotype predictor has to beat, from the training
+  subjects' labels alone: their majority class, or their mean age for every test subject.
 
 The temporal-prediction baselines (persistence, linear AR) live in
 :mod:`fmrilm.evaluation.temporal_baselines`.
@@ -116,8 +118,8 @@ def phenotype_baseline(train_features, train_targets, test_features, test_target
     Returns
     -------
     dict
-        :func:`classification_scores` or :func:`regression_scores` on the test subjects, plus
-        ``"predictions"`` (list) and the chosen ``"regularization"``.
+        :func:`classification_scores` or :func:`regression_scores` on the test subjects (intervals
+        seeded by `seed`), plus ``"predictions"`` (list) and the chosen ``"regularization"``.
     """
     from sklearn.linear_model import LogisticRegressionCV, RidgeCV
     from sklearn.model_selection import StratifiedKFold
@@ -139,14 +141,44 @@ def phenotype_baseline(train_features, train_targets, test_features, test_target
         labels, score = np.unique(y_test), None
         if len(labels) == 2 and labels[-1] in model.classes_:
             score = model.predict_proba(z_test)[:, list(model.classes_).index(labels[-1])]
-        out = classification_scores(y_test, pred, score)
+        out = classification_scores(y_test, pred, score, seed)
         out["regularization"] = {"C": float(np.ravel(model.C_)[0])}
     elif task == "regression":
         model = RidgeCV(alphas=DEFAULT_ALPHAS).fit(z_train, y_train.astype(np.float64))
         pred = model.predict(z_test)
-        out = regression_scores(y_test.astype(np.float64), pred)
+        out = regression_scores(y_test.astype(np.float64), pred, seed)
         out["regularization"] = {"alpha": float(model.alpha_)}
     else:
         raise InputError("phenotype", "task", f"{task!r}; expected 'classification' or 'regression'")
     out["predictions"] = pred.tolist()
     return out
+
+
+def chance_baseline(train_targets, test_targets, task: str, seed: int = 0) -> dict:
+    """Score the constant prediction learnt from the training subjects' targets alone.
+
+    Classification predicts the training majority label for every test subject (ties: the first
+    label in sorted order) with a constant score, so its AUC is 0.5 and its balanced accuracy
+    1 / n_classes; regression predicts the training mean. Taking the constant from the training
+    subjects, not the test ones, keeps it a predictor rather than a peek at the test labels.
+
+    Returns
+    -------
+    dict
+        :func:`classification_scores` / :func:`regression_scores` on the test subjects (intervals
+        seeded by `seed`, so they share resamples with :func:`phenotype_baseline` of the same
+        seed), plus ``"label"`` (the majority class) or ``"value"`` (the mean).
+    """
+    y_train, y_test = np.asarray(train_targets), np.asarray(test_targets)
+    if y_train.ndim != 1 or y_test.ndim != 1 or not y_train.size or not y_test.size:
+        raise InputError("chance_baseline", "targets", f"train {y_train.shape}, test {y_test.shape}; "
+                         "expected non-empty [S]")
+    if task == "classification":
+        labels, counts = np.unique(y_train, return_counts=True)
+        label = labels[int(np.argmax(counts))]
+        out = classification_scores(y_test, np.full(y_test.shape, label), np.zeros(y_test.shape), seed)
+        return {**out, "label": label.item()}
+    if task == "regression":
+        value = float(y_train.astype(np.float64).mean())
+        return {**regression_scores(y_test.astype(np.float64), np.full(y_test.shape, value), seed), "value": value}
+    raise InputError("chance_baseline", "task", f"{task!r}; expected 'classification' or 'regression'")

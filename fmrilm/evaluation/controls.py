@@ -4,6 +4,9 @@ The control keeps everything but the pairing, so any score it reaches comes from
 priors (frequent captions, common answers) rather than from the brain data. The pairing is a
 seeded derangement: no item keeps its own input. With `groups` (e.g. the stimulus of each trial)
 an item also never receives another trial of its own stimulus, which would leak the answer.
+
+One derangement's score depends on which items happened to be paired; the evaluation averages the
+control over several (:func:`derangements`, each from its own seed stream).
 """
 
 from __future__ import annotations
@@ -13,12 +16,12 @@ import numpy as np
 from fmrilm.errors import InputError
 
 
-def derangement(n: int, seed: int = 0, groups=None) -> np.ndarray:
+def derangement(n: int, seed=0, groups=None) -> np.ndarray:
     """A permutation `perm` of range(n) with ``groups[perm[i]] != groups[i]`` for every i.
 
     Without `groups` every item is its own group, so ``perm[i] != i``. Starts from a uniform random
     permutation and repairs each conflict by swapping with a random position where the swap is
-    conflict-free for both; deterministic for a seed.
+    conflict-free for both; deterministic for a seed (an int or a ``numpy.random.SeedSequence``).
 
     Raises
     ------
@@ -42,6 +45,20 @@ def derangement(n: int, seed: int = 0, groups=None) -> np.ndarray:
         j = rng.choice(ok)
         perm[i], perm[j] = perm[j], perm[i]
     return perm
+
+
+def derangements(n: int, count: int, seed: int = 0, groups=None) -> np.ndarray:
+    """`count` derangements ``[count, n]`` (:func:`derangement`), the d-th seeded by the d-th child of
+    ``SeedSequence(seed)``, so the streams are independent and adding one leaves the others as they are.
+
+    Raises
+    ------
+    InputError
+        When `count` < 1 (``n_derangements`` of the evaluation config), or as :func:`derangement`.
+    """
+    if count < 1:
+        raise InputError("config", "n_derangements", f"{count}; the shuffled control needs at least 1")
+    return np.stack([derangement(n, stream, groups) for stream in np.random.SeedSequence(seed).spawn(count)])
 
 
 def shuffled_control(items, seed: int = 0, groups=None) -> list:

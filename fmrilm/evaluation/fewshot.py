@@ -6,6 +6,11 @@ In-context: each query item's prompt is prefixed with k examples (scan + referen
 (:func:`fmrilm.corpus.phrasing.with_shots`), and the caption SemScore is compared with the
 zero-shot score on the same items. A k whose prompts do not fit the model's context is reported as
 such rather than truncated.
+
+A model with a prompt retriever prefixes the query of every prompt, k-shot or not, with its scan's
+retrieved captions (:mod:`fmrilm.retrieval.caption_prompts`), so every k is scored twice: with
+retrieval (the model as deployed) and without it, and the change from k = 0 to k ≥ 1 is the
+examples' effect under either, not a lost prefix.
 """
 
 from __future__ import annotations
@@ -32,6 +37,13 @@ def in_context(model, items: TaskItems, shot_tokens: dict, shot_captions: dict, 
     shot_captions : dict
         subject → list of the reference caption of each of those stimuli.
     ks : sequence of int
+
+    Returns
+    -------
+    dict
+        Per k: ``semscore``, ``n``, ``example`` (one caption) and ``retrieval`` (whether the prompts
+        carried retrieved captions); with a retriever also ``no_retrieval`` (the same without them).
+        A k that does not fit the context is ``{"status": "skipped", "reason"}``.
     """
     rng = np.random.default_rng([cfg.seed, 13])
     shots_of = {}
@@ -46,12 +58,19 @@ def in_context(model, items: TaskItems, shot_tokens: dict, shot_captions: dict, 
             examples = [(CAPTION_PROMPT, shot_captions[int(s)][j]) for j in chosen]
             prompts.append(with_shots(CAPTION_PROMPT, examples) if k else CAPTION_PROMPT)
             tokens.append(np.concatenate([shot_tokens[int(s)][chosen], items.tokens[i][None]]))
-        try:
-            captions = generate(model, tokens, prompts, max_new_tokens=cfg.max_new_tokens,
-                                batch_size=cfg.batch_size, progress=progress)
-        except InputError as err:
-            out[str(k)] = {"status": "skipped", "reason": str(err)}
-            continue
-        result = semscore(captions, references)
-        out[str(k)] = {"semscore": result["semscore"], "n": result["n"], "example": captions[0]}
+        retrieval = model.prompt_retriever is not None
+        out[str(k)] = _score(model, tokens, prompts, references, retrieval, cfg, progress)
+        if retrieval:
+            out[str(k)]["no_retrieval"] = _score(model, tokens, prompts, references, False, cfg, progress)
     return out
+
+
+def _score(model, tokens, prompts, references, retrieve: bool, cfg, progress) -> dict:
+    """SemScore of greedy captions of the prompts, or a skip reason when they do not fit the context."""
+    try:
+        captions = generate(model, tokens, prompts, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
+                            progress=progress, retrieve=retrieve)
+    except InputError as err:
+        return {"status": "skipped", "reason": str(err), "retrieval": retrieve}
+    result = semscore(captions, references)
+    return {"semscore": result["semscore"], "n": result["n"], "example": captions[0], "retrieval": retrieve}

@@ -1,9 +1,11 @@
 """The held-out evaluation set of a run and the artifacts that score it.
 
-Evaluation must only use what training never saw, so the test set is read from the corpus itself:
-the stimuli of its ``test`` split (novel-category stimuli are all there) and, for rest data, the
-subjects of its ``test`` split. Training items for the linear baselines and the retrieval head are
-the stimuli of neither ``test`` nor ``val``. Task items follow the NSD convention: one item per
+Evaluation must only use what training never saw, so the test set comes from the run's splits file
+(:mod:`fmrilm.brain.splits`), the one the corpus was built on (its sha256 is checked): the ``test``
+stimuli (novel-category stimuli are all there) and, for rest data, the corpus's ``test``-split
+samples. Training items for the linear baselines and the retrieval head are the ``train`` stimuli
+of the ``train`` task subjects; held-out subjects are scored only where a section says so. Task
+items follow the NSD convention: one item per
 (subject, stimulus), the repeats averaged (:meth:`fmrilm.brain.task_data.TaskData.mean_betas`).
 
 Artifact directories may be given directly or as a stage's parent directory (``runs/demo/instruct``
@@ -63,20 +65,26 @@ class HeldOut:
     corpus : Path
     summary : dict
         ``corpus.json``.
+    splits : RunSplits
     test_stimuli, train_stimuli : ndarray of int
-        Task stimuli of the test split, and of neither test nor val (ascending).
+        Task stimuli of the test and train splits (ascending).
     test_samples : list of dict
-        Decoded test-split samples (``{"tokens.npy", "json", ...}``) of rest tasks.
-    val_subjects : set of str
-        Rest subjects of the val split.
+        Decoded samples (``{"tokens.npy", "json", ...}``) of rest tasks in the scored split.
+    untrained_rest_subjects : set of str
+        Rest subjects outside the train split (val, test, few-shot): no baseline trains on them.
+    split : str
+        The scored split: ``test`` (the report, once per run) or ``val`` (choosing recipes); the
+        ``test_*`` fields then hold that split's stimuli and samples.
     """
 
     corpus: Path
     summary: dict
+    splits: object
     test_stimuli: np.ndarray
     train_stimuli: np.ndarray
     test_samples: list
-    val_subjects: set
+    untrained_rest_subjects: set
+    split: str = "test"
 
     def input_path(self, key: str) -> Path | None:
         """A corpus input (``task_dataset``, ``rest_dataset``, ...) as recorded in ``corpus.json``."""
@@ -96,25 +104,38 @@ def _split_samples(corpus: Path, split: str) -> list[dict]:
     return samples
 
 
-def load_heldout(corpus) -> HeldOut:
-    """Read the corpus's ``test`` and ``val`` splits (shards checked against their sha256)."""
+def load_heldout(corpus, splits=None, split: str = "test") -> HeldOut:
+    """Read the run's splits and the corpus's samples of the scored split (shards checked against their sha256).
+
+    Parameters
+    ----------
+    corpus : path
+    splits : path, optional
+        The run's splits file; default: the one ``corpus.json`` records. Either way its sha256 must be
+        the corpus's.
+    split : {"test", "val"}
+        What is scored: recipes are chosen on ``val``; ``test`` is scored once per run.
+    """
+    from fmrilm.brain.splits import check_recorded, read_splits
+    from fmrilm.brain.store import Dataset
+
     corpus = Path(corpus)
     summary = read_json(corpus / "corpus.json")
-    test, val = _split_samples(corpus, "test"), _split_samples(corpus, "val")
+    recorded = summary.get("run_splits")
+    if splits is None and not recorded:
+        raise InputError(corpus / "corpus.json", "splits", "the corpus records no splits file (rebuild it)")
+    run_splits = read_splits(splits or recorded["path"])
+    check_recorded(recorded, run_splits, f"the corpus {corpus}", corpus / "corpus.json")
+    if split not in ("test", "val"):
+        raise InputError("evaluation config", "split", f"{split!r}: score 'val' (recipe choices) or 'test' (report)")
+    test = _split_samples(corpus, split)
     if not test:
-        raise InputError(corpus, "test", "the corpus has no test split")
-
-    def stimuli(samples):
-        return {s["json"]["stimulus"] for s in samples if s["json"].get("source") == "task"}
-
-    test_stim, val_stim = stimuli(test), stimuli(val)
-    n_stimuli = None
+        raise InputError(corpus, split, f"the corpus has no {split} split")
+    test_stim = train = np.zeros(0, np.int64)
     task_path = summary.get("inputs", {}).get("task_dataset")
     if task_path:
-        from fmrilm.brain.store import Dataset
-
-        n_stimuli = int(Dataset(task_path, kind="task").manifest["n_stimuli"])
-    train = np.array(sorted(set(range(n_stimuli or 0)) - test_stim - val_stim), np.int64)
+        task = Dataset(task_path, kind="task")
+        test_stim, train = run_splits.stimulus_indices(task, split), run_splits.stimulus_indices(task, "train")
     rest_test = [s for s in test if s["json"].get("source") == "rest"]
-    val_subjects = {s["json"]["subject"] for s in val if s["json"].get("source") == "rest"}
-    return HeldOut(corpus, summary, np.array(sorted(test_stim), np.int64), train, rest_test, val_subjects)
+    untrained = {s for s, name in run_splits.rest_subjects.items() if name != "train"}
+    return HeldOut(corpus, summary, run_splits, test_stim, train, rest_test, untrained, split)

@@ -1,84 +1,148 @@
 """The ideal observer: the upper bound of decoding on synthetic data, from the simulator's own model.
 
-It knows each subject's noise-free response to every candidate stimulus (``clean`` [S, M, V]) and
-the single-trial noise sd per vertex (``noise_sd`` [S, V], z-units). An item's scan averages
-``n_repeats`` trials, so its noise sd is ``noise_sd / sqrt(n_repeats)``; the log-likelihood of
-candidate m for observed scan x is, up to a constant,
+It knows each subject's noise-free response to every stimulus (``clean`` [S, M, V]) and the full
+covariance of the noise (:meth:`~fmrilm.brain.task_data.TaskData.noise_covariance`): single trial,
+in the betas' z-units, ``Σ = D + U Uᵀ`` with ``D`` diagonal (the independent part) and ``U``
+[V, R] the low-rank correlated part (R ≪ V). An item's scan averages ``n_repeats`` independent
+trials, so its noise covariance is ``Σ / n_repeats``. The score of candidate m for a scan x is
 
-    LL[x, m] = -Σ_v (x_v - clean[m, v])² / σ_v²
+    LL[x, m] = -(x - c_m)ᵀ (Σ / n_repeats)⁻¹ (x - c_m)
 
-with independent vertices. The simulator's noise is partly spatially correlated, so this diagonal
-observer is near-ideal, not exactly ideal (the exact one needs the full V×V covariance).
+twice the gaussian log-likelihood up to a constant shared by all candidates, so its argmax is the
+most likely candidate (the Bayes pick under a uniform prior). The V×V inverse is never formed:
+by Woodbury, ``Σ⁻¹ = D⁻¹ - D⁻¹U K⁻¹ UᵀD⁻¹`` with ``K = I + UᵀD⁻¹U = L Lᵀ``, so the quadratic
+form is ``‖y‖²_{D⁻¹} - ‖P y‖²`` with ``P = L⁻¹ UᵀD⁻¹`` [R, V]. Vertices without a positive
+finite variance are left out: the remaining vertices' likelihood is then exactly the marginal.
 
-Captions: the observer answers with a caption of the most likely candidate. Because a correct pick
-would otherwise score its own reference, it answers with the candidate's last caption and is scored
-against the other references.
+What this assumes (the simulator's definitions, :mod:`fmrilm.brain.encoding_model`): scans and
+``clean`` are on the same z-scale, i.e. session z-scoring subtracts the expected mean (0) and
+divides by the expected total sd; each session estimates both from its ~750 trials, so the
+observer is exact up to that estimation (a few % in scale) and the small correlation the
+session mean induces between trials.
+
+Two uses of the same scans:
+
+- captions: the candidates are the training bank, the stimuli the ridge decoder and retrieval
+  heads train on, so the observer picks from the same bank as the model and the ridge decoder and
+  answers with the chosen stimulus's first caption (the text the ridge decoder returns for it),
+  scored against all references like every other condition;
+- retrieval: n-way over the test stimuli themselves (:func:`n_way_from_scores`, candidates with
+  distinct captions), an additional bound for the retrieval section.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from scipy.linalg import solve_triangular
 
-from fmrilm.errors import InputError
-from fmrilm.evaluation.retrieval_metrics import topk_hits
-
-
-def log_likelihoods(scans: np.ndarray, clean: np.ndarray, noise_sd: np.ndarray, n_repeats: int) -> np.ndarray:
-    """LL [N, M] of each candidate's clean response for each observed scan (see module docstring)."""
-    sd = np.asarray(noise_sd, np.float64) / np.sqrt(max(int(n_repeats), 1))
-    ok = np.isfinite(sd) & (sd > 0)
-    if not ok.any():
-        raise InputError("noise_sd", "values", "no vertex with a positive finite noise sd")
-    w = 1.0 / sd[ok] ** 2
-    x, c = np.asarray(scans, np.float64)[:, ok], np.asarray(clean, np.float64)[:, ok]
-    return 2.0 * (x * w) @ c.T - (c * c * w).sum(1)[None] - (x * x * w).sum(1)[:, None]
+from fmrilm.errors import InputError, check_finite
+from fmrilm.evaluation.retrieval_metrics import average_results, n_way_from_scores
 
 
-def n_way_from_scores(scores: np.ndarray, n_way: int, n_draws: int, seed: int, ks=(1, 5)) -> dict:
-    """MindEye n-way top-k accuracy from a square score matrix (row: scan, column: its candidate),
-    both directions, with the same seeded draws as :func:`~fmrilm.evaluation.retrieval_metrics.n_way_retrieval`."""
-    n = len(scores)
-    n_way = min(n_way, n)
-    rng = np.random.default_rng(seed)
-    hits = {d: {k: [] for k in ks} for d in ("brain_to_caption", "caption_to_brain")}
-    for _ in range(n_draws):
-        pick = rng.choice(n, size=n_way, replace=False)
-        sub = scores[np.ix_(pick, pick)]
-        for d, matrix in (("brain_to_caption", sub), ("caption_to_brain", sub.T)):
-            for k, hit in topk_hits(matrix, [k for k in ks if k <= n_way]).items():
-                hits[d][k].append(hit.mean())
-    out = {d: {f"top{k}": float(np.mean(v)) for k, v in per_k.items() if v} for d, per_k in hits.items()}
-    out.update(n_way=n_way, n_draws=n_draws, n_items=n)
-    return out
+class GaussianObserver:
+    """Scores clean responses under gaussian noise ``N(0, (diag(variance) + factor factorᵀ) / n_repeats)``.
+
+    Parameters
+    ----------
+    variance : float [V]
+        Single-trial variance of the independent part of the noise.
+    factor : float [V, R], optional
+        Low-rank factor of the correlated part; None for independent vertices (the diagonal observer).
+    n_repeats : int
+        Trials averaged per scan.
+    """
+
+    def __init__(self, variance, factor=None, n_repeats: int = 1):
+        n = max(int(n_repeats), 1)
+        d = np.asarray(variance, np.float64) / n
+        self.keep = np.isfinite(d) & (d > 0)
+        if not self.keep.any():
+            raise InputError("noise", "variance", "no vertex with a positive finite noise variance")
+        self.precision = 1.0 / d[self.keep]
+        if factor is None:
+            self.project = np.zeros((0, int(self.keep.sum())))
+            return
+        u = np.asarray(factor, np.float64)
+        if u.ndim != 2 or u.shape[0] != d.size:
+            raise InputError("noise", "factor", f"{u.shape}; expected [{d.size}, R]")
+        check_finite(u, "noise factor")
+        u = u[self.keep] / np.sqrt(n)  # Σ/n = D/n + (U/√n)(U/√n)ᵀ
+        weighted = u * self.precision[:, None]  # D⁻¹U
+        chol = np.linalg.cholesky(np.eye(u.shape[1]) + u.T @ weighted)
+        self.project = solve_triangular(chol, weighted.T, lower=True)  # P = L⁻¹ UᵀD⁻¹, [R, V_kept]
+
+    def quadratic(self, y) -> np.ndarray:
+        """``yᵀ Σ⁻¹ y`` of each row of ``y`` [N, V] (Σ for the averaged scan)."""
+        y = np.asarray(y, np.float64)[:, self.keep]
+        return (y * y * self.precision).sum(1) - ((y @ self.project.T) ** 2).sum(1)
+
+    def log_likelihoods(self, scans, clean, candidates=None, chunk: int = 512) -> np.ndarray:
+        """LL [N, M] of each candidate for each scan (module docstring).
+
+        Parameters
+        ----------
+        scans : float [N, V]
+        clean : float [M_all, V]
+            Clean responses (a memmap is fine: candidates are read `chunk` at a time).
+        candidates : int array [M], optional
+            Rows of `clean` to score; default all.
+        """
+        x = np.asarray(scans, np.float64)[:, self.keep]
+        xw, px = x * self.precision, x @ self.project.T
+        xx = (x * xw).sum(1) - (px * px).sum(1)
+        rows = np.arange(len(clean)) if candidates is None else np.asarray(candidates, np.int64)
+        out = np.empty((len(x), rows.size))
+        # The expanded form |x|² - 2x·c + |c|² in the Σ⁻¹ metric: two matrix products per chunk.
+        for start in range(0, rows.size, chunk):
+            c = np.asarray(clean[rows[start:start + chunk]], np.float64)[:, self.keep]
+            pc = c @ self.project.T
+            cc = (c * c * self.precision).sum(1) - (pc * pc).sum(1)
+            out[:, start:start + len(c)] = 2.0 * (xw @ c.T - px @ pc.T) - cc[None] - xx[:, None]
+        return out
 
 
-def ideal_observer(data, subjects, test_stimuli, scans_by_subject: dict, n_repeats: int, n_way: int,
-                   n_draws: int, seed: int) -> dict:
-    """Decoded candidate per test scan and the n-way retrieval of the observer, per subject averaged.
+def log_likelihoods(scans, clean, noise_sd, n_repeats: int, factor=None) -> np.ndarray:
+    """LL [N, M] of each candidate's clean response for each observed scan (module docstring).
+
+    `noise_sd` [V] is the single-trial sd of the independent part of the noise (all of it when
+    `factor` [V, R], the correlated part, is None)."""
+    return GaussianObserver(np.asarray(noise_sd, np.float64) ** 2, factor, n_repeats).log_likelihoods(scans, clean)
+
+
+def ideal_observer(data, subjects, test_stimuli, bank_stimuli, scans_by_subject: dict, n_repeats: int,
+                   n_way: int, n_draws: int, seed: int) -> dict:
+    """Most likely bank stimulus per test scan, and the observer's n-way retrieval, per subject averaged.
 
     Parameters
     ----------
     data : TaskData
-        With simulator ground truth (``clean``, ``noise_sd``).
+        With simulator ground truth (``clean``, the noise covariance).
     subjects : list of int
     test_stimuli : ndarray of int
-        The candidate bank (and the items).
+        The items (and the retrieval candidates).
+    bank_stimuli : ndarray of int
+        The caption candidates: the training stimuli the ridge decoder's bank captions come from.
     scans_by_subject : dict
         subject → averaged scans [len(test_stimuli), V] in `test_stimuli` order.
+    n_repeats : int
+        Trials averaged per scan.
+    n_way, n_draws, seed
+        The retrieval protocol (:func:`~fmrilm.evaluation.retrieval_metrics.n_way_retrieval`).
 
     Returns
     -------
     dict
-        ``{"choice": {subject: candidate stimulus per item}, "retrieval": averaged n-way result}``.
+        ``{"choice": {subject: bank stimulus per test stimulus}, "retrieval": averaged n-way result}``.
     """
-    noise = data.dataset.array("noise_sd")
+    bank_stimuli, test_stimuli = np.asarray(bank_stimuli, np.int64), np.asarray(test_stimuli, np.int64)
+    if bank_stimuli.size == 0:
+        raise InputError("ideal_observer", "bank_stimuli", "empty caption bank")
+    captions = [data.stimuli[m]["captions"][0] for m in test_stimuli]
     choice, per_subject = {}, []
     for s in subjects:
-        clean = np.asarray(data.clean(s)[test_stimuli])
-        ll = log_likelihoods(scans_by_subject[s], clean, noise[s], n_repeats)
-        choice[s] = test_stimuli[np.argmax(ll, axis=1)]
-        per_subject.append(n_way_from_scores(ll, n_way, n_draws, seed))
-    retrieval = {d: {key: float(np.mean([r[d][key] for r in per_subject])) for key in per_subject[0][d]}
-                 for d in ("brain_to_caption", "caption_to_brain")}
-    retrieval.update({k: per_subject[0][k] for k in ("n_way", "n_draws", "n_items")})
-    return {"choice": choice, "retrieval": retrieval}
+        observer = GaussianObserver(*data.noise_covariance(s), n_repeats=n_repeats)
+        clean, scans = data.clean(s), scans_by_subject[s]
+        choice[s] = bank_stimuli[np.argmax(observer.log_likelihoods(scans, clean, bank_stimuli), axis=1)]
+        per_subject.append(n_way_from_scores(observer.log_likelihoods(scans, clean, test_stimuli), n_way, n_draws,
+                                             seed, groups=captions))
+    return {"choice": choice, "retrieval": average_results(per_subject)}

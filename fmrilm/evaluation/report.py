@@ -32,25 +32,91 @@ def _skipped(section) -> bool:
     return isinstance(section, dict) and section.get("status") == "skipped"
 
 
+READING = ("How to read these numbers: each headline figure stands beside the control that says what the LM "
+           "gets without the scan (shuffled brain: another test item's scan, averaged over several derangements; "
+           "text only: no scan), a baseline (ridge decoder: vertices → caption embedding → nearest training "
+           "caption; FC logistic/ridge for phenotypes; persistence and linear AR for the next scan), the base rate "
+           "(majority class, training mean) and a bound (bank ceiling: the best training caption per item, the most "
+           "a retrieval decoder can reach; ideal observer: the simulator's own most likely training stimulus). "
+           "Intervals are 95 % bootstraps over test stimuli (cluster: a stimulus with all its subjects' items) or "
+           "test subjects; a 3-seed spread is in `benchmarks/seeds.py`.")
+
+
+def _protocol_lines(report: dict) -> list[str]:
+    p = report.get("protocol") or {}
+    if not p:
+        return []
+    return [f"Scored split: **{p['scored_split']}** of splits file `{p['splits']['path']}` (sha256 "
+            f"{p['splits']['sha256'][:12]}). {p['note']}", ""]
+
+
+def _headline_markdown(report: dict) -> list[str]:
+    cap, vqa, targets = report["captioning"], report["vqa"], report["targets"]
+    ret = report["retrieval"]
+
+    def sem(name):
+        return cap.get(name, {}).get("semscore")
+
+    def ci(name):
+        return _interval(targets.get(name, {}).get("ci95"))
+
+    zero = report.get("zero_shot", {})
+    rows = [("caption SemScore", sem("model"), f"shuffled {_fmt(sem('shuffled'))}, text only {_fmt(sem('text_only'))}",
+             f"ridge {_fmt(sem('ridge_decoder'))}", f"bank ceiling {_fmt(sem('bank_ceiling'))}, ideal observer "
+             f"{_fmt(sem('ideal_observer'))}", f"× shuffled {ci('caption_semscore_vs_shuffled')}; − ridge "
+             f"{ci('caption_semscore_minus_ridge')}"),
+            ("VQA exact match", vqa["model"]["overall"], f"shuffled {_fmt(vqa['shuffled']['overall'])}, text only "
+             f"{_fmt(vqa['text_only']['overall'])}", "—", "—", f"× shuffled {ci('vqa_vs_shuffled')}"),
+            ("brain→caption top-1", ret["brain_embedder_tokens"]["brain_to_caption"]["top1"],
+             f"chance {_fmt(1 / max(ret['brain_embedder_tokens'].get('n_way', 1), 1))}",
+             f"ridge {_fmt(ret['ridge']['brain_to_caption']['top1'])}",
+             f"ideal observer {_fmt(ret.get('ideal_observer', {}).get('brain_to_caption', {}).get('top1'))}",
+             f"− ridge {ci('top1_minus_ridge')}")]
+    if not _skipped(zero) and "model" in zero:
+        rows.append(("zero-shot naming", zero["model"].get("fraction"),
+                     f"shuffled {_fmt(zero['shuffled'].get('fraction'))}, "
+                     f"text only {_fmt(zero['text_only'].get('fraction'))}", "—", "—", "—"))
+    rest = report.get("rest", {})
+    for name, result in ({} if _skipped(rest) else rest.get("phenotype", {})).items():
+        key = "mae" if name == "age" else "accuracy"
+        base = result.get("constant_mean" if name == "age" else "majority_class", {})
+        rows.append((f"{name} {key}", _with_interval(result["model"], key), f"base rate {_with_interval(base, key)}",
+                     f"FC {_with_interval(result['fc_baseline'], key)}", "—", "subjects resampled"))
+    t = rest.get("temporal") if not _skipped(rest) else None
+    if t and not _skipped(t):
+        rows.append(("next-scan R²", t["model"], f"persistence {_fmt(t['persistence'])}",
+                     f"linear AR {_fmt(t['linear_ar'])}", f"tokenizer ceiling {_fmt(t['tokenizer_ceiling'])}", "—"))
+    return ["## Headline figures", "", READING, "",
+            *_table(("figure", "model", "controls / base rate", "baseline", "bound", "95 % interval"), rows)]
+
+
 def render_markdown(report: dict) -> str:
     """Markdown tables of every section of a report dict (see :func:`fmrilm.evaluation.runner.run_evaluation`)."""
-    out = ["# fmrilm evaluation", "", f"Items: {report['items']}", ""]
+    out = ["# fmrilm evaluation", "", *_protocol_lines(report), f"Items: {report['items']}", ""]
+    out += _headline_markdown(report)
     cap = report["captioning"]
     out += ["## Captioning (repeats averaged)", ""]
     out += _table(("condition", *CAPTION_COLUMNS),
                   [(name, *(cap[name].get(c) for c in CAPTION_COLUMNS)) for name in cap["conditions"]])
-    out += [f"SPICE: unavailable ({cap['model']['unavailable'].get('SPICE', '')})", ""]
+    out += [f"SPICE: unavailable ({cap['model']['unavailable'].get('SPICE', '')})", "",
+            "Bounds on the training captions: ideal_observer (the simulator's most likely training stimulus under its "
+            "full noise covariance, its first caption), bank_ceiling (per item the best train-split caption by "
+            "SemScore; no decoder answering with training captions can exceed it).", ""]
     vqa = report["vqa"]
     types = sorted(vqa["model"]["by_type"])
     out += ["## VQA (exact match)", ""]
     out += _table(("condition", "overall", *types),
                   [(c, vqa[c]["overall"], *(vqa[c]["by_type"][t]["accuracy"] for t in types))
                    for c in ("model", "shuffled", "text_only")])
+    out += _derangement_note(cap["shuffled"], vqa["shuffled"])
     ret = report["retrieval"]
-    out += [f"## Retrieval ({ret['ridge']['n_way']}-way, {ret['ridge']['n_draws']} draws)", ""]
-    out += _table(("head", "brain→caption top1", "top5", "caption→brain top1", "top5"),
+    out += [f"## Retrieval ({ret['ridge']['n_way']}-way over {ret['ridge']['n_distinct']} distinct test captions, "
+            f"draws: {ret['ridge']['n_draws']})", ""]
+    out += _table(("head", "brain→caption top1", "top5", "caption→brain top1", "top5",
+                   "top1 − ridge 95 % CI (stimuli resampled)"),
                   [(name, ret[name]["brain_to_caption"].get("top1"), ret[name]["brain_to_caption"].get("top5"),
-                    ret[name]["caption_to_brain"].get("top1"), ret[name]["caption_to_brain"].get("top5"))
+                    ret[name]["caption_to_brain"].get("top1"), ret[name]["caption_to_brain"].get("top5"),
+                    _interval(ret[name].get("top1_minus_ridge_ci95")))
                    for name in ("brain_embedder_tokens", "continuous_tokens", "ridge", "ideal_observer")])
     zs = report["zero_shot"]
     out += ["## Zero-shot naming of novel categories", ""]
@@ -58,13 +124,18 @@ def render_markdown(report: dict) -> str:
             _table(("condition", "naming rate", "n"), [(c, zs[c]["fraction"], zs[c]["n"]) for c in zs]))
     fs = report["few_shot"]
     out += ["## Few-shot (in-context captioning SemScore)", ""]
-    out += _table(("k", "SemScore"), [(k, v.get("semscore", v.get("reason"))) for k, v in fs["in_context"].items()])
+    out += _table(("k", "SemScore (retrieval as deployed)", "SemScore without retrieval"),
+                  [(k, v.get("semscore", v.get("reason")),
+                    v["no_retrieval"].get("semscore", v["no_retrieval"].get("reason")) if "no_retrieval" in v else None)
+                   for k, v in fs["in_context"].items()])
     out += _adaptation_markdown(fs["subject_adaptation"])
     out += _rest_markdown(report["rest"])
     out += ["## Targets", ""]
-    out += _table(("target", "measured", "95 % CI (items resampled)", "threshold", "met"),
+    out += _table(("target", "measured", "95 % CI (stimuli resampled)", "threshold", "met"),
                   [(name, t["measured"], _interval(t.get("ci95")), t["threshold"], t["met"])
                    for name, t in report["targets"].items()])
+    out += ["Intervals resample test stimuli, each with all its subjects' items (cluster bootstrap: the items "
+            "of one stimulus are correlated).", ""]
     out += ["## Examples", ""]
     for ex in report["examples"]:
         out += [f"- **{ex['subject']} / stim {ex['stimulus']}** reference: {ex['reference']}",
@@ -73,6 +144,15 @@ def render_markdown(report: dict) -> str:
                 f"  - retrieved captions: {' | '.join(ex['retrieved'])}"]
     out += ["", f"![tokenizer map]({report['brain_map']})", ""]
     return "\n".join(out)
+
+
+def _derangement_note(captioning: dict, vqa: dict) -> list[str]:
+    """How the shuffled-brain rows were averaged, with each derangement's score."""
+    if "per_derangement" not in captioning:
+        return []
+    return [f"shuffled: mean over {captioning['n_derangements']} derangements of the test items; per derangement "
+            f"SemScore {', '.join(_fmt(v) for v in captioning['per_derangement'])}, VQA overall "
+            f"{', '.join(_fmt(v) for v in vqa.get('per_derangement', []))}.", ""]
 
 
 def _adaptation_markdown(section: dict) -> list[str]:
@@ -96,9 +176,13 @@ def _rest_markdown(rest: dict) -> list[str]:
         return out + ["skipped: " + rest["reason"], ""]
     rows = []
     for name, result in rest["phenotype"].items():
-        key = "mae" if name == "age" else "accuracy"
-        rows.append((name, key, result["model"][key], result["fc_baseline"][key], result["n_subjects"]))
-    out += _table(("phenotype", "metric", "LM", "FC baseline", "subjects"), rows)
+        chance = result.get("constant_mean" if name == "age" else "majority_class", {})
+        for key in ("mae",) if name == "age" else ("accuracy", "balanced_accuracy", "auc"):
+            rows.append((name, key, *(_with_interval(scores, key) for scores in (result["model"], result["fc_baseline"],
+                                                                                   chance)), result["n_subjects"]))
+    out += _table(("phenotype", "metric", "LM", "FC baseline", "majority class / training mean", "subjects"), rows)
+    out += ["Phenotype intervals: 95 % bootstrap over the test subjects (the same resamples for every column); the "
+            "base rate is the training subjects' majority class / mean age given to every test subject.", ""]
     rows, notes = [], []
     for label, key in (("synthetic held-out subjects", "temporal"), ("real brainspace run", "temporal_real_run")):
         t = rest.get(key)
@@ -111,6 +195,14 @@ def _rest_markdown(rest: dict) -> list[str]:
     if rows:
         out += _table(("next-scan R² (parcels)", "LM", "persistence", "linear AR", "tokenizer ceiling"), rows)
     return out + notes + ([""] if notes else [])
+
+
+def _with_interval(scores: dict, key: str) -> str:
+    """``value [low, high]`` of one metric, or n/a where it is undefined (e.g. AUC without two classes)."""
+    if scores.get(key) is None:
+        return "n/a"
+    ci = scores.get("ci95", {}).get(key)
+    return _fmt(scores[key]) + ("" if ci is None else f" {_interval(ci)}")
 
 
 def write_markdown(report: dict, path) -> Path:

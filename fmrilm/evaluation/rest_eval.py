@@ -7,7 +7,12 @@ Items are the corpus's ``test``-split rest samples (zero-shot ones), so subjects
   (:func:`~fmrilm.llm.generate.number_tokens`) parsed as a number; the
   windows of a subject are pooled (majority vote, mean age). Baseline on the same test subjects:
   logistic / ridge regression on Fisher-z FC, trained on the subjects of neither test, val nor
-  few-shot (:func:`~fmrilm.evaluation.baselines.phenotype_baseline`).
+  few-shot (:func:`~fmrilm.evaluation.baselines.phenotype_baseline`), and the base rate from those
+  training subjects' labels alone (majority class, mean age:
+  :func:`~fmrilm.evaluation.baselines.chance_baseline`). Each reports accuracy, balanced accuracy
+  and AUC (the LM's from its constrained-decoding probability of the positive class, averaged over a
+  subject's windows; the FC baseline's from its logistic probabilities) or MAE, with 95 % bootstrap
+  intervals over the test subjects (the same resamples for all three).
 - Next scan: the LM's brain head predicts the target scan's tokens from the context scans
   (:func:`~fmrilm.llm.generate.generate_scan`); the tokenizer decodes them and the parcel means are
   compared with the true z-scored parcel signal of that TR. Beside it: persistence, a per-parcel
@@ -31,7 +36,7 @@ import torch
 
 from fmrilm.brain.store import Dataset
 from fmrilm.errors import InputError
-from fmrilm.evaluation.baselines import fc_features, phenotype_baseline
+from fmrilm.evaluation.baselines import chance_baseline, fc_features, phenotype_baseline
 from fmrilm.evaluation.regression import classification_scores, r2_score, regression_scores
 from fmrilm.evaluation.temporal_baselines import LinearAR, persistence_forecast
 from fmrilm.io import read_json
@@ -46,8 +51,17 @@ def _number(text: str) -> float | None:
     return float(match.group()) if match else None
 
 
+def _positive_probability(candidates: list[str], log_likelihoods: np.ndarray, name: str) -> float:
+    """The constrained-decoding probability of the positive class (the larger sorted label, as
+    :func:`~fmrilm.evaluation.regression.classification_scores` takes it) among a window's choices."""
+    labels = [SEX_LABELS.get(c, c) if name == "sex" else c for c in candidates]
+    ll = np.asarray(log_likelihoods, np.float64)
+    probability = np.exp(ll - ll.max())
+    return float(probability[labels.index(max(labels))] / probability.sum())
+
+
 def phenotype_section(model, samples: list, rest: Dataset, excluded: set, cfg) -> dict:
-    """LM vs FC-baseline phenotype scores on the test subjects of `samples`."""
+    """LM vs FC-baseline vs chance phenotype scores on the test subjects of `samples`."""
     rows = rest.table("subjects")
     index = {r["subject"]: i for i, r in enumerate(rows)}
     features = fc_features(np.asarray(rest.array("timeseries")))
@@ -58,7 +72,7 @@ def phenotype_section(model, samples: list, rest: Dataset, excluded: set, cfg) -
             continue
         prompts = [s["json"]["prompt"] for s in items]
         tokens = [s["tokens.npy"] for s in items]
-        per_subject = defaultdict(list)
+        per_subject, positive = defaultdict(list), defaultdict(list)
         if name == "age":
             # a whole number of years below 100: at most two single-digit pieces (the numeric analogue
             # of choose_answer; free text made the compact LM run on, "755", "7777")
@@ -69,31 +83,36 @@ def phenotype_section(model, samples: list, rest: Dataset, excluded: set, cfg) -
             for s, value in zip(items, parsed):
                 per_subject[s["json"]["subject"]].append(fallback if value is None else value)
         else:
-            answers, _ = choose_answer(model, tokens, prompts, [s["json"]["choices"] for s in items], retrieve=False)
-            for s, a in zip(items, answers):
+            choices = [s["json"]["choices"] for s in items]
+            answers, log_likelihoods = choose_answer(model, tokens, prompts, choices, retrieve=False)
+            for s, a, c, ll in zip(items, answers, choices, log_likelihoods):
                 per_subject[s["json"]["subject"]].append(a)
+                positive[s["json"]["subject"]].append(_positive_probability(c, ll, name))
         test_subjects = sorted(per_subject)
         if name == "age":
             pred = [float(np.mean(per_subject[s])) for s in test_subjects]
             truth = [float(rows[index[s]]["age"]) for s in test_subjects]
-            lm = {**regression_scores(truth, pred), "unparsed_answers": sum(v is None for v in parsed)}
+            lm = {**regression_scores(truth, pred, cfg.seed), "unparsed_answers": sum(v is None for v in parsed)}
         else:
             # Majority vote over a subject's windows; ties go to the first label alphabetically.
             pred = [max(sorted(set(v)), key=v.count) for v in (per_subject[s] for s in test_subjects)]
             truth = [rows[index[s]][name] for s in test_subjects]
             pred = [SEX_LABELS.get(p, p) for p in pred] if name == "sex" else pred
-            lm = classification_scores(truth, pred)
+            score = [float(np.mean(positive[s])) for s in test_subjects]
+            lm = classification_scores(truth, pred, score, cfg.seed)
         train = [i for i, r in enumerate(rows) if r["subject"] not in set(test_subjects) | excluded]
         test = [index[s] for s in test_subjects]
         task = "regression" if name == "age" else "classification"
         target = [rows[i][name] for i in train], [rows[i][name] for i in test]
         base = phenotype_baseline(features[train], target[0], features[test], target[1], task, cfg.seed)
         base.pop("predictions")
-        for scores in (lm, base):
+        chance = chance_baseline(target[0], target[1], task, cfg.seed)
+        for scores in (lm, base, chance):
             # Pearson r is undefined (NaN) for constant predictions; JSON gets null instead.
             if scores.get("pearson_r") is not None and not np.isfinite(scores["pearson_r"]):
                 scores["pearson_r"] = None
-        out[name] = {"model": lm, "fc_baseline": base, "n_subjects": len(test_subjects)}
+        out[name] = {"model": lm, "fc_baseline": base, "constant_mean" if name == "age" else "majority_class": chance,
+                     "n_subjects": len(test_subjects)}
     return out
 
 
@@ -216,7 +235,7 @@ def rest_section(model, tokenizer, heldout, cfg) -> dict:
     if path is None or not heldout.test_samples:
         return {"status": "skipped", "reason": "the corpus has no rest dataset / no rest test samples"}
     rest = Dataset(path, kind="rest")
-    excluded = set(heldout.summary.get("fewshot_subjects", [])) | heldout.val_subjects
+    excluded = set(heldout.summary.get("fewshot_subjects", [])) | heldout.untrained_rest_subjects
     out = {"phenotype": phenotype_section(model, heldout.test_samples, rest, excluded, cfg),
            "temporal": temporal_section(model, tokenizer, heldout.test_samples, rest, excluded, cfg)}
     temporal = [s for s in heldout.test_samples if s["json"]["task"] == "temporal"]

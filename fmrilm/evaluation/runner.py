@@ -6,8 +6,9 @@ Launch::
     fmrilm eval --config eval_demo --set n_items=300 meteor=false --force
 
 Sections (every figure beside its controls, all on the same items): captioning (model, shuffled
-brain, text only, ridge decoder, ideal observer), VQA, retrieval (token head, continuous ablation,
-ridge, ideal observer), zero-shot naming, few-shot (in-context, and adaptation to the held-out
+brain, text only, ridge decoder; bounds: ideal observer and bank ceiling, both on the ridge
+decoder's training caption bank), VQA, retrieval (token head, continuous ablation, ridge, ideal
+observer), zero-shot naming, few-shot (in-context, and adaptation to the held-out
 task subject, :mod:`fmrilm.evaluation.subject_adaptation`), rest (phenotypes, next scan), tokenizer
 map, ten worked examples, and the issue's targets with whether each was met. The held-out task
 subject (``corpus.json`` ``task_fewshot_subjects``) appears only in the adaptation section.
@@ -37,8 +38,13 @@ class EvalConfig:
     Attributes
     ----------
     corpus, tokenizer, model : str
-        Corpus directory (defines the held-out set and, via corpus.json, the datasets), tokenizer
-        artifact (or its stage directory), BrainLM export (or the stage directory holding it).
+        Corpus directory (via corpus.json, the datasets), tokenizer artifact (or its stage
+        directory), BrainLM export (or the stage directory holding it).
+    splits : str
+        The run's splits file (default: the one the corpus records): items are the scored split's
+        stimuli of its train subjects. Tokenizer, corpus, model and retriever must record the same.
+    split : {"test", "val"}
+        The scored split: choose recipes on ``val``; score ``test`` once per run (the report says which).
     out : str
     n_items, n_novel : int
         (subject, stimulus) items captioned and questioned; novel-category items come first, up to
@@ -53,6 +59,9 @@ class EvalConfig:
     vqa_questions_per_item : int
         Distinct questions asked about each item's scan (more give a tighter VQA estimate; the
         intervals still resample items).
+    n_derangements : int
+        Derangements the shuffled-brain control is scored under (captions and VQA); its scores are
+        the mean over them (each derangement generates again: n_derangements times the cost).
     meteor : bool
         METEOR starts a JVM per condition (~10 s each).
     adaptation : SubjectAdaptationConfig
@@ -62,6 +71,8 @@ class EvalConfig:
     corpus: str = "runs/demo/corpus"
     tokenizer: str = "runs/demo/tokenizer"
     model: str = "runs/demo/instruct"
+    splits: str = ""
+    split: str = "test"
     out: str = "runs/demo/eval"
     n_items: int = 150
     n_novel: int = 40
@@ -72,6 +83,7 @@ class EvalConfig:
     max_new_tokens: int = 24
     vqa_max_new_tokens: int = 6
     vqa_questions_per_item: int = 1
+    n_derangements: int = 3
     batch_size: int = 32
     n_way: int = 300
     n_draws: int = 30
@@ -80,6 +92,24 @@ class EvalConfig:
     seed: int = 0
     embedder: BrainEmbedderConfig = field(default_factory=lambda: BrainEmbedderConfig(epochs=30))
     adaptation: SubjectAdaptationConfig = field(default_factory=SubjectAdaptationConfig)
+
+
+def check_artifact_splits(splits, tokenizer, tokenizer_dir: Path, model_dir: Path) -> None:
+    """InputError, before any compute, unless tokenizer, model and the model's retriever were built on `splits`.
+
+    A model exported by a training stage records its corpus's splits in ``stage.json``; one saved by
+    hand (no ``stage.json``) has no record to check.
+    """
+    from fmrilm.brain.splits import check_recorded
+
+    check_recorded(tokenizer.provenance.get("splits"), splits, f"the tokenizer {tokenizer_dir}",
+                   tokenizer_dir / "config.json")
+    stage = read_json(model_dir / "stage.json") if (model_dir / "stage.json").is_file() else {}
+    if stage:
+        check_recorded(stage.get("splits"), splits, f"the model {model_dir}", model_dir / "stage.json")
+    if stage.get("retrieval"):
+        search = Path(stage["retrieval"]) / "search.json"
+        check_recorded(read_json(search).get("splits"), splits, f"the model's retriever {search.parent}", search)
 
 
 def _pick_items(test_stimuli, stimuli, subjects, cfg) -> tuple[np.ndarray, np.ndarray]:
@@ -104,10 +134,10 @@ def _features(data, tokenizer, subjects, stimuli_of, limit=None):
     stimulus = np.array([r[1] for r in rows], np.int64)
     vertices = np.concatenate([data.mean_betas(s, stimulus[subject == s]) for s in subjects if (subject == s).any()])
     tokens = tokenize_betas(tokenizer, vertices)
-    text = embed_texts([data.stimuli[m]["captions"][0] for m in stimulus])
+    caption = [data.stimuli[m]["captions"][0] for m in stimulus]
     return {"subject": subject, "stimulus": stimulus, "vertices": vertices, "tokens_ids": tokens,
             "tokens": token_features(tokenizer, tokens), "continuous": continuous_features(tokenizer, vertices),
-            "text": text}
+            "caption": caption, "text": embed_texts(caption)}
 
 
 def _brain_map(tokenizer_dir: Path, data, atlas, out_dir: Path) -> dict:
@@ -122,10 +152,12 @@ def _brain_map(tokenizer_dir: Path, data, atlas, out_dir: Path) -> dict:
     return {"what": title, "mean": float(np.nanmean(values))}
 
 
-def _targets(report: dict, semscore: dict, vqa_hits: dict) -> dict:
-    """The issue's targets; the item-paired ones carry a 95 % bootstrap interval (items resampled).
+def _targets(report: dict, semscore: dict, vqa_hits: dict, caption_stimulus, vqa_stimulus) -> dict:
+    """The issue's targets; the item-paired ones carry a 95 % bootstrap interval.
 
-    `semscore` and `vqa_hits` map a condition to its per-item SemScores / exact-match hit counts."""
+    `semscore` and `vqa_hits` map a condition to its per-item SemScores / exact-match hit counts;
+    `caption_stimulus` and `vqa_stimulus` give each of those items' stimulus. The interval resamples
+    stimuli with all their items (the subjects' items of one stimulus are correlated)."""
     from fmrilm.evaluation.uncertainty import paired_difference_ci, paired_ratio_ci
 
     cap, vqa, ret = report["captioning"], report["vqa"], report["retrieval"]
@@ -135,17 +167,21 @@ def _targets(report: dict, semscore: dict, vqa_hits: dict) -> dict:
         # an unbounded ratio (a resample whose control scored 0) is written as null, not Infinity
         return {**out, "ci95": [float(v) if np.isfinite(v) else None for v in ci]} if ci is not None else out
 
-    def ratio_ci(scores: dict):
-        return paired_ratio_ci(scores["model"], scores["shuffled"]) if np.mean(scores["shuffled"]) > 0 else None
+    def ratio_ci(scores: dict, stimulus):
+        if np.mean(scores["shuffled"]) <= 0:
+            return None
+        return paired_ratio_ci(scores["model"], scores["shuffled"], clusters=stimulus)
 
     ratio = cap["model"]["semscore"] / max(cap["shuffled"]["semscore"], 1e-9)
-    return {"caption_semscore_vs_shuffled": target(ratio, 1.7, ratio_ci(semscore)),
+    return {"caption_semscore_vs_shuffled": target(ratio, 1.7, ratio_ci(semscore, caption_stimulus)),
             "caption_semscore_minus_ridge": target(cap["model"]["semscore"] - cap["ridge_decoder"]["semscore"], 0.0,
-                                                   paired_difference_ci(semscore["model"], semscore["ridge_decoder"])),
+                                                   paired_difference_ci(semscore["model"], semscore["ridge_decoder"],
+                                                                        clusters=caption_stimulus)),
             "vqa_vs_shuffled": target(vqa["model"]["overall"] / max(vqa["shuffled"]["overall"], 1e-9), 2.0,
-                                      ratio_ci(vqa_hits)),
+                                      ratio_ci(vqa_hits, vqa_stimulus)),
             "top1_minus_ridge": target(ret["brain_embedder_tokens"]["brain_to_caption"]["top1"]
-                                       - ret["ridge"]["brain_to_caption"]["top1"], 0.0)}
+                                       - ret["ridge"]["brain_to_caption"]["top1"], 0.0,
+                                       ret["brain_embedder_tokens"]["top1_minus_ridge_ci95"])}
 
 
 def run_evaluation(cfg: EvalConfig, overwrite: bool = False, progress: bool = True) -> dict:
@@ -160,7 +196,7 @@ def run_evaluation(cfg: EvalConfig, overwrite: bool = False, progress: bool = Tr
     from fmrilm.evaluation.heldout import load_heldout, resolve_model_dir, resolve_tokenizer_dir
     from fmrilm.evaluation.ideal_observer import ideal_observer
     from fmrilm.evaluation.report import write_markdown
-    from fmrilm.evaluation.retrieval_eval import retrieval_section
+    from fmrilm.evaluation.retrieval_eval import bank_ceiling, retrieval_section
     from fmrilm.evaluation.subject_adaptation import subject_adaptation_section
     from fmrilm.llm.checkpoint import load_brainlm
     from fmrilm.tokenizer.data import dataset_atlas
@@ -169,20 +205,22 @@ def run_evaluation(cfg: EvalConfig, overwrite: bool = False, progress: bool = Tr
     if Path(cfg.out).exists() and not overwrite:
         raise InputError(cfg.out, "out", "already exists (pass --force to replace it)")
     timings, t0 = {}, time.time()
-    heldout = load_heldout(cfg.corpus)
+    heldout = load_heldout(cfg.corpus, cfg.splits or None, cfg.split)
     task_path = heldout.input_path("task_dataset")
     if task_path is None:
         raise InputError(Path(cfg.corpus) / "corpus.json", "inputs.task_dataset", "the corpus has no task data")
     data = TaskData(task_path)
     if not data.has_ground_truth:
         raise InputError(task_path, "clean", "the ideal observer needs simulator ground truth (synthetic data)")
+    data.noise_covariance(0)  # the observer's full covariance: a dataset without it is refused before any compute
     tokenizer_dir = resolve_tokenizer_dir(cfg.tokenizer)
     tokenizer = BrainTokenizer.from_pretrained(tokenizer_dir, data.atlas_info)
-    model = load_brainlm(resolve_model_dir(cfg.model))
+    model_dir = resolve_model_dir(cfg.model)
+    check_artifact_splits(heldout.splits, tokenizer, tokenizer_dir, model_dir)
+    model = load_brainlm(model_dir)
     atlas = dataset_atlas(data.atlas_info, task_path)
     # Held-out task subjects are for the adaptation section only: no head is trained or scored on them.
-    unseen = set(heldout.summary.get("task_fewshot_subjects") or [])
-    subjects = [i for i, row in enumerate(data.subjects) if row["subject"] not in unseen]
+    subjects = [int(i) for i in heldout.splits.task_subject_indices(data.dataset, "train")]
     test_stim = heldout.test_stimuli
     timings["load"] = time.time() - t0
 
@@ -198,7 +236,9 @@ def run_evaluation(cfg: EvalConfig, overwrite: bool = False, progress: bool = Tr
                                                                      cfg, progress)
     n_repeats = int(data.trial_repeat.max()) + 1
     scans = {s: test["vertices"][test["subject"] == s] for s in subjects}
-    observer = ideal_observer(data, subjects, test_stim, scans, n_repeats, cfg.n_way, cfg.n_draws, cfg.seed)
+    # The observer picks captions from the ridge decoder's bank: the training stimuli the heads train on.
+    observer = ideal_observer(data, subjects, test_stim, np.unique(train["stimulus"]), scans, n_repeats, cfg.n_way,
+                              cfg.n_draws, cfg.seed)
     retrieval["ideal_observer"] = observer["retrieval"]
     timings["retrieval"] = time.time() - t0
 
@@ -207,17 +247,22 @@ def run_evaluation(cfg: EvalConfig, overwrite: bool = False, progress: bool = Tr
     row_of = {(int(s), int(m)): i for i, (s, m) in enumerate(zip(test["subject"], test["stimulus"]))}
     rows = np.array([row_of[(int(s), int(m))] for s, m in zip(item_subject, item_stimulus)], np.int64)
     items = task_eval.TaskItems(item_subject, item_stimulus, test["tokens_ids"][rows], data.stimuli)
-    captions = task_eval.caption_conditions(model, items, cfg, progress)
+    captions, derangements = task_eval.caption_conditions(model, items, cfg, progress)
     captions["ridge_decoder"] = [ridge_captions[i] for i in rows]
     position = {int(m): j for j, m in enumerate(test_stim)}
     observed = [observer["choice"][int(s)][position[int(m)]] for s, m in zip(item_subject, item_stimulus)]
     references = items.references()
     with MeteorScorer() if cfg.meteor else contextlib.nullcontext(False) as meteor:  # one JVM for all conditions
-        captioning = {name: task_eval.score_captions(texts, references, meteor) for name, texts in captions.items()}
+        captioning = task_eval.score_conditions(captions, derangements, references, meteor)
         captioning["ideal_observer"] = task_eval.score_captions(
-            [data.stimuli[m]["captions"][-1] for m in observed], [r[:-1] or r for r in references], meteor)
-    captioning["conditions"] = [*captions, "ideal_observer"]
-    zero_shot = task_eval.zero_shot_section(captions, items, data.novel_categories, data.category_synonyms)
+            [data.stimuli[m]["captions"][0] for m in observed], references, meteor)
+    # every train-split stimulus's caption: the bank of the LM's own retriever too, so no decoder exceeds it
+    ceiling = bank_ceiling(references, [data.stimuli[m]["captions"][0] for m in heldout.train_stimuli])
+    captioning["bank_ceiling"] = {"semscore": ceiling["semscore"], "n": ceiling["n"],
+                                  "per_item_semscore": ceiling["per_item"]}
+    captioning["conditions"] = [*captions, "ideal_observer", "bank_ceiling"]
+    zero_shot = task_eval.zero_shot_section(captions, derangements, items, data.novel_categories,
+                                            data.category_synonyms)
     timings["captioning"] = time.time() - t0
 
     t0 = time.time()
@@ -241,15 +286,21 @@ def run_evaluation(cfg: EvalConfig, overwrite: bool = False, progress: bool = Tr
     rest = rest_eval.rest_section(model, tokenizer, heldout, cfg)
     timings["rest"] = time.time() - t0
 
-    report = {"items": {"test_stimuli": int(test_stim.size), "subjects": len(subjects), "captioned": len(items),
+    report = {"protocol": {"scored_split": heldout.split, "splits": heldout.splits.record(),
+                           "note": "Recipes are chosen on val (`--set split=val`); test is scored once per run."
+                           if heldout.split == "test" else "A val-split report: for choosing recipes, not for "
+                           "reporting."},
+              "items": {"test_stimuli": int(test_stim.size), "subjects": len(subjects), "captioned": len(items),
                         "train_items": int(train["stimulus"].size), "repeats_averaged": n_repeats},
               "captioning": {k: ({kk: vv for kk, vv in v.items() if kk != "per_item_semscore"}
                                  if isinstance(v, dict) else v) for k, v in captioning.items()},
               "vqa": vqa, "retrieval": retrieval, "zero_shot": zero_shot, "few_shot": few_shot, "rest": rest}
     # Hits summed per item: the interval resamples items, and the ratio of the sums is the accuracy ratio.
     vqa_hits = {c: np.bincount(vqa_details["item"], vqa_details["hits"][c]) for c in ("model", "shuffled")}
+    # an item's questions are consecutive: its first question gives its stimulus
+    vqa_stimulus = np.asarray(vqa_details["stimulus"])[np.unique(vqa_details["item"], return_index=True)[1]]
     report["targets"] = _targets(report, {c: captioning[c]["per_item_semscore"] for c in captioning
-                                          if isinstance(captioning[c], dict)}, vqa_hits)
+                                          if isinstance(captioning[c], dict)}, vqa_hits, item_stimulus, vqa_stimulus)
     report["examples"] = _examples(items, captions, vqa_details, embeddings, test, row_of, cfg)
     report["timings_s"] = {k: round(v, 2) for k, v in timings.items()}
     report["brain_map"] = "brain_map.png"

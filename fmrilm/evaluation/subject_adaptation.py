@@ -1,10 +1,11 @@
 """Held-out-subject adaptation: new subject encoders from k scans, codebook and language model frozen.
 
 The corpus holds its last task subject(s) out (``corpus.json`` ``task_fewshot_subjects``), and a
-tokenizer trained with ``heldout_task_subjects`` never saw them either. For that subject and each k
-in ``adaptation.ks``, :func:`fmrilm.tokenizer.adapt.adapt_subject_encoders` fits the region encoders
-on k of its *training-split* stimuli (repeats averaged, a seeded order, so smaller k are subsets of
-larger ones); then, on its *test* stimuli (repeats averaged), each condition reports
+tokenizer never saw them either (the run's splits file holds them out of every fitted component).
+For that subject and each k in ``adaptation.ks``,
+:func:`fmrilm.tokenizer.adapt.adapt_subject_encoders` fits the region encoders on k of its
+*training-split* stimuli (repeats averaged, a seeded order, so smaller k are subsets of larger ones);
+then, on its *test* stimuli (repeats averaged), each condition reports
 
 - ``r2_clean``: reconstruction R² against the simulator's noise-free signal, and ``r2``: against the
   averaged scan itself (what the tokenizer was trained to reproduce);
@@ -51,16 +52,15 @@ def heldout_subject(data, summary: dict, tokenizer) -> tuple[int | None, str]:
     """The held-out task subject to adapt to (its index) or None, and why not.
 
     The first of ``corpus.json``'s ``task_fewshot_subjects`` is used; it must be one the tokenizer
-    left out of its training (its ``heldout_task_subjects`` last subjects).
+    left out of its training (not among its ``config.json`` ``provenance.train_subjects``).
     """
     names = summary.get("task_fewshot_subjects") or []
     if not names:
-        return None, "the corpus holds no task subject out (corpus splits.task_fewshot_subjects = 0)"
+        return None, "the corpus holds no task subject out (splits heldout_task_subjects = 0)"
     index = data.subject_index(names[0])
-    unseen = tokenizer.cfg.heldout_task_subjects
-    if index < len(data.subjects) - unseen:
-        return None, (f"the tokenizer trained on {names[0]} (tokenizer.heldout_task_subjects = {unseen}); "
-                      "adapting to a subject it saw would not measure few-shot transfer")
+    if names[0] in (tokenizer.provenance.get("train_subjects") or []):
+        return None, (f"the tokenizer trained on {names[0]}: adapting to a subject it saw would not measure "
+                      "few-shot transfer")
     return index, ""
 
 

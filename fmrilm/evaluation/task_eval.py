@@ -4,7 +4,10 @@ Every score is computed on the same items under three conditions:
 
 - ``model``: the item's own brain tokens (repeats averaged, then tokenized);
 - ``shuffled``: another test item's tokens (a derangement that never gives an item a trial of its
-  own stimulus, :func:`fmrilm.evaluation.controls.derangement`);
+  own stimulus, :func:`fmrilm.evaluation.controls.derangement`), scored under ``cfg.n_derangements``
+  derangements and averaged per item (an item's shuffled SemScore or VQA hits are its mean over
+  derangements, so the paired intervals still pair items); the per-derangement scores are kept
+  beside the mean (``per_derangement``), and the shuffled captions shown are the first derangement's;
 - ``text_only``: the same instruction with no scan at all (what the LM says from priors alone).
 
 A model trained with retrieval-augmented prompts (:mod:`fmrilm.retrieval.caption_prompts`) also gets
@@ -26,7 +29,7 @@ import numpy as np
 from fmrilm.corpus import without_scan
 from fmrilm.corpus.phrasing import PROMPTS
 from fmrilm.evaluation.captions import MeteorScorer, caption_metrics, semscore
-from fmrilm.evaluation.controls import derangement
+from fmrilm.evaluation.controls import derangements
 from fmrilm.evaluation.naming import zero_shot_naming
 from fmrilm.evaluation.vqa import vqa_accuracy
 from fmrilm.llm.generate import generate
@@ -59,9 +62,10 @@ class TaskItems:
     def references(self) -> list[list[str]]:
         return [self.stimuli[m]["captions"] for m in self.stimulus]
 
-    def shuffled_tokens(self, seed: int) -> np.ndarray:
-        """Each item gets the tokens of an item with another stimulus."""
-        return self.tokens[derangement(len(self), seed, groups=self.stimulus)]
+    def shuffled_tokens(self, seed: int, count: int = 1) -> np.ndarray:
+        """``[count, N, P·L]``: under each of `count` derangements, each item gets the tokens of an
+        item with another stimulus."""
+        return self.tokens[derangements(len(self), count, seed, groups=self.stimulus)]
 
 
 def _scan_lists(tokens: np.ndarray) -> list[np.ndarray]:
@@ -73,14 +77,32 @@ def _generate(model, tokens, prompts, max_new_tokens, batch_size, progress, retr
                     progress=progress, retrieve=retrieve)
 
 
-def caption_conditions(model, items: TaskItems, cfg, progress: bool = False) -> dict[str, list[str]]:
-    """Generated captions of every item under each condition (greedy)."""
+def _shuffled_generate(model, tokens: np.ndarray, prompts: list[str], max_new_tokens, cfg, progress):
+    """Answers under every derangement ``tokens [D, N, P·L]``: one batched generation of all D·N
+    prompts (batches stay full), split back into D lists."""
+    n_derangements, n = tokens.shape[:2]
+    texts = _generate(model, _scan_lists(tokens.reshape(n_derangements * n, -1)), prompts * n_derangements,
+                      max_new_tokens, cfg.batch_size, progress)
+    return [texts[d * n:(d + 1) * n] for d in range(n_derangements)]
+
+
+def caption_conditions(model, items: TaskItems, cfg, progress: bool = False) -> tuple[dict, list[list[str]]]:
+    """Generated captions of every item under each condition (greedy).
+
+    Returns
+    -------
+    captions : dict of str to list of str
+        Per condition; ``shuffled`` holds the first derangement's.
+    derangements : list of list of str
+        The shuffled captions under each of ``cfg.n_derangements`` derangements.
+    """
     n = len(items)
     prompts = [CAPTION_PROMPT] * n
+    shuffled = _shuffled_generate(model, items.shuffled_tokens(cfg.seed, cfg.n_derangements), prompts,
+                                  cfg.max_new_tokens, cfg, progress)
     out = {"model": _generate(model, _scan_lists(items.tokens), prompts, cfg.max_new_tokens, cfg.batch_size,
                               progress),
-           "shuffled": _generate(model, _scan_lists(items.shuffled_tokens(cfg.seed)), prompts,
-                                 cfg.max_new_tokens, cfg.batch_size, progress)}
+           "shuffled": shuffled[0]}
     # Greedy decoding of one scan-free prompt gives one caption: generate it once, use it for all.
     (text_only,) = _generate(model, [None], [without_scan(CAPTION_PROMPT)], cfg.max_new_tokens, 1, False)
     out["text_only"] = [text_only] * n
@@ -88,7 +110,7 @@ def caption_conditions(model, items: TaskItems, cfg, progress: bool = False) -> 
         out["no_retrieval"] = _generate(model, _scan_lists(items.tokens), prompts, cfg.max_new_tokens,
                                         cfg.batch_size, progress, retrieve=False)
         out["retrieved_caption"] = [found[0] for found in model.prompt_retriever.neighbours(items.tokens)]
-    return out
+    return out, shuffled
 
 
 def score_captions(generated: list[str], references: list[list[str]], meteor: bool | MeteorScorer) -> dict:
@@ -99,14 +121,48 @@ def score_captions(generated: list[str], references: list[list[str]], meteor: bo
             "per_item_semscore": sem["per_item"]}
 
 
-def zero_shot_section(captions: dict[str, list[str]], items: TaskItems, novel_categories, synonyms) -> dict:
-    """Naming rate of novel categories in each condition's captions of the novel-category items."""
+def _mean(values: list):
+    """Element-wise mean of the same score structure computed under each derangement: floats and
+    lists of numbers (per-item scores, hits) are averaged; counts, names and None are the first's."""
+    first = values[0]
+    if isinstance(first, dict):
+        return {k: _mean([v[k] for v in values]) for k in first}
+    if isinstance(first, float) or (isinstance(first, list) and first and isinstance(first[0], (bool, int, float))):
+        return np.mean(values, axis=0).tolist()
+    return first
+
+
+def _over_derangements(each: list[dict], headline: str) -> dict:
+    """:func:`_mean` of the scores under each derangement, with each one's `headline` score beside it."""
+    return {**_mean(each), "per_derangement": [e[headline] for e in each], "n_derangements": len(each)}
+
+
+def score_conditions(captions: dict[str, list[str]], shuffled: list[list[str]], references: list[list[str]],
+                     meteor: bool | MeteorScorer) -> dict:
+    """:func:`score_captions` of each condition, ``shuffled`` averaged over its derangements.
+
+    The shuffled condition's metrics and per-item SemScores are means over the derangements' captions
+    `shuffled`, with ``per_derangement`` (each derangement's SemScore) and ``n_derangements`` beside them.
+    """
+    return {name: _over_derangements([score_captions(d, references, meteor) for d in shuffled], "semscore")
+            if name == "shuffled" else score_captions(texts, references, meteor) for name, texts in captions.items()}
+
+
+def zero_shot_section(captions: dict[str, list[str]], shuffled: list[list[str]], items: TaskItems,
+                      novel_categories, synonyms) -> dict:
+    """Naming rate of novel categories in each condition's captions of the novel-category items (the
+    shuffled condition's averaged over the derangements' captions `shuffled`)."""
     novel = set(novel_categories)
     rows = [i for i, m in enumerate(items.stimulus) if novel & set(items.stimuli[m]["categories"])]
     if not rows:
         return {"status": "skipped", "reason": "no novel-category stimulus among the evaluated items"}
     cats = [sorted(novel & set(items.stimuli[items.stimulus[i]]["categories"])) for i in rows]
-    return {c: zero_shot_naming([captions[c][i] for i in rows], cats, synonyms) for c in CONDITIONS}
+
+    def naming(texts: list[str]) -> dict:
+        return zero_shot_naming([texts[i] for i in rows], cats, synonyms)
+
+    return {c: _over_derangements([naming(d) for d in shuffled], "fraction") if c == "shuffled" else naming(captions[c])
+            for c in CONDITIONS}
 
 
 def vqa_questions(items: TaskItems, seed: int, per_item: int = 1) -> dict[str, list]:
@@ -131,24 +187,30 @@ def vqa_section(model, items: TaskItems, cfg, progress: bool = False) -> tuple[d
     """VQA exact-match accuracy by question type for each condition, and the answers given.
 
     Each item is asked ``cfg.vqa_questions_per_item`` questions about the same scan (the shuffled
-    condition: about the same other item's scan), so an item's questions share its brain tokens;
-    ``details["item"]`` says which item a question belongs to (resampling unit of the intervals),
-    ``details["hits"][condition]`` whether each answer matched."""
+    condition: about the same other item's scan, under each of ``cfg.n_derangements`` derangements),
+    so an item's questions share its brain tokens; ``details["item"]`` says which item a question
+    belongs to (resampling unit of the intervals), ``details["hits"][condition]`` whether each answer
+    matched: for ``shuffled`` the fraction of derangements in which it did, and the section's
+    shuffled accuracies are means over derangements (``per_derangement``: each one's overall
+    accuracy). ``details["shuffled"]`` holds the first derangement's answers."""
     keep = np.array([bool(items.stimuli[m]["qa"]) for m in items.stimulus])
     sub = TaskItems(items.subject[keep], items.stimulus[keep], items.tokens[keep], items.stimuli)
     asked = vqa_questions(sub, cfg.seed, cfg.vqa_questions_per_item)
     row = np.asarray(asked["item"], np.int64)
     prompts = [VQA_PROMPT.format(question=q) for q in asked["question"]]
+    shuffled = _shuffled_generate(model, sub.shuffled_tokens(cfg.seed, cfg.n_derangements)[:, row], prompts,
+                                  cfg.vqa_max_new_tokens, cfg, progress)
     given = {
         "model": _generate(model, _scan_lists(sub.tokens[row]), prompts, cfg.vqa_max_new_tokens, cfg.batch_size,
                            progress),
-        "shuffled": _generate(model, _scan_lists(sub.shuffled_tokens(cfg.seed)[row]), prompts,
-                              cfg.vqa_max_new_tokens, cfg.batch_size, progress),
+        "shuffled": shuffled[0],
         "text_only": _generate(model, [None] * len(prompts), [without_scan(p) for p in prompts],
                                cfg.vqa_max_new_tokens, cfg.batch_size, progress),
     }
-    scores = {c: vqa_accuracy(given[c], asked["answer"], asked["type"]) for c in CONDITIONS}
-    section = {c: {k: v for k, v in score.items() if k != "hits"} for c, score in scores.items()}
+    scores = {c: _over_derangements([vqa_accuracy(d, asked["answer"], asked["type"]) for d in shuffled], "overall")
+              if c == "shuffled" else vqa_accuracy(given[c], asked["answer"], asked["type"]) for c in CONDITIONS}
+    section = {c: {k: v for k, v in scores[c].items() if k != "hits"} for c in CONDITIONS}
     details = {**asked, "stimulus": sub.stimulus[row].tolist(), "subject": sub.subject[row].tolist(), **given,
                "hits": {c: score["hits"] for c, score in scores.items()}}
     return section, details
+

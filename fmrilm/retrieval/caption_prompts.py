@@ -15,9 +15,17 @@ Everything still flows from the brain tokens: the embedding is the retrieval sta
 code vectors of the scan's tokens, so the shuffled control retrieves another scan's neighbours, the
 text-only control (no scan) gets no prefix, and in-silico stimulation acts through re-tokenization.
 Training prompts leave out the sample's own stimulus, so the LM never learns to expect an exact
-match, which a held-out test scan (its stimulus is not in the bank) never has. Prompts with several
-scans (k-shot examples, temporal runs) are left as they are, and so are rest scans (the captions
-describe viewed scenes; callers pass ``None`` tokens, or ``retrieve=False`` to generation).
+match, which a held-out test scan (its stimulus is not in the bank) never has. A k-shot prompt
+(:func:`fmrilm.corpus.phrasing.with_shots`: examples, then the query after the last
+:data:`~fmrilm.corpus.phrasing.SHOT_SEPARATOR`) gets the prefix of its QUERY scan, the last of its
+scans, written just before the query, so the query reads exactly as a zero-shot prompt does and
+in-context k ≥ 1 is compared with k = 0 under the same retrieval::
+
+    <example prompt> <caption>\n\nSimilar scenes: <caption 1> | ...\nWhat was the person looking at ...? <scan>
+
+A prompt whose query refers to no scan or to several (temporal runs) is left as it is, and so are
+rest scans (the captions describe viewed scenes; callers pass ``None`` tokens, or ``retrieve=False``
+to generation).
 
 A retriever is saved inside the stage-3 export (``retriever/``) and loaded with the model, so every
 caller of :func:`fmrilm.llm.generate.generate` (evaluation, ``fmrilm ask``, stimulation) prompts the
@@ -35,6 +43,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fmrilm.corpus import SCAN
+from fmrilm.corpus.phrasing import SHOT_SEPARATOR
 from fmrilm.errors import InputError
 from fmrilm.io import atomic_dir, read_json, write_json
 from fmrilm.retrieval.brain_embedder import BrainEmbedder
@@ -46,7 +56,7 @@ SEPARATOR = " | "
 
 
 class CaptionRetriever:
-    """Brain embedder + training-caption index that prefix single-scan prompts with neighbours.
+    """Brain embedder + training-caption index that prefix a prompt's query with its scan's neighbours.
 
     Parameters
     ----------
@@ -136,15 +146,33 @@ class CaptionRetriever:
         return [list(dict.fromkeys(m["caption"] for m in rows if m["stimulus_index"] != skip))[: self.k]
                 for rows, skip in zip(meta, exclude, strict=True)]
 
+    def _query_scan(self, prompt: str, tokens) -> np.ndarray | None:
+        """The scan ``[P·L]`` a prompt's query asks about: the last of its scans, when the query (the
+        text after the last shot separator) refers to exactly one; else None."""
+        if tokens is None:
+            return None
+        tokens = np.asarray(tokens)
+        if tokens.size == 0 or tokens.size % self.tokens_per_scan or prompt.split(SHOT_SEPARATOR)[-1].count(SCAN) != 1:
+            return None
+        return tokens.reshape(-1, self.tokens_per_scan)[-1]
+
     def augment(self, prompts: list[str], brain_tokens: list, exclude=None) -> list[str]:
-        """`prompts` with the neighbours' prefix on each one whose tokens hold exactly one scan."""
+        """`prompts` with the neighbours' prefix before each one's query (see module docstring).
+
+        Parameters
+        ----------
+        brain_tokens : list of (array [n_scans, P·L] or None)
+            Each prompt's scans, the query's last; None (text-only, rest) leaves the prompt as it is.
+        exclude : list, optional
+            Per prompt, a stimulus index whose captions are not retrieved (the query's own, in training).
+        """
         exclude = [None] * len(prompts) if exclude is None else list(exclude)
-        single = [i for i, t in enumerate(brain_tokens)
-                  if t is not None and np.asarray(t).size == self.tokens_per_scan]
+        scans = [self._query_scan(p, t) for p, t in zip(prompts, brain_tokens, strict=True)]
+        queried = [i for i, scan in enumerate(scans) if scan is not None]
         out = list(prompts)
-        if single:
-            found = self.neighbours(np.stack([np.asarray(brain_tokens[i]).reshape(-1) for i in single]),
-                                    [exclude[i] for i in single])
-            for i, captions in zip(single, found, strict=True):
-                out[i] = f"{PREFIX}{SEPARATOR.join(captions)}\n{prompts[i]}"
+        if queried:
+            found = self.neighbours(np.stack([scans[i] for i in queried]), [exclude[i] for i in queried])
+            for i, captions in zip(queried, found, strict=True):
+                *shots, query = prompts[i].split(SHOT_SEPARATOR)
+                out[i] = SHOT_SEPARATOR.join([*shots, f"{PREFIX}{SEPARATOR.join(captions)}\n{query}"])
         return out

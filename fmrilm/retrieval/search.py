@@ -39,10 +39,12 @@ class SearchIndexConfig:
     Attributes
     ----------
     corpus : str
-        Corpus directory: its ``corpus.json`` names the task dataset; its splits say which stimuli
-        are held out (test) and which may train the embedder (neither test nor val).
+        Corpus directory: its ``corpus.json`` names the task dataset.
     tokenizer : str
         Tokenizer artifact or its stage directory.
+    splits : str
+        The run's splits file (default: the one the corpus records). The embedder trains on the
+        train stimuli of the train task subjects only; corpus and tokenizer must record the same file.
     out : str
     max_train_items : int
         (subject, stimulus) training scans for the embedder, spread evenly over subjects.
@@ -53,6 +55,7 @@ class SearchIndexConfig:
 
     corpus: str = "runs/demo/corpus"
     tokenizer: str = "runs/demo/tokenizer"
+    splits: str = ""
     out: str = "runs/demo/retrieval"
     max_train_items: int = 3000
     seed: int = 0
@@ -82,6 +85,7 @@ def build_search_indexes(cfg: SearchIndexConfig, overwrite: bool = False, progre
         Before anything is written: a corpus without task data or test stimuli, too few training
         scans, a tokenizer of another atlas, an existing output without `overwrite`.
     """
+    from fmrilm.brain.splits import check_recorded
     from fmrilm.brain.task_data import TaskData
     from fmrilm.evaluation.heldout import load_heldout, resolve_tokenizer_dir
     from fmrilm.textembed import embed_texts
@@ -89,17 +93,20 @@ def build_search_indexes(cfg: SearchIndexConfig, overwrite: bool = False, progre
 
     if Path(cfg.out).exists() and not overwrite:
         raise InputError(cfg.out, "out", "already exists (pass overwrite=True / --force to replace it)")
-    heldout = load_heldout(cfg.corpus)
+    heldout = load_heldout(cfg.corpus, cfg.splits or None)
     task_path = heldout.input_path("task_dataset")
     if task_path is None or heldout.test_stimuli.size == 0:
         raise InputError(Path(cfg.corpus) / "corpus.json", "inputs.task_dataset", "the corpus has no task test data")
     data = TaskData(task_path)
     tokenizer_dir = resolve_tokenizer_dir(cfg.tokenizer)
     tokenizer = BrainTokenizer.from_pretrained(tokenizer_dir, data.atlas_info).eval()
-    subjects = range(len(data.subjects))
-    per_subject = max(1, cfg.max_train_items // len(subjects))
+    check_recorded(tokenizer.provenance.get("splits"), heldout.splits, f"the tokenizer {tokenizer_dir}",
+                   tokenizer_dir / "config.json")
+    # Held-out task subjects train nothing: the embedder sees the train subjects' train stimuli only.
+    trained = heldout.splits.task_subject_indices(data.dataset, "train")
+    per_subject = max(1, cfg.max_train_items // len(trained))
     rng = np.random.default_rng([cfg.seed, 7])
-    train_rows = [(s, np.sort(rng.permutation(heldout.train_stimuli)[:per_subject])) for s in subjects]
+    train_rows = [(int(s), np.sort(rng.permutation(heldout.train_stimuli)[:per_subject])) for s in trained]
     if sum(len(m) for _, m in train_rows) < 2:
         raise InputError(cfg.corpus, "train", "fewer than 2 training scans: the embedder cannot be trained")
 
@@ -107,14 +114,13 @@ def build_search_indexes(cfg: SearchIndexConfig, overwrite: bool = False, progre
     captions = [data.stimuli[m]["captions"][0] for _, stimuli in train_rows for m in stimuli]
     embedder, history = train_brain_embedder(features, embed_texts(captions), cfg.embedder, progress=progress)
 
-    test = heldout.test_stimuli
+    test, subjects = heldout.test_stimuli, range(len(data.subjects))
     scan_vectors = np.concatenate([embedder.embed(scan_features(data, tokenizer, s, test)) for s in subjects])
     scan_ids = [scan_id(data, s, m) for s in subjects for m in test]
     scan_meta = [{"subject": data.subjects[s]["subject"], "stimulus": data.stimuli[m]["key"],
                   "caption": data.stimuli[m]["captions"][0]} for s in subjects for m in test]
-    split = {int(m): "test" for m in test} | {int(m): "train" for m in heldout.train_stimuli}
     bank = [row["captions"][0] for row in data.stimuli]
-    caption_meta = [{"stimulus": row["key"], "stimulus_index": i, "split": split.get(i, "val"),
+    caption_meta = [{"stimulus": row["key"], "stimulus_index": i, "split": heldout.splits.stimuli[row["key"]],
                      "caption": row["captions"][0]}
                     for i, row in enumerate(data.stimuli)]
     captions_index = SemanticIndex.build(embed_texts(bank, progress=progress), [r["key"] for r in data.stimuli],
@@ -127,6 +133,8 @@ def build_search_indexes(cfg: SearchIndexConfig, overwrite: bool = False, progre
         write_json(tmp / SEARCH_FILE, {"task_dataset": str(Path(task_path).resolve()),
                                        "tokenizer": str(tokenizer_dir.resolve()),
                                        "corpus": str(Path(cfg.corpus).resolve()), "n_train_scans": len(features),
+                                       "splits": heldout.splits.record(),
+                                       "train_subjects": [data.subjects[s]["subject"] for s in trained],
                                        "n_captions": len(captions_index), "n_scans": len(scans_index),
                                        "final_train_loss": history[-1]})
         save_config(cfg, tmp / "search_config.yaml")

@@ -46,7 +46,7 @@ import torch
 
 from fmrilm.engine import EngineConfig, TrainEngine, stage_main
 from fmrilm.errors import InputError
-from fmrilm.io import write_json
+from fmrilm.io import read_json, write_json
 from fmrilm.stages import lm_common
 
 STAGE = "instruct"
@@ -145,8 +145,14 @@ def setup(cfg: InstructStageConfig, train_dir: Path, joint: dict):
         lm_common.check_corpus_tokenizer(cfg.corpus, split, joint["tokenizer"])
     model = load_brainlm(cfg.model)
     if cfg.retrieval and cfg.retrieved_captions > 0:
+        from fmrilm.brain.splits import check_recorded, read_splits
         from fmrilm.retrieval.caption_prompts import CaptionRetriever
+        from fmrilm.retrieval.search import SEARCH_FILE
 
+        # prompts retrieve from the search indexes: they must be the ones built on the corpus's splits
+        corpus_splits = read_json(Path(cfg.corpus) / "corpus.json").get("run_splits") or {}
+        check_recorded(read_json(Path(cfg.retrieval) / SEARCH_FILE).get("splits"), read_splits(corpus_splits["path"]),
+                       f"the search indexes {cfg.retrieval}", Path(cfg.retrieval) / SEARCH_FILE)
         model.prompt_retriever = CaptionRetriever.from_search_dir(cfg.retrieval, cfg.retrieved_captions)
     samples, skipped = lm_common.read_split(cfg.corpus, cfg.split, cfg.tasks)
     mixture = lm_common.weight_tasks(samples, cfg.task_weights, cfg.engine.seed)

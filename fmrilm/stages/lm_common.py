@@ -295,7 +295,10 @@ def export(engine: TrainEngine, export_dir: Path, save: Callable[[Path], None], 
     """Write the stage's export on the main rank: `save(dir)`, the resolved config, ``stage.json`` last.
 
     Collective (every rank calls it, for ZeRO-3 gathering); returns the directory on the main rank.
+    ``stage.json`` also records the splits file the stage's corpus was built on.
     """
+    corpus = Path(stage_cfg.corpus) / "corpus.json"
+    info = {**info, "splits": read_json(corpus).get("run_splits") if corpus.is_file() else None}
     with full_parameters(engine):
         if engine.is_main:
             save(export_dir)

@@ -42,14 +42,15 @@ class TokenizerDataConfig:
     ----------
     dataset : str
         Task or rest dataset directory (kind must match ``tokenizer.input``).
-    heldout_fraction : float
-        Held-out stimuli (task) or trailing windows per subject (rest), for evaluation only.
+    splits : str
+        The run's splits file (``fmrilm splits``): the tokenizer trains on train stimuli of train
+        subjects (rest: train subjects) and reports its held-out figures on val.
     tag : str
         Names the data in the artifact directory; default: the dataset's ``source``.
     """
 
     dataset: str = ""
-    heldout_fraction: float = 0.1
+    splits: str = ""
     tag: str = ""
 
 
@@ -77,18 +78,23 @@ def codebook_rank_spread(model) -> float:
 
 def setup(cfg: TokenizerStageConfig):
     """Validate the config, build tokenizer, data splits and engine. Returns (engine, train, heldout)."""
-    from fmrilm.tokenizer.data import load_splits, tokenizer_for_dataset
+    from fmrilm.brain.splits import read_splits
+    from fmrilm.tokenizer.data import load_splits, tokenizer_for_dataset, training_record
 
     if not cfg.data.dataset:
         raise InputError("config", "data.dataset", "no dataset given (--set data.dataset=DIR)")
+    if not cfg.data.splits:
+        raise InputError("config", "data.splits", "no splits file given (write one with `fmrilm splits`, "
+                         "then --set data.splits=FILE)")
+    splits = read_splits(cfg.data.splits)
     cfg.tokenizer.validate()
     init_distributed()
     world = torch.distributed.get_world_size()
     torch.manual_seed(cfg.engine.seed)  # identical initial weights on every rank
     model = tokenizer_for_dataset(cfg.tokenizer, cfg.data.dataset, sync_codebook=world > 1)
     use_text = cfg.tokenizer.contrastive != "none" and cfg.tokenizer.contrastive_weight > 0
-    train, heldout = load_splits(cfg.data.dataset, model, cfg.data.heldout_fraction, cfg.engine.seed,
-                                 use_text)
+    train, heldout = load_splits(cfg.data.dataset, model, splits, use_text)
+    model.provenance = training_record(cfg.data.dataset, splits)
     if len(train) < cfg.engine.micro_batch_size * world:
         raise InputError(cfg.data.dataset, "scans",
                          f"{len(train)} training scans, fewer than one global batch")

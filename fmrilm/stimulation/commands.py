@@ -7,10 +7,12 @@ from __future__ import annotations
 
 
 def register(sub) -> None:
-    p = sub.add_parser("stimulate", help="in-silico microstimulation: dose-response of generated captions",
+    p = sub.add_parser("stimulate", help="in-silico microstimulation: dose-response of captions and the ideal observer",
                        description="Add α·SD to the localizer-selected vertices of a category in held-out "
-                                   "scans, re-tokenize, caption, and compare with random vertices and "
-                                   "another category's patch. Writes stimulation.json and two PNGs.")
+                                   "scans, re-tokenize and caption them, and decode them with the ideal "
+                                   "observer; compare with random patches of the same size and shape and "
+                                   "another category's patch, with bootstrap intervals. Writes "
+                                   "stimulation.json and two PNGs.")
     p.add_argument("--config", default="stimulation_demo", help="shipped config name or YAML path")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
     p.add_argument("--force", action="store_true", help="replace an existing output directory")
@@ -23,9 +25,19 @@ def _stimulate(args) -> int:
 
     cfg = load_config(StimulationConfig, args.config, args.set)
     summary = run_stimulation(cfg, overwrite=args.force)
-    for condition, result in summary["conditions"].items():
-        rates = " ".join(f"{d['concept_rate']:.2f}" for d in result["doses"])
-        print(f"{condition:15s} rate by α {summary['alphas']}: {rates}  spearman={result['spearman_rate']}")
-    print(f"specificity vs random: {summary['specificity_vs_random']:.2f}  targets: {summary['targets']}")
+    for reader in ("lm", "ideal_observer"):
+        result = summary[reader]
+        for condition, curve in result["conditions"].items():
+            rates = " ".join(f"{d['concept_rate']:.2f}" for d in curve["doses"])
+            print(f"{reader:14s} {condition:15s} rate by α {summary['alphas']}: {rates}  "
+                  f"rise {curve['rise']:+.2f} {_ci(curve['rise_ci'])}  spearman={curve['spearman']}")
+        spec, diff = result["specificity"], result["rise_difference_vs_controls"]
+        print(f"{reader:14s} specificity {spec['value']} ({spec['status']}); "
+              f"rise − control rise {diff['value']:+.2f} {_ci(diff['ci'])}")
+    print(f"targets: {summary['targets']}  cost: {summary['cost']}")
     print(f"output: {cfg.out}")
     return 0
+
+
+def _ci(bounds) -> str:
+    return "[" + ", ".join("—" if b is None else f"{b:+.2f}" for b in bounds) + "]"

@@ -1,69 +1,123 @@
-"""Figures of a stimulation experiment: dose-response curves and the stimulated vertices on fsaverage5."""
+"""Figures of a stimulation experiment: dose-response curves of both readers, and the patches on fsaverage5.
+
+As in nilearn, each ``plot_*`` returns its :class:`matplotlib.figure.Figure` and saves it only when
+given `output_file`. Figures are built with ``Figure`` directly, never through pyplot's global
+state, so no backend has to be chosen (saving to PNG uses Agg).
+"""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 
 from fmrilm.io import atomic_path
 
-COLOURS = {"target": "tab:red", "random": "tab:grey", "other_category": "tab:blue"}
+COLOURS = {"target": "tab:red", "control_patches": "tab:green", "other_category": "tab:blue"}
+LABELS = {"target": "target patch", "control_patches": "control patches (mean)", "other_category": "other category"}
 
 
-def _save(fig, out_png) -> Path:
-    import matplotlib.pyplot as plt
-
-    out_png = Path(out_png)
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, format="png", dpi=80)
-    plt.close(fig)
-    return out_png
+def _save(fig, output_file) -> None:
+    if output_file is not None:
+        with atomic_path(output_file) as tmp:
+            fig.savefig(tmp, format="png", dpi=80)
 
 
-def plot_dose_response(summary: dict, out_png) -> Path:
-    """Concept-word rate and probe SemScore against α, one line per condition."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-    for condition, result in summary["conditions"].items():
-        alphas = [d["alpha"] for d in result["doses"]]
-        for ax, key in zip(axes, ("concept_rate", "probe_semscore")):
-            ax.plot(alphas, [d[key] for d in result["doses"]], "o-", color=COLOURS.get(condition), label=condition)
-    axes[0].set(xlabel="α (SD units)", ylabel=f"captions naming '{summary['target']}'", ylim=(-0.02, 1.02))
-    axes[1].set(xlabel="α (SD units)", ylabel="SemScore to probe")
-    axes[0].legend(fontsize=8)
-    fig.suptitle(f"stimulation of the {summary['target']} patch (subject {summary['subject']})")
-    fig.tight_layout()
-    return _save(fig, out_png)
+def _curves(ax, reader: dict, key: str, per_patch: bool) -> None:
+    """One line with its interval band per condition; thin lines for the single control patches."""
+    for condition, result in reader["conditions"].items():
+        doses = result["doses"]
+        alphas = [d["alpha"] for d in doses]
+        lo, hi = zip(*(d[f"{key}_ci"] for d in doses))
+        colour = COLOURS.get(condition)
+        ax.fill_between(alphas, lo, hi, color=colour, alpha=0.15, linewidth=0)
+        ax.plot(alphas, [d[key] for d in doses], "o-", color=colour, label=LABELS.get(condition, condition))
+        if per_patch and "per_patch" in result:
+            ax.plot(alphas, np.asarray(result["per_patch"]), "-", color=colour, alpha=0.25, linewidth=0.8)
 
 
-def plot_vertices(vertices: dict, atlas, out_png, target: str, other: str) -> Path:
-    """Stimulated vertices on the inflated fsaverage5 surface (ventral and lateral views, both hemispheres).
+def _caption(reader: dict) -> str:
+    spec, diff = reader["specificity"], reader["rise_difference_vs_controls"]
+    ratio = f"{spec['value']:.2f}×" if spec["value"] is not None else "undefined"
+    lo, hi = diff["ci"]
+    return f"specificity {ratio}; rise − control rise {diff['value']:+.2f} [{lo:+.2f}, {hi:+.2f}]"
 
-    Labels: 1 = target patch, 2 = other category's patch, 3 = random vertices.
+
+def plot_dose_response(summary: dict, output_file=None):
+    """Concept rate against α for the LM and the ideal observer, and the LM's probe SemScore.
+
+    Parameters
+    ----------
+    summary : dict
+        ``stimulation.json``.
+    output_file : path, optional
+        PNG written (atomically) if given.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
     """
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    fig = Figure(figsize=(14, 4.2))
+    axes = fig.subplots(1, 3)
+    target = summary["target"]
+    panels = ((summary["lm"], "concept_rate", f"LM captions naming '{target}'", True),
+              (summary["ideal_observer"], "concept_rate", f"ideal observer: decoded stimulus names '{target}'", True),
+              (summary["lm"], "probe_semscore", f"LM SemScore to '{summary['probe']}'", False))
+    for ax, (reader, key, ylabel, is_rate) in zip(axes, panels):
+        _curves(ax, reader, key, per_patch=is_rate)
+        ax.set(xlabel="α (SD units)", ylabel=ylabel)
+        if is_rate:
+            ax.set_ylim(-0.02, 1.02)
+            ax.set_title(_caption(reader), fontsize=8)
+    axes[0].legend(fontsize=8, loc="upper left")
+    fig.suptitle(f"stimulation of the {target} patch (subject {summary['subject']}; {summary['interval']:.0%} "
+                 f"bootstrap bands; {summary['n_scans']} scans, {summary['n_control_patches']} control patches × "
+                 f"{summary['n_control_scans']} scans)", fontsize=10)
+    fig.tight_layout()
+    _save(fig, output_file)
+    return fig
+
+
+def plot_vertices(patches: dict, atlas, target: str, other: str, output_file=None):
+    """The target, other-category and control patches on the inflated fsaverage5 surface
+    (ventral, lateral and medial views of both hemispheres).
+
+    Parameters
+    ----------
+    patches : dict
+        ``target``, ``other_category`` (vertex indices) and ``control_patches`` (list of them).
+    atlas : Atlas
+        An fsaverage5 atlas (the bundled meshes are fsaverage5).
+    target, other : str
+        Category names for the title.
+    output_file : path, optional
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    from matplotlib.figure import Figure
     from nilearn import datasets, plotting
 
+    # Set1 colours: 1 red (target), 2 blue (other category), 3 green (control patches).
     labels = np.zeros(atlas.n_vertices, np.float32)
-    labels[vertices["random"]] = 3
-    labels[vertices["other_category"]] = 2
-    labels[vertices["target"]] = 1
+    for vertices in patches["control_patches"]:
+        labels[vertices] = 3
+    labels[patches["other_category"]] = 2
+    labels[patches["target"]] = 1
     mesh = datasets.fetch_surf_fsaverage("fsaverage5")  # bundled with nilearn: no download
     n_left = atlas.hemi_sizes[0]
     halves = {"left": labels[:n_left], "right": labels[n_left:]}
-    fig, axes = plt.subplots(2, 2, figsize=(9, 7), subplot_kw={"projection": "3d"})
+    views = ("ventral", "lateral", "medial")
+    fig = Figure(figsize=(8, 9))
+    axes = fig.subplots(len(views), 2, subplot_kw={"projection": "3d"})
+    fig.subplots_adjust(left=0, right=1, bottom=0, top=0.95, wspace=0, hspace=0)
     for col, hemi in enumerate(("left", "right")):
-        for row, view in enumerate(("ventral", "lateral")):
+        for row, view in enumerate(views):
             plotting.plot_surf_roi(mesh[f"infl_{hemi}"], halves[hemi], hemi=hemi, view=view,
                                    bg_map=mesh[f"sulc_{hemi}"], axes=axes[row, col], figure=fig,
-                                   cmap="Set1", vmin=1, vmax=9, colorbar=False)
-    fig.suptitle(f"stimulated vertices: red {target}, blue {other}, green random")
-    return _save(fig, out_png)
+                                   cmap="Set1", vmin=1, vmax=9, threshold=0.5, colorbar=False)
+    fig.suptitle(f"red: {target} patch; blue: {other} patch; green: {len(patches['control_patches'])} "
+                 "control patches of the same size and shape")
+    _save(fig, output_file)
+    return fig

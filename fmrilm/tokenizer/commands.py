@@ -63,7 +63,7 @@ def _inspect(args) -> int:
 
     from fmrilm.errors import InputError
     from fmrilm.io import read_json
-    from fmrilm.tokenizer.data import dataset_atlas, load_splits
+    from fmrilm.tokenizer.data import all_scans, dataset_atlas
     from fmrilm.tokenizer.evaluate import evaluate_tokenizer
     from fmrilm.tokenizer.health import dead_codes
     from fmrilm.tokenizer.model import BrainTokenizer
@@ -72,7 +72,7 @@ def _inspect(args) -> int:
     directory = Path(args.tokenizer)
     tokenizer = BrainTokenizer.from_pretrained(directory)
     if args.data:
-        scans, _ = load_splits(args.data, tokenizer, 0.0, 0, with_text=False)
+        scans = all_scans(args.data, tokenizer)
         report, source = evaluate_tokenizer(tokenizer, scans, args.batch_size, progress=True), args.data
     elif (directory / "eval.json").is_file():
         report, source = read_json(directory / "eval.json"), "held-out split of training (eval.json)"

@@ -94,11 +94,6 @@ class TokenizerConfig:
     contrastive_weight : float
     text_dim : int
         Dimension of the text embeddings (384 for MiniLM).
-    heldout_task_subjects : int
-        Task input: the last N subjects of the dataset are left out of training (and of the
-        held-out scans), so the evaluation can adapt to a subject the tokenizer never saw
-        (:mod:`fmrilm.tokenizer.adapt`). Stored with the artifact as a record of what it saw.
-        Ignored for rest input.
 
     Training precision is the engine's (``engine.precision``); the quantizer always runs in fp32
     and inference (:meth:`BrainTokenizer.encode`) always in fp32, so codes do not depend on it.
@@ -112,7 +107,6 @@ class TokenizerConfig:
     contrastive: str = "clip"
     contrastive_weight: float = 0.1
     text_dim: int = 384
-    heldout_task_subjects: int = 0
 
     def validate(self, source: str = "tokenizer") -> None:
         if self.input not in INPUT_KINDS:
@@ -122,8 +116,6 @@ class TokenizerConfig:
         for name in ("window", "hidden_dim", "code_dim", "text_dim"):
             if getattr(self, name) < 1:
                 raise InputError(source, name, f"{getattr(self, name)} < 1")
-        if self.heldout_task_subjects < 0:
-            raise InputError(source, "heldout_task_subjects", f"{self.heldout_task_subjects} < 0")
         self.quantizer.validate(f"{source}.quantizer")
 
     @property

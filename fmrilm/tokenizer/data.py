@@ -2,13 +2,13 @@
 
 - **Task** datasets (kind ``"task"``): each trial's z-scored betas ``[V]`` grouped per parcel
   (``D = atlas.vmax``, mask from the atlas). Text = MiniLM embedding of the stimulus's first
-  caption, embedded once per stimulus. Held-out data are whole stimuli (never seen in training).
-  The last ``tokenizer.heldout_task_subjects`` subjects are in neither split: they are kept for
-  few-shot adaptation (:func:`heldout_subject_indices`; the corpus holds out the same ones).
+  caption, embedded once per stimulus. The run's splits file decides: training scans are the train
+  stimuli of train subjects, held-out figures come from their val stimuli; test stimuli and held-out
+  subjects are never read.
 - **Rest** datasets (kind ``"rest"``): each subject's parcel time series z-scored per parcel, cut
   into non-overlapping windows of W TRs (``D = W``, mask all true). Text = a one-line description
-  of the subject's phenotype where known (none for a real run with unknown phenotype). Held-out
-  data are the last windows of every subject (later TRs, never seen in training).
+  of the subject's phenotype where known (none for a real run with unknown phenotype). Training
+  windows are the train subjects', held-out ones the val subjects'.
 
 Scan sets are views: indices into memory-mapped arrays, grouped a batch at a time.
 """
@@ -112,11 +112,10 @@ def all_scans(path, tokenizer) -> ScanSet:
 
     What tokenizing a whole dataset needs; training uses :func:`load_splits`.
     """
-    return load_splits(path, tokenizer, 0.0, 0, with_text=False, leave_out_subjects=False)[0]
+    return load_splits(path, tokenizer, None, with_text=False)[0]
 
 
-def load_splits(path, tokenizer, heldout_fraction: float, seed: int, with_text: bool = True,
-                leave_out_subjects: bool = True):
+def load_splits(path, tokenizer, splits=None, with_text: bool = True):
     """Train and held-out :class:`ScanSet` of a task or rest dataset, checked against `tokenizer`.
 
     Parameters
@@ -125,14 +124,13 @@ def load_splits(path, tokenizer, heldout_fraction: float, seed: int, with_text: 
         Dataset directory (manifest kind ``task`` or ``rest``).
     tokenizer : BrainTokenizer
         Supplies the layout (vertex grouping or window length) and the atlas to check against.
-    heldout_fraction : float
-        Fraction of stimuli (task) or of each subject's windows (rest) held out.
-    seed : int
-        Chooses the held-out stimuli.
+    splits : RunSplits or None
+        The run's splits (:mod:`fmrilm.brain.splits`). Task data: train = trials of ``train`` stimuli
+        by ``train`` subjects, held out = their trials of ``val`` stimuli (test stimuli and held-out
+        subjects are in neither). Rest data: the windows of ``train`` / ``val`` subjects. None: every
+        scan in the first set, an empty second one.
     with_text : bool
         Embed captions / descriptions for the contrastive loss.
-    leave_out_subjects : bool
-        Task data: drop the last ``tokenizer.cfg.heldout_task_subjects`` subjects from both splits.
     """
     from fmrilm.tokenizer.model import check_atlas
 
@@ -142,29 +140,27 @@ def load_splits(path, tokenizer, heldout_fraction: float, seed: int, with_text: 
         raise InputError(ds.path / "manifest.json", "kind",
                          f"{ds.kind!r} dataset, tokenizer reads {tokenizer.cfg.input!r}")
     if ds.kind == "task":
-        n_unseen = tokenizer.cfg.heldout_task_subjects if leave_out_subjects else 0
-        return _task_splits(ds, tokenizer, heldout_fraction, seed, with_text, n_unseen)
-    return _rest_splits(ds, tokenizer, heldout_fraction, with_text)
+        return _task_splits(ds, tokenizer, splits, with_text)
+    return _rest_splits(ds, tokenizer, splits, with_text)
 
 
-def heldout_subject_indices(n_subjects: int, n_heldout: int, source="subjects") -> np.ndarray:
-    """Indices of the last `n_heldout` of `n_subjects` task subjects (those a tokenizer never sees)."""
-    if not 0 <= n_heldout < n_subjects:
-        raise InputError(source, "heldout_task_subjects",
-                         f"{n_heldout} of {n_subjects} subjects: at least one must remain for training")
-    return np.arange(n_subjects - n_heldout, n_subjects)
+def training_record(path, splits) -> dict:
+    """What a tokenizer trained on `path` under `splits` saw (stored in its ``config.json``)."""
+    ds = Dataset(path)
+    record = {"dataset": str(ds.path.resolve()), "splits": splits.record()}
+    if ds.kind == "task":
+        keys = [r["key"] for r in ds.table("stimuli")]
+        record.update(train_stimuli=[keys[i] for i in splits.stimulus_indices(ds, "train")],
+                      train_subjects=[s for s, split in splits.task_subjects.items() if split == "train"])
+    else:
+        record.update(train_subjects=[s for s, split in splits.rest_subjects.items() if split == "train"])
+    return record
 
 
-def _task_splits(ds: Dataset, tokenizer, heldout_fraction, seed, with_text, n_unseen):
+def _task_splits(ds: Dataset, tokenizer, splits, with_text):
     betas = ds.array("betas")
     stimulus = np.asarray(ds.array("trial_stimulus"), np.int64)
     subject = np.asarray(ds.array("trial_subject"), np.int64)
-    n_stimuli = int(stimulus.max()) + 1
-    rng = np.random.default_rng(seed)
-    held = rng.permutation(n_stimuli)[: int(round(heldout_fraction * n_stimuli))]
-    is_held = np.isin(stimulus, held)
-    unseen = np.isin(subject, heldout_subject_indices(
-        len(ds.table("subjects")), n_unseen, ds.path / "subjects.jsonl"))
     text = None
     if with_text:
         stimuli = ds.table("stimuli")
@@ -176,10 +172,14 @@ def _task_splits(ds: Dataset, tokenizer, heldout_fraction, seed, with_text, n_un
     def split(rows):
         return ScanSet(str(ds.path), rows, betas, group, text, stimulus)
 
-    return split(np.flatnonzero(~is_held & ~unseen)), split(np.flatnonzero(is_held & ~unseen))
+    if splits is None:
+        return split(np.arange(stimulus.size)), split(np.zeros(0, np.int64))
+    seen = np.isin(subject, splits.task_subject_indices(ds, "train"))
+    stim_split = splits.stimulus_split(ds)[stimulus]
+    return split(np.flatnonzero(seen & (stim_split == "train"))), split(np.flatnonzero(seen & (stim_split == "val")))
 
 
-def _rest_splits(ds: Dataset, tokenizer, heldout_fraction, with_text):
+def _rest_splits(ds: Dataset, tokenizer, splits, with_text):
     series = np.asarray(ds.array("timeseries"), np.float32)
     check_finite(series, ds.path / "timeseries.npy")
     if series.shape[-1] != tokenizer.n_parcels:
@@ -188,8 +188,8 @@ def _rest_splits(ds: Dataset, tokenizer, heldout_fraction, with_text):
     windows = rest_windows(series, tokenizer.width, ds.path / "timeseries.npy")
     n_subjects, n_windows = windows.shape[:2]
     flat = windows.reshape(n_subjects * n_windows, *windows.shape[2:])
-    n_held = int(round(heldout_fraction * n_windows))
-    is_held = np.tile(np.arange(n_windows) >= n_windows - n_held, n_subjects)
+    subject_split = (np.full(n_subjects, "train", dtype=object) if splits is None else splits.rest_split(ds))
+    window_split = np.repeat(subject_split, n_windows)
     text, text_index = None, None
     descriptions = [phenotype_text(row) for row in ds.table("subjects")]
     if with_text and all(d is not None for d in descriptions):
@@ -198,7 +198,7 @@ def _rest_splits(ds: Dataset, tokenizer, heldout_fraction, with_text):
     def split(rows):
         return ScanSet(str(ds.path), rows, flat, torch.from_numpy, text, text_index)
 
-    return split(np.flatnonzero(~is_held)), split(np.flatnonzero(is_held))
+    return split(np.flatnonzero(window_split == "train")), split(np.flatnonzero(window_split == "val"))
 
 
 def tokenizer_for_dataset(cfg, path, sync_codebook: bool = False):

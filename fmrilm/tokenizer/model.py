@@ -89,6 +89,9 @@ class BrainTokenizer(nn.Module):
         self.contrast = (ContrastiveHead(cfg.contrastive, mask.shape[0], cfg.code_dim, cfg.text_dim)
                          if cfg.contrastive != "none" else None)
         self.fingerprint: str | None = None
+        # What the tokenizer was trained on (splits record, train stimuli and subjects): saved in
+        # config.json so later stages can check it against their own splits file.
+        self.provenance: dict = {}
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -250,7 +253,8 @@ class BrainTokenizer(nn.Module):
         q = self.cfg.quantizer
         return {"name": q.kind, "codebook_size": q.codebook_size, "levels": q.levels,
                 "vocab_size": self.vocab_size, "input": self.cfg.input, "width": self.width,
-                "code_dim": self.cfg.code_dim, "fingerprint": self.fingerprint, "atlas": self.atlas_info}
+                "code_dim": self.cfg.code_dim, "fingerprint": self.fingerprint, "atlas": self.atlas_info,
+                "splits": self.provenance.get("splits")}
 
     def save_pretrained(self, out_dir) -> Path:
         """Write ``model.safetensors``, ``code_embeddings.safetensors`` and ``config.json`` into `out_dir`.
@@ -272,7 +276,7 @@ class BrainTokenizer(nn.Module):
         write_json(out_dir / CONFIG, {"format": "fmrilm-brain-tokenizer", "version": 1,
                                       "tokenizer": dataclasses.asdict(self.cfg), "atlas": self.atlas_info,
                                       "width": self.width, "task_layout": self.vertex_index is not None,
-                                      "fingerprint": self.fingerprint})
+                                      "fingerprint": self.fingerprint, "provenance": self.provenance})
         return out_dir
 
     @classmethod
@@ -301,4 +305,5 @@ class BrainTokenizer(nn.Module):
             raise InputError(weights, "tensors",
                              f"do not fit the architecture in config.json ({err})") from None
         model.fingerprint = meta["fingerprint"]
+        model.provenance = meta.get("provenance") or {}
         return model.eval()
