@@ -72,7 +72,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         paths = write_toy_inputs(Path(tmp) / "inputs", atlas, **size)
         cfg = load_config(CorpusConfig, "corpus_demo", [f"{k}={v}" for k, v in paths.items()]
-                          + ["shards.maxcount=1000", "splits.rest_fewshot_subjects=2"])
+                          + ["shards.maxcount=1000"])
         corpus = Path(tmp) / "corpus"
         start = time.perf_counter()
         summary = build_corpus(cfg, corpus, progress=False)

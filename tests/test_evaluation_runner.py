@@ -156,13 +156,13 @@ def test_controls_base_rates_and_bounds_are_reported(report):
     assert rep["vqa"]["shuffled"]["n_derangements"] == 3
     # no retrieval decoder exceeds the best training caption; the ideal observer picks from that bank
     assert {"bank_ceiling", "ideal_observer"} <= set(cap["conditions"])
-    assert cap["bank_ceiling"]["semscore"] >= max(cap[c]["semscore"] for c in ("ridge_decoder", "ideal_observer",
-                                                                                "retrieved_caption"))
+    decoders = [c for c in ("ridge_decoder", "ideal_observer", "retrieved_caption") if c in cap]
+    assert cap["bank_ceiling"]["semscore"] >= max(cap[c]["semscore"] for c in decoders) - 1e-6
     ret = rep["retrieval"]["brain_embedder_tokens"]["brain_to_caption"]
     assert rep["retrieval"]["brain_embedder_tokens"]["n_way"] <= rep["retrieval"]["brain_embedder_tokens"]["n_distinct"]
     assert 0 <= ret["top1"] <= 1
     for k, row in rep["few_shot"]["in_context"].items():
-        assert "retrieval" in row and "no_retrieval" in row, k
+        assert ("no_retrieval" in row) == row["retrieval"], k  # both ways for a model with a retriever
 
 
 def test_vqa_asks_distinct_questions_per_item_and_counts_every_answer(report):

@@ -62,6 +62,7 @@ def test_every_fitted_component_obeys_the_one_splits_file(tiny_run):
     saw no test stimulus, no held-out subject and no held-out caption."""
     from fmrilm.brain.splits import read_splits
     from fmrilm.brain.store import Dataset
+    from fmrilm.evaluation.heldout import load_heldout
     from fmrilm.stages import lm_common
 
     _, run_dir, _ = tiny_run
@@ -99,6 +100,15 @@ def test_every_fitted_component_obeys_the_one_splits_file(tiny_run):
     assert search["splits"]["sha256"] == splits.sha256 and not heldout & set(search["train_subjects"])
     for stage in ("backbone", "joint", "instruct"):
         assert json.loads((Path(state[stage]) / "stage.json").read_text())["splits"]["sha256"] == splits.sha256
+    # the evaluation scores test once per run; recipes are chosen on val, through the same code
+    report = json.loads((Path(state["evaluation"]) / "report.json").read_text())
+    assert report["protocol"]["scored_split"] == "test" and report["protocol"]["splits"]["sha256"] == splits.sha256
+    for split in ("val", "test"):
+        held = load_heldout(state["corpus"], split=split)
+        assert list(held.test_stimuli) == list(splits.stimulus_indices(task, split))
+        assert {s["json"]["split"] for s in held.test_samples} <= {split}
+    with pytest.raises(InputError, match="split"):
+        load_heldout(state["corpus"], split="train")
 
 
 def test_a_stage_handed_another_splits_file_refuses_before_any_work(tiny_run, tmp_path):

@@ -61,7 +61,7 @@ def test_phenotypes_sit_beside_base_rates_from_the_training_subjects(run):
     run, _, model = run
     heldout = load_heldout(run / "corpus")
     rest = Dataset(heldout.input_path("rest_dataset"), kind="rest")
-    excluded = set(heldout.summary.get("fewshot_subjects", [])) | heldout.val_subjects
+    excluded = set(heldout.summary.get("fewshot_subjects", [])) | heldout.untrained_rest_subjects
     section = phenotype_section(model, heldout.test_samples, rest, excluded, CFG)
     rows = {r["subject"]: r for r in rest.table("subjects")}
     for name, result in section.items():

@@ -16,7 +16,9 @@ Build and inspect::
 Directory layout
 ----------------
 ``DIR/corpus.json``
-    Summary: config, tokenizer, atlas, counts per split and task, dropped samples.
+    Summary: config, tokenizer, atlas, counts per split and task, dropped samples, and
+    ``run_splits`` (path and sha256 of the run's splits file, :mod:`fmrilm.brain.splits`, which
+    decides every sample's split).
 ``DIR/config.yaml``
     The resolved build config.
 ``DIR/{split}.manifest.json``

@@ -141,7 +141,9 @@ def render_markdown(report: dict) -> str:
         out += [f"- **{ex['subject']} / stim {ex['stimulus']}** reference: {ex['reference']}",
                 f"  - generated: {ex['generated']}", f"  - shuffled: {ex['shuffled']}",
                 f"  - Q: {ex['question']} A: {ex['answer']} (truth: {ex['truth']})",
-                f"  - retrieved captions: {' | '.join(ex['retrieved'])}"]
+                f"  - captions in its prompt (retrieved from the training bank): "
+                f"{' | '.join(ex['prompt_captions']) if ex.get('prompt_captions') else 'none (no retriever)'}",
+                f"  - nearest test captions (retrieval benchmark): {' | '.join(ex['nearest_test_captions'])}"]
     out += ["", f"![tokenizer map]({report['brain_map']})", ""]
     return "\n".join(out)
 

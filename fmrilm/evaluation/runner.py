@@ -301,7 +301,7 @@ def run_evaluation(cfg: EvalConfig, overwrite: bool = False, progress: bool = Tr
     vqa_stimulus = np.asarray(vqa_details["stimulus"])[np.unique(vqa_details["item"], return_index=True)[1]]
     report["targets"] = _targets(report, {c: captioning[c]["per_item_semscore"] for c in captioning
                                           if isinstance(captioning[c], dict)}, vqa_hits, item_stimulus, vqa_stimulus)
-    report["examples"] = _examples(items, captions, vqa_details, embeddings, test, row_of, cfg)
+    report["examples"] = _examples(model, items, captions, vqa_details, embeddings, test, row_of, cfg)
     report["timings_s"] = {k: round(v, 2) for k, v in timings.items()}
     report["brain_map"] = "brain_map.png"
     with atomic_dir(cfg.out, overwrite) as tmp:
@@ -319,8 +319,10 @@ def items_subset(items, n: int):
     return dataclasses.replace(items, subject=items.subject[:n], stimulus=items.stimulus[:n], tokens=items.tokens[:n])
 
 
-def _examples(items, captions, vqa_details, embeddings, test, row_of, cfg) -> list[dict]:
-    """Worked examples: reference, generated and shuffled captions, one QA, top retrieved captions."""
+def _examples(model, items, captions, vqa_details, embeddings, test, row_of, cfg) -> list[dict]:
+    """Worked examples: reference, generated and shuffled captions, one QA, the training captions the
+    model's prompt retrieved for the scan (what the LM read), and the scan's nearest test captions in
+    the retrieval benchmark (its candidates are the test stimuli)."""
     from fmrilm.textembed import embed_texts
 
     unique = sorted(set(test["stimulus"].tolist()))
@@ -328,8 +330,11 @@ def _examples(items, captions, vqa_details, embeddings, test, row_of, cfg) -> li
     qa_row = {}
     for i, key in enumerate(zip(vqa_details["subject"], vqa_details["stimulus"])):
         qa_row.setdefault(key, i)  # an item's first question
+    n = min(cfg.n_examples, len(items))
+    prompted = (model.prompt_retriever.neighbours(items.tokens[:n]) if model.prompt_retriever is not None
+                else [None] * n)
     out = []
-    for i in range(min(cfg.n_examples, len(items))):
+    for i in range(n):
         s, m = int(items.subject[i]), int(items.stimulus[i])
         query = embeddings["brain_embedder_tokens"][row_of[(s, m)]]
         top = np.argsort(-(bank @ query))[:3]
@@ -339,5 +344,6 @@ def _examples(items, captions, vqa_details, embeddings, test, row_of, cfg) -> li
                     "question": vqa_details["question"][q] if q is not None else None,
                     "answer": vqa_details["model"][q] if q is not None else None,
                     "truth": vqa_details["answer"][q] if q is not None else None,
-                    "retrieved": [items.stimuli[unique[j]]["captions"][0] for j in top]})
+                    "prompt_captions": prompted[i],
+                    "nearest_test_captions": [items.stimuli[unique[j]]["captions"][0] for j in top]})
     return out
