@@ -8,6 +8,11 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
+# DeepSpeed's compiled ops live in the environment, not in the per-user ~/.cache/torch_extensions
+# that every checkout shares (where a build killed half-way left a lock that hung later stages);
+# fmrilm.device sets the same default, <sys.prefix>/torch_extensions, when this is unset.
+export TORCH_EXTENSIONS_DIR := $(abspath $(VENV))/torch_extensions
+OPS := $(TORCH_EXTENSIONS_DIR)/deepspeed_shm_comm/deepspeed_shm_comm.so
 
 .PHONY: install demo test bench lint clean
 
@@ -20,21 +25,22 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet --upgrade "pip<26" wheel setuptools
 	$(BIN)/pip install --quiet "torch==2.13.0"
 	$(BIN)/pip install --quiet -e ".[dev]"
-	# DeepSpeed JIT-compiles its CPU shared-memory collective on first use (~45-80 s here): do it once
-	# now (as DS_BUILD_SHM_COMM=1 would at build time) rather than inside the first training stage.
-	DS_ACCELERATOR=cpu $(BIN)/python -c "from deepspeed.accelerator import get_accelerator; \
-	    get_accelerator().create_op_builder('ShareMemCommBuilder').load()"
 	touch $(STAMP)
 
-install: $(STAMP)
+# DeepSpeed JIT-compiles its CPU shared-memory collective on first use (~45-80 s here): do it once
+# now, into $(TORCH_EXTENSIONS_DIR), rather than inside the first training stage.
+$(OPS): | $(STAMP)
+	$(BIN)/python -c "from fmrilm.device import build_deepspeed_ops; build_deepspeed_ops()"
 
-demo: $(STAMP)
+install: $(OPS)
+
+demo: $(OPS)
 	$(BIN)/fmrilm pipeline --config demo
 
-test: $(STAMP)
+test: $(OPS)
 	$(BIN)/python -m pytest -q
 
-bench: $(STAMP)
+bench: $(OPS)
 	for b in benchmarks/*.py; do $(BIN)/python $$b --quick || exit 1; done
 
 lint: $(STAMP)

@@ -70,7 +70,7 @@ def main() -> None:
     size = quick if args.quick else full
     atlas = Atlas.schaefer(100)
     with tempfile.TemporaryDirectory() as tmp:
-        paths = write_toy_inputs(Path(tmp) / "inputs", atlas, **size)
+        paths = write_toy_inputs(Path(tmp) / "inputs", atlas, **size, split_rules=["rest_fewshot_subjects=2"])
         cfg = load_config(CorpusConfig, "corpus_demo", [f"{k}={v}" for k, v in paths.items()]
                           + ["shards.maxcount=1000"])
         corpus = Path(tmp) / "corpus"

@@ -39,8 +39,9 @@ from fmrilm.brain.atlas import Atlas
 from fmrilm.config import load_config
 from fmrilm.corpus.build import CorpusConfig, build_corpus
 from fmrilm.corpus.toy import write_toy_inputs
-from fmrilm.engine import EngineConfig, TrainEngine, cosine_with_warmup, micro_batch_positions
+from fmrilm.engine import EngineConfig, TrainEngine, cosine_with_warmup
 from fmrilm.llm.formatting import collate
+from fmrilm.seeds import micro_batch_positions
 from fmrilm.stages import joint, lm_common
 from fmrilm.stages.backbone import BackboneStageConfig
 

@@ -39,13 +39,14 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from fmrilm.config import load_yaml
 from fmrilm.io import read_json, write_json
-from fmrilm.pipeline import STAGES, load_pipeline_config, run_pipeline
+from fmrilm.pipeline import STAGES, load_pipeline_config, read_state, run_pipeline
 
 FIRST_LM_STAGE = "backbone"  # every stage before it in fmrilm.pipeline.STAGES is shared by the seeds
 FIGURES_STAGE = "evaluation"  # writes report.json; later stages are not run
@@ -122,13 +123,16 @@ def run_seed(args, base: Path, shared: list[str], per_seed: list[str], seed: int
     for name in seeded:
         cfg.stages[name].set += [f"{key}={seed}" for key in seed_keys(cfg.stages[name])]
     # The pipeline skips a disabled stage but hands its stages.json entry to later stages; entries of
-    # this seed's own finished stages are kept, so a rerun resumes.
-    base_state = read_json(base / "stages.json")
+    # this seed's own finished stages are kept, so a rerun resumes. The shared ones lie outside the
+    # seed's run directory, so they are recorded absolute.
+    base_state = {n: str(Path(p).resolve()) for n, p in read_state(base).items()}
     state = read_json(run / "stages.json") if (run / "stages.json").is_file() else {}
     run.mkdir(parents=True, exist_ok=True)
     write_json(run / "stages.json", {**state, **{n: base_state[n] for n in shared}})
-    run_pipeline(cfg)
-    return read_json(Path(read_json(run / "stages.json")[FIGURES_STAGE]) / "report.json")
+    with warnings.catch_warnings():  # the pipeline warns of entries outside the run: these are meant to be
+        warnings.filterwarnings("ignore", message=".*points outside this run", category=RuntimeWarning)
+        run_pipeline(cfg)
+        return read_json(Path(read_state(run)[FIGURES_STAGE]) / "report.json")
 
 
 # ------------------------------------------------------------------------------ the figures

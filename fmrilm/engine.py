@@ -18,9 +18,12 @@ sharded; the default, and what runs on CPU ranks here), ``zero3`` (parameters sh
 models that don't fit one device), ``zero3_offload`` (ZeRO-3 with optimizer state and parameters
 in CPU memory, DeepSpeedCPUAdam; slowest, smallest GPU footprint).
 
-Checkpoints are DeepSpeed's own (torch pickles of *our* training state, for resuming our own runs
-only); exported artifacts are safetensors. Resumption is exact when the stage's data order is a
-pure function of (seed, step), which every fmrilm stage guarantees.
+Checkpoints are DeepSpeed's own (torch files of *our* training state, for resuming our own runs
+only); exported artifacts are safetensors. Each ``checkpoints/step-000123/`` ends with
+``sha256.json`` (every file's digest, written after them, before ``latest``), and resume reads a
+step only through ``torch.load(weights_only=True)`` after its digests match; a refused latest step
+falls back to the previous one. Resumption is exact when the stage's data order is a pure function
+of (seed, step), which every fmrilm stage guarantees (``fmrilm.seeds``).
 """
 
 from __future__ import annotations
@@ -29,18 +32,22 @@ import contextlib
 import json
 import math
 import os
-import socket
+import pickle
+import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from fmrilm.config import CONFIG_DIR
+from fmrilm.device import init_distributed
 from fmrilm.errors import InputError
+from fmrilm.io import atomic_path, read_json, sha256_file, write_json
 
 DS_CONFIG_DIR = CONFIG_DIR / "deepspeed"
+CHECKSUMS = "sha256.json"  # in every checkpoint step directory: relative path -> sha256 of each file
 
 
 @dataclass
@@ -63,6 +70,9 @@ class EngineConfig:
     # Variable-length stages: draw batches from windows of this many global batches sorted by
     # length, so short samples are not padded to the longest of a random batch (0 = off).
     length_bucket_batches: int = 0
+    # LM stages: a corrupt, truncated or missing corpus shard is skipped (warned, logged as
+    # skipped_shards); more than this fraction of a split's shards skipped fails the stage.
+    max_skipped_shards: float = 0.1
     # Bitwise-repeatable runs (torch.use_deterministic_algorithms). Off by default: without it two
     # identical 2-rank stage-3 runs drift apart by step 20 (multi-threaded CPU accumulation order),
     # with it they match exactly but train ~30 % slower here.
@@ -124,84 +134,54 @@ def cosine_with_warmup(warmup: int, total: int, min_ratio: float):
     return factor
 
 
-def epoch_order(n: int, epoch: int, global_batch: int, seed: int, lengths: np.ndarray | None = None,
-                bucket_batches: int = 0) -> np.ndarray:
-    """The order in which epoch `epoch` visits positions ``0..n-1``: a seeded permutation.
+def write_checksums(step_dir: Path) -> None:
+    """Record the sha256 of every file of a finished checkpoint step in ``step_dir/sha256.json``."""
+    digests = {p.relative_to(step_dir).as_posix(): sha256_file(p)
+               for p in sorted(step_dir.rglob("*")) if p.is_file() and p.name != CHECKSUMS}
+    write_json(step_dir / CHECKSUMS, digests)
 
-    With `lengths` and ``bucket_batches > 1`` the permutation is cut into windows of that many global
-    batches, each window sorted by length and its batches shuffled again, so a batch pads to a length
-    near its own samples' (the "sorted mega-batch" of fairseq / Megatron) while every epoch still
-    visits every sample once and every rank takes the same number of steps.
+
+def verify_checksums(step_dir: Path) -> None:
+    """Raise InputError naming the first file of a checkpoint step that its ``sha256.json`` does not
+    vouch for: sidecar missing (an unfinished save, or not written by fmrilm), a file missing, added
+    or changed."""
+    sidecar = step_dir / CHECKSUMS
+    if not sidecar.is_file():
+        raise InputError(sidecar, "file", "missing: the checkpoint was not finished or not written by fmrilm")
+    expected = read_json(sidecar)
+    if not isinstance(expected, dict):
+        raise InputError(sidecar, "json", "expected an object mapping file names to sha256 digests")
+    present = {p.relative_to(step_dir).as_posix() for p in step_dir.rglob("*") if p.is_file() and p != sidecar}
+    for name in sorted(present | set(expected)):
+        if name not in expected:
+            raise InputError(step_dir / name, "sha256", f"not listed in {CHECKSUMS}: refusing to load it")
+        if name not in present:
+            raise InputError(step_dir / name, "file", f"listed in {CHECKSUMS} but missing")
+        if sha256_file(step_dir / name) != expected[name]:
+            raise InputError(step_dir / name, "sha256", f"does not match {CHECKSUMS} (corrupt or modified)")
+
+
+def read_checkpoints_weights_only(ds_engine) -> None:
+    """Make a DeepSpeed engine read checkpoint files with ``torch.load(weights_only=True)``.
+
+    DeepSpeed's own reader unpickles with ``weights_only=False``, so a crafted file in a run directory
+    would run code on resume. Its checkpoints hold tensors, containers and three plain DeepSpeed
+    records, which the weights-only unpickler is allowed to rebuild and nothing else.
     """
-    rng = np.random.default_rng([seed, epoch])
-    order = rng.permutation(n)
-    if lengths is not None and bucket_batches > 1:
-        order = _length_bucketed(order, np.asarray(lengths), global_batch * bucket_batches, global_batch, rng)
-    return order
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
 
+    def load(path, map_location=None):
+        try:
+            with torch.serialization.safe_globals([LossScaler, ZeroStageEnum, fragment_address]):
+                return torch.load(path, map_location=map_location, weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError) as err:
+            reason = str(err).strip().splitlines()[0]
+            raise InputError(path, "checkpoint", f"refused by the weights-only reader ({reason})") from None
 
-def micro_batch_positions(n: int, step: int, micro: int, rank: int, world: int, seed: int,
-                          lengths: np.ndarray | None = None, bucket_batches: int = 0) -> np.ndarray:
-    """Positions of one rank's micro-batch: a pure function of (seed, step), so resuming is exact.
-
-    Each epoch is :func:`epoch_order`; the global batch of a step is cut into per-rank slices.
-    """
-    global_batch = micro * world
-    epoch, offset = divmod(step, max(1, n // global_batch))
-    order = epoch_order(n, epoch, global_batch, seed, lengths, bucket_batches)
-    start = offset * global_batch + rank * micro
-    return order[np.arange(start, start + micro) % n]
-
-
-def visited_positions(n: int, micro_steps: int, micro: int, world: int, seed: int,
-                      lengths: np.ndarray | None = None, bucket_batches: int = 0) -> np.ndarray:
-    """Sorted positions that micro-steps ``0..micro_steps-1`` of :func:`micro_batch_positions` take on
-    any rank: a run shorter than an epoch needs only these samples prepared."""
-    global_batch = micro * world
-    per_epoch = max(1, n // global_batch)
-    if micro_steps >= per_epoch:
-        return np.arange(n)
-    order = epoch_order(n, 0, global_batch, seed, lengths, bucket_batches)
-    return np.unique(order[np.arange(micro_steps * global_batch) % n])
-
-
-def _length_bucketed(order: np.ndarray, lengths: np.ndarray, window: int, global_batch: int, rng) -> np.ndarray:
-    """`order` with each window of positions sorted by length and its global batches shuffled."""
-    out = []
-    for start in range(0, len(order), window):
-        chunk = order[start:start + window]
-        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
-        batches = [chunk[i:i + global_batch] for i in range(0, len(chunk), global_batch)]
-        out.extend(batches[i] for i in rng.permutation(len(batches)))
-    return np.concatenate(out)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _plain_process() -> bool:
-    """True unless a launcher set up this rank. A child process inherits the 1-rank variables its
-    parent set for itself (marked by FMRILM_OWN_GROUP_PORT); those must not be mistaken for a launch."""
-    return "RANK" not in os.environ or os.environ.get("FMRILM_OWN_GROUP_PORT") == os.environ.get("MASTER_PORT")
-
-
-def init_distributed() -> None:
-    """Join the launcher's process group, or make a 1-rank group when run as a plain process."""
-    # Before deepspeed is imported: its accelerator is chosen once, at first use.
-    os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
-    import deepspeed
-
-    if torch.distributed.is_initialized():
-        return
-    if _plain_process():  # plain `python -m ...`: a world of one, kept for the process's life
-        port = str(_free_port())
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=port,
-                          FMRILM_OWN_GROUP_PORT=port)
-    backend = "nccl" if torch.cuda.is_available() and os.environ["DS_ACCELERATOR"] == "cuda" else "gloo"
-    deepspeed.init_distributed(dist_backend=backend, verbose=False)
+    # An instance attribute: DeepSpeed calls checkpoint_engine.load for every file it reads.
+    ds_engine.checkpoint_engine.load = load
 
 
 class TrainEngine:
@@ -244,6 +224,7 @@ class TrainEngine:
         self.ds, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model, model_parameters=params, optimizer=client_optimizer, config=ds_config,
             lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule))
+        read_checkpoints_weights_only(self.ds)
         self.device = self.ds.device
         self._autocast = cfg.precision == "bf16" and not ds_config.get("bf16", {}).get("enabled", False)
         self._log_path = self.run_dir / "train_log.jsonl"
@@ -312,12 +293,7 @@ class TrainEngine:
         if not force and (self.cfg.log_every <= 0 or step % self.cfg.log_every):
             return None
         row = {"step": step, **self.all_reduce_mean(metrics), "elapsed_s": round(time.time() - self._t0, 2)}
-        if self.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            with open(self._log_path, "a") as fh:
-                fh.write(json.dumps(row) + "\n")
-            print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
-                  flush=True)
+        self.log_event(row, " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
         return row
 
     # ----------------------------------------------------------------- checkpoints
@@ -329,26 +305,74 @@ class TrainEngine:
         return self.cfg.checkpoint_every > 0 and step > 0 and step % self.cfg.checkpoint_every == 0
 
     def save_checkpoint(self, step: int, client_state: dict | None = None) -> None:
-        """Collective: every rank must call it. Writes ``checkpoints/step-000123`` and ``latest``."""
+        """Collective: every rank must call it. Writes ``checkpoints/step-000123``, its ``sha256.json``
+        and then ``latest``, so ``latest`` only ever names a finished, checksummed step."""
+        tag = f"step-{step:06d}"
+        if self.is_main:  # a save interrupted at this step earlier must not mix with this one
+            shutil.rmtree(self.checkpoint_dir / tag, ignore_errors=True)
+        torch.distributed.barrier()
         state = dict(client_state or {}, step=step, torch_rng=torch.get_rng_state())
-        self.ds.save_checkpoint(str(self.checkpoint_dir), tag=f"step-{step:06d}", client_state=state)
+        self.ds.save_checkpoint(str(self.checkpoint_dir), tag=tag, client_state=state, save_latest=False)
         if self.is_main:
+            write_checksums(self.checkpoint_dir / tag)
+            with atomic_path(self.checkpoint_dir / "latest") as tmp:
+                tmp.write_text(tag)
             self._prune_checkpoints()
         torch.distributed.barrier()
 
     def load_checkpoint(self) -> tuple[int, dict] | None:
-        """Resume from ``checkpoints/latest`` if present: returns (step, client_state) or None."""
+        """Resume from the newest verified step up to ``checkpoints/latest``: (step, client_state) or None.
+
+        Prints and logs "resuming from step N"; raises InputError naming the refused file when
+        ``latest`` exists but no step passes :func:`verify_checksums`.
+        """
         if not (self.checkpoint_dir / "latest").is_file():
             return None
-        path, state = self.ds.load_checkpoint(str(self.checkpoint_dir))
+        # The main rank checks the files (one read of them, not one per rank) and tells the others.
+        choice = [self._verified_tag() if self.is_main else None]
+        if self.world_size > 1:
+            torch.distributed.broadcast_object_list(choice, src=0)
+        tag, refusal = choice[0]
+        if refusal is not None:
+            raise InputError(*refusal)
+        path, state = self.ds.load_checkpoint(str(self.checkpoint_dir), tag=tag)
         if path is None:
-            raise InputError(self.checkpoint_dir, "latest", "names a checkpoint that could not be loaded")
+            raise InputError(self.checkpoint_dir / tag, "checkpoint", "DeepSpeed could not load it")
         torch.set_rng_state(state.pop("torch_rng"))
-        return int(state.pop("step")), state
+        step = int(state.pop("step"))
+        self.log_event({"event": "resumed", "step": step, "checkpoint": str(self.checkpoint_dir / tag)},
+                       f"resuming from step {step} (checkpoint {self.checkpoint_dir / tag})")
+        return step, state
+
+    def _verified_tag(self) -> tuple[str | None, tuple | None]:
+        """(newest step at or before ``latest`` whose files match their sidecar, None), or
+        (None, the InputError arguments refusing the newest step) when none does."""
+        latest = (self.checkpoint_dir / "latest").read_text().strip()
+        refusals = []
+        if not (self.checkpoint_dir / latest).is_dir():
+            refusals.append(InputError(self.checkpoint_dir / "latest", "tag", f"names missing {latest!r}"))
+        for tag in sorted((p.name for p in self.checkpoint_dir.glob("step-*") if p.is_dir() and p.name <= latest),
+                          reverse=True):
+            try:
+                verify_checksums(self.checkpoint_dir / tag)
+            except InputError as err:
+                warnings.warn(f"checkpoint {tag} refused: {err}", RuntimeWarning, stacklevel=2)
+                refusals.append(err)
+                continue
+            if refusals:
+                warnings.warn(f"falling back to checkpoint {tag}", RuntimeWarning, stacklevel=2)
+            return tag, None
+        return None, (refusals[0].source, refusals[0].field, refusals[0].problem)
+
+    def log_event(self, row: dict, message: str) -> None:
+        """On the main rank: print `message` and append `row` to ``train_log.jsonl``."""
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            with open(self._log_path, "a") as fh:
+                fh.write(json.dumps(row) + "\n")
+            print(message, flush=True)
 
     def _prune_checkpoints(self) -> None:
-        import shutil
-
         tags = sorted(p for p in self.checkpoint_dir.glob("step-*") if p.is_dir())
         for old in tags[: max(0, len(tags) - self.cfg.keep_checkpoints)]:
             shutil.rmtree(old, ignore_errors=True)

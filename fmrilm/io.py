@@ -109,10 +109,15 @@ def save_npy(path: str | Path, array: np.ndarray) -> None:
 
 
 def load_npy(path: str | Path, mmap: bool = True) -> np.ndarray:
-    """Load a .npy file without pickle; memory-mapped by default."""
+    """Load a .npy file without pickle; memory-mapped by default.
+
+    Raises InputError for a missing, empty, truncated or pickled file.
+    """
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "file", "missing")
+    if path.stat().st_size == 0:  # numpy would say only "EOFError: No data left in file"
+        raise InputError(path, "npy", "empty file (0 bytes): not a .npy array")
     try:
         return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except ValueError as err:

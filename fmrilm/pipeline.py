@@ -4,19 +4,23 @@
     fmrilm pipeline --config demo --force tokenizer     # redo one stage and every stage after it
 
 A run directory holds one subdirectory per stage and ``stages.json``, which maps each finished
-stage to the artifact it produced. A stage is recorded only after its artifact is complete (every
-artifact is itself written atomically), so an interrupted run resumes at the first unfinished
+stage to the artifact it produced, relative to the run directory (so a moved or copied run finds its
+own artifacts and skips what is finished). A stage is recorded only after its artifact is complete
+(every artifact is itself written atomically), so an interrupted run resumes at the first unfinished
 stage. Stages exchange nothing but these saved artifacts: each runner receives the paths of the
 earlier stages' artifacts and returns the path of its own.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fmrilm.brain.store import sweep_dead_partials
 from fmrilm.config import apply_overrides, from_dict, load_config, load_yaml, save_config
 from fmrilm.errors import InputError
 from fmrilm.io import read_json, write_json
@@ -200,10 +204,33 @@ STAGES = {
 
 
 def read_state(run: Path) -> dict[str, str]:
-    """Finished stages → artifact paths (only those whose artifact still exists)."""
+    """Finished stages → artifact paths under `run` (only those whose artifact still exists).
+
+    A recorded path outside the run (a ``stages.json`` written before paths were relative, then
+    moved or copied) is used but warned about: it is another run's artifact.
+    """
     path = run / "stages.json"
-    state = read_json(path) if path.is_file() else {}
-    return {k: v for k, v in state.items() if Path(v).exists()}
+    state = {}
+    for stage, recorded in (read_json(path) if path.is_file() else {}).items():
+        artifact = run / recorded  # an absolute `recorded` stays as it is
+        if Path(recorded).is_absolute() and not _inside(artifact, run):
+            warnings.warn(f"{path}: stage {stage!r} points outside this run, at {recorded}: that artifact is "
+                          f"used, not one of this run (--force {stage} recomputes it here)", RuntimeWarning,
+                          stacklevel=2)
+        if artifact.exists():
+            state[stage] = str(artifact)
+    return state
+
+
+def write_state(run: Path, state: dict[str, str]) -> None:
+    """``stages.json``: each artifact inside `run` relative to it, anything else absolute."""
+    write_json(run / "stages.json", {stage: os.path.relpath(Path(p).resolve(), run.resolve())
+                                     if _inside(Path(p), run) else str(Path(p).resolve())
+                                     for stage, p in state.items()})
+
+
+def _inside(path: Path, run: Path) -> bool:
+    return Path(path).resolve().is_relative_to(run.resolve())
 
 
 def run_pipeline(cfg: PipelineConfig, force: list[str] | None = None) -> dict:
@@ -214,6 +241,8 @@ def run_pipeline(cfg: PipelineConfig, force: list[str] | None = None) -> dict:
         raise InputError("--force", ", ".join(unknown), f"unknown stage(s); known: {list(STAGES)}")
     run = Path(cfg.run_dir)
     run.mkdir(parents=True, exist_ok=True)
+    for leftover in sweep_dead_partials(run):
+        print(f"[pipeline] removed {leftover}, left by a killed run", flush=True)
     save_config(cfg, run / "pipeline_config.yaml")
     state = read_state(run)
     redo = "all" in force
@@ -233,7 +262,7 @@ def run_pipeline(cfg: PipelineConfig, force: list[str] | None = None) -> dict:
         t0 = time.time()
         state[name] = str(runner(StageContext(name, run, spec, cfg.seed, dict(state))))
         timings[name] = round(time.time() - t0, 2)
-        write_json(run / "stages.json", state)
+        write_state(run, state)
         print(f"[pipeline] {name}: done in {timings[name]} s → {state[name]}", flush=True)
     report = {"run_dir": str(run), "artifacts": state, "timings_s": timings}
     write_json(run / "pipeline_report.json", report)

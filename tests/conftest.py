@@ -1,6 +1,9 @@
-"""Shared fixtures: the Schaefer-100 atlas and one tiny synthetic task world per test session."""
+"""Shared fixtures: the Schaefer-100 atlas, one tiny synthetic task world per test session, a dead pid."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
 
 import pytest
 
@@ -10,6 +13,14 @@ from fmrilm.brain.atlas import Atlas
 @pytest.fixture(scope="session")
 def atlas() -> Atlas:
     return Atlas.schaefer(100)
+
+
+@pytest.fixture
+def dead_pid() -> int:
+    """The id of a process that has exited (what a killed writer's leftovers are named after)."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,8 @@
-"""The shared DeepSpeed engine: schedule, resume equality, and 2 CPU ranks under the launcher."""
+"""The shared DeepSpeed engine: schedule, resume equality, safe resume, and 2 CPU ranks under the launcher."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -11,14 +12,14 @@ import pytest
 import torch
 
 from fmrilm.engine import (
+    CHECKSUMS,
     EngineConfig,
     TrainEngine,
     cosine_with_warmup,
     load_deepspeed_json,
-    micro_batch_positions,
-    visited_positions,
 )
 from fmrilm.errors import InputError
+from fmrilm.seeds import micro_batch_positions, visited_positions
 
 
 class Regressor(torch.nn.Module):
@@ -72,6 +73,99 @@ def test_resume_continues_the_same_loss_curve(tmp_path):
     assert sum(straight[-4:]) < sum(straight[:4])  # it learns, too
 
 
+CFG = EngineConfig(max_steps=12, warmup_steps=2, lr=5e-2, micro_batch_size=5, log_every=0, keep_checkpoints=3)
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """A run with checkpoints at steps 3 and 6 (copied per test), and the losses of steps 4..12."""
+    root = tmp_path_factory.mktemp("saved")
+    engine = TrainEngine(Regressor(), CFG, root / "run")
+    run(engine, 1, 3)
+    engine.save_checkpoint(3)
+    losses = run(engine, 4, 6)
+    engine.save_checkpoint(6)
+    return root / "run", losses + run(engine, 7, 12)
+
+
+def copy_of(saved, tmp_path):
+    shutil.copytree(saved[0], tmp_path / "run")
+    return tmp_path / "run"
+
+
+def test_checkpoints_carry_a_sha256_sidecar_and_resume_says_where_it_starts(saved, tmp_path, capsys):
+    from fmrilm.io import sha256_file
+
+    run_dir = copy_of(saved, tmp_path)
+    step_dir = run_dir / "checkpoints" / "step-000006"
+    digests = json.loads((step_dir / CHECKSUMS).read_text())
+    assert {p.name for p in step_dir.iterdir()} == {*digests, CHECKSUMS}
+    assert "mp_rank_00_model_states.pt" in digests
+    assert all(sha256_file(step_dir / name) == digest for name, digest in digests.items())
+    assert (run_dir / "checkpoints" / "latest").read_text() == "step-000006"
+
+    engine = TrainEngine(Regressor(), CFG, run_dir)
+    assert engine.load_checkpoint()[0] == 6
+    assert f"resuming from step 6 (checkpoint {step_dir})" in capsys.readouterr().out
+    (row,) = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
+    assert row == {"event": "resumed", "step": 6, "checkpoint": str(step_dir)}
+    assert run(engine, 7, 12) == pytest.approx(saved[1][3:], rel=1e-6, abs=1e-7)
+
+
+@pytest.mark.parametrize("damage", ["flip a byte", "drop the sidecar", "add a file"])
+def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(saved, tmp_path, damage):
+    run_dir = copy_of(saved, tmp_path)
+    step_dir = run_dir / "checkpoints" / "step-000006"
+    if damage == "flip a byte":
+        data = bytearray((step_dir / "mp_rank_00_model_states.pt").read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        (step_dir / "mp_rank_00_model_states.pt").write_bytes(bytes(data))
+    elif damage == "drop the sidecar":
+        (step_dir / CHECKSUMS).unlink()
+    else:
+        (step_dir / "zero_pp_rank_1_mp_rank_00_optim_states.pt").write_bytes(b"")
+    engine = TrainEngine(Regressor(), CFG, run_dir)
+    with pytest.warns(RuntimeWarning, match="checkpoint step-000006 refused"):
+        step, _ = engine.load_checkpoint()
+    assert step == 3
+    assert run(engine, 4, 12) == pytest.approx(saved[1], rel=1e-6, abs=1e-7)
+
+
+def test_resume_refuses_when_no_checkpoint_is_intact_naming_the_file(saved, tmp_path):
+    run_dir = copy_of(saved, tmp_path)
+    shutil.rmtree(run_dir / "checkpoints" / "step-000003")
+    model_file = run_dir / "checkpoints" / "step-000006" / "mp_rank_00_model_states.pt"
+    model_file.write_bytes(model_file.read_bytes()[:-10])  # truncated
+    engine = TrainEngine(Regressor(), CFG, run_dir)
+    with pytest.warns(RuntimeWarning), pytest.raises(InputError, match=r"mp_rank_00_model_states\.pt.*sha256"):
+        engine.load_checkpoint()
+
+
+class RunsCode:
+    """Unpickling this calls os.makedirs(marker): what a crafted checkpoint would do."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.makedirs, (self.marker,)
+
+
+def test_a_crafted_checkpoint_with_a_matching_sidecar_is_never_unpickled(saved, tmp_path):
+    from fmrilm.engine import write_checksums
+
+    run_dir = copy_of(saved, tmp_path)
+    step_dir = run_dir / "checkpoints" / "step-000006"
+    marker = tmp_path / "code-ran"
+    torch.save({"module": RunsCode(str(marker))}, step_dir / "mp_rank_00_model_states.pt")
+    (step_dir / CHECKSUMS).unlink()
+    write_checksums(step_dir)  # the attacker rewrote the sidecar too
+    engine = TrainEngine(Regressor(), CFG, run_dir)
+    with pytest.raises(InputError, match="weights-only"):
+        engine.load_checkpoint()
+    assert not marker.exists()
+
+
 def test_deterministic_engines_ask_torch_for_deterministic_kernels(tmp_path):
     before = torch.are_deterministic_algorithms_enabled()
     try:
@@ -89,17 +183,24 @@ def test_two_cpu_ranks_under_the_deepspeed_launcher(tmp_path):
         sys.path.insert(0, {os.path.dirname(__file__)!r})
         from test_engine import Regressor, batch_for
         from fmrilm.engine import EngineConfig, TrainEngine
-        eng = TrainEngine(Regressor(), EngineConfig(max_steps=8, warmup_steps=1, lr=1e-2, micro_batch_size=5,
-                                                    log_every=4), {str(tmp_path / 'run')!r})
+        cfg = EngineConfig(max_steps=8, warmup_steps=1, lr=1e-2, micro_batch_size=5, log_every=4)
+        eng = TrainEngine(Regressor(), cfg, {str(tmp_path / 'run')!r})
         for s in range(1, 9):
             eng.log(s, eng.train_step(batch_for(s * 2 + eng.rank)))
         eng.save_checkpoint(8)
         w = next(eng.module.parameters()).detach().clone()
         gathered = [torch.zeros_like(w) for _ in range(eng.world_size)]
         torch.distributed.all_gather(gathered, w)
+        # every rank resumes from the step the main rank verified
+        resumed = TrainEngine(Regressor(), cfg, {str(tmp_path / 'run')!r})
+        step = resumed.load_checkpoint()[0]
+        steps = [None] * eng.world_size
+        torch.distributed.all_gather_object(steps, step)
+        same_weights = torch.equal(next(resumed.module.parameters()).detach(), w)
         if eng.is_main:
-            print("RESULT", json.dumps({{"world": eng.world_size, "same": all(torch.equal(g, w) for g in gathered)}}))
-        eng.cleanup()
+            print("RESULT", json.dumps({{"world": eng.world_size, "same": all(torch.equal(g, w) for g in gathered),
+                                        "resumed": steps, "same_weights": same_weights}}))
+        resumed.cleanup()
     """))
     env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1")
     launcher = os.path.join(os.path.dirname(sys.executable), "deepspeed")
@@ -108,9 +209,10 @@ def test_two_cpu_ranks_under_the_deepspeed_launcher(tmp_path):
     lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT")]
     assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads(lines[0].split(" ", 1)[1])
-    assert result == {"world": 2, "same": True}  # ZeRO-2 keeps the replicas identical
+    assert result == {"world": 2, "same": True, "resumed": [8, 8], "same_weights": True}  # ZeRO-2: identical replicas
+    assert proc.stdout.count("resuming from step 8") == 1  # printed by the main rank only
     log = [json.loads(l) for l in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in log] == [4, 8]
+    assert [r["step"] for r in log] == [4, 8, 8] and log[-1]["event"] == "resumed"
     assert (tmp_path / "run" / "checkpoints" / "latest").read_text().strip() == "step-000008"
 
 

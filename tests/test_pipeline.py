@@ -1,12 +1,13 @@
 """The main job at test size: every stage runs once, finished stages are skipped, --force redoes."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
 from fmrilm.errors import InputError
-from fmrilm.pipeline import STAGES, load_pipeline_config, run_pipeline
+from fmrilm.pipeline import STAGES, load_pipeline_config, read_state, run_pipeline
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +20,7 @@ def tiny_run(tmp_path_factory):
 
 def test_every_configured_stage_ran_in_order_and_left_an_artifact(tiny_run):
     cfg, run_dir, report = tiny_run
-    state = json.loads((run_dir / "stages.json").read_text())
+    state = read_state(run_dir)
     expected = [name for name in STAGES if name in cfg.stages]
     assert list(state) == expected and list(report["timings_s"]) == expected
     for path in state.values():
@@ -41,7 +42,7 @@ def test_retrieved_captions_prefix_task_scans_only(tiny_run):
     from fmrilm.stages.instruct import instruction_encoder
 
     _, run_dir, _ = tiny_run
-    state = json.loads((run_dir / "stages.json").read_text())
+    state = read_state(run_dir)
     model = load_brainlm(state["instruct"])
     samples, _ = lm_common.read_split(state["corpus"], "train", ["caption", "phenotype"], progress=False)
     task = next(s for s in samples if s["json"]["source"] == "task" and not s["json"]["shots"])
@@ -66,7 +67,7 @@ def test_every_fitted_component_obeys_the_one_splits_file(tiny_run):
     from fmrilm.stages import lm_common
 
     _, run_dir, _ = tiny_run
-    state = json.loads((run_dir / "stages.json").read_text())
+    state = read_state(run_dir)
     splits = read_splits(state["splits"])
     task = Dataset(state["task_world"])
     stimuli = task.table("stimuli")
@@ -117,7 +118,7 @@ def test_a_stage_handed_another_splits_file_refuses_before_any_work(tiny_run, tm
     from fmrilm.retrieval.search import SearchIndexConfig, build_search_indexes
 
     _, run_dir, _ = tiny_run
-    state = json.loads((run_dir / "stages.json").read_text())
+    state = read_state(run_dir)
     other = write_run_splits(SplitsConfig(task_dataset=state["task_world"], rest_dataset=state["rest_world"],
                                           out=str(tmp_path / "other.json"), seed=5))
     with pytest.raises(InputError, match=r"the corpus .* was built on splits .* handed .*other\.json"):
@@ -137,7 +138,47 @@ def test_a_second_run_skips_finished_stages_and_force_redoes_the_rest(tiny_run):
     assert list(redone) == configured[configured.index("corpus"):]
 
 
+def test_a_moved_or_copied_run_skips_finished_stages_and_uses_its_own_artifacts(tiny_run, tmp_path):
+    from fmrilm.llm.checkpoint import load_brainlm
+
+    _, run_dir, _ = tiny_run
+    assert not any(Path(p).is_absolute() for p in json.loads((run_dir / "stages.json").read_text()).values())
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    report = run_pipeline(load_pipeline_config("pipeline_tiny", [f"run_dir={copy}"]))
+    assert report["timings_s"] == {}  # nothing recomputed
+    assert all(Path(p).resolve().is_relative_to(copy.resolve()) for p in report["artifacts"].values())
+    model = load_brainlm(report["artifacts"]["instruct"])  # the adapter's base: the copy's own backbone
+    assert Path(model.base_identity["path"]).is_relative_to(copy.resolve())
+    hidden = run_dir.with_name("hidden")
+    run_dir.rename(hidden)  # moved: nothing may reach back into the original
+    try:
+        assert run_pipeline(load_pipeline_config("pipeline_tiny", [f"run_dir={copy}"]))["timings_s"] == {}
+        load_brainlm(report["artifacts"]["instruct"])
+    finally:
+        hidden.rename(run_dir)
+
+
+def test_a_stages_file_pointing_outside_the_run_warns(tmp_path):
+    elsewhere = tmp_path / "original" / "task_world"
+    elsewhere.mkdir(parents=True)
+    (tmp_path / "copy").mkdir()
+    (tmp_path / "copy" / "stages.json").write_text(json.dumps({"task_world": str(elsewhere)}))
+    with pytest.warns(RuntimeWarning, match="'task_world' points outside this run"):
+        assert read_state(tmp_path / "copy") == {"task_world": str(elsewhere)}
+
+
 def test_unknown_stage_names_are_refused(tiny_run):
     cfg, _, _ = tiny_run
     with pytest.raises(InputError, match="unknown stage"):
         run_pipeline(cfg, force=["tokeniser"])
+
+
+def test_a_run_starts_by_removing_leftovers_of_killed_writers(tmp_path, capsys, dead_pid):
+    from fmrilm.pipeline import PipelineConfig
+
+    leftover = tmp_path / "run" / f"task_world.partial-{dead_pid}"
+    leftover.mkdir(parents=True)
+    run_pipeline(PipelineConfig(run_dir=str(tmp_path / "run")))
+    assert not leftover.exists()
+    assert f"removed {leftover}, left by a killed run" in capsys.readouterr().out

@@ -105,7 +105,7 @@ def test_recorded_splits_must_match_naming_both(tiny_task_world, tmp_path):
     check_recorded(a.record(), a, "the tokenizer", "config.json")
     with pytest.raises(InputError, match=rf"built on splits {a.sha256[:12]} \(.*a\.json\).*handed .*b\.json"):
         check_recorded(a.record(), b, "the tokenizer", "config.json")
-    with pytest.raises(InputError, match="built on splits None"):
+    with pytest.raises(InputError, match="the tokenizer records no splits file"):
         check_recorded(None, b, "the tokenizer", "config.json")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 
 import numpy as np
@@ -86,6 +87,27 @@ def test_stage0_bootstraps_an_hf_backbone_that_knows_the_novel_category(world):
     assert [r["step"] for r in log] == [2, 4] and all(r["loss"] > 0 for r in log)
 
 
+def test_stage0_logs_skipped_corrupt_shards_and_fails_above_the_limit(world, tmp_path):
+    from fmrilm.corpus.shards import load_manifest
+
+    corpus = tmp_path / "corpus"
+    shutil.copytree(world["corpus"], corpus)
+    shards = load_manifest(corpus, "train")["shards"]
+    (corpus / shards[-1]["name"]).write_bytes(b"not a tar file")
+
+    def cfg(limit):
+        return load_config(backbone.BackboneStageConfig, "backbone_tiny", [
+            f"corpus={corpus}", f"out_dir={tmp_path / 'run'}", f"engine.max_skipped_shards={limit}"])
+
+    with pytest.warns(RuntimeWarning, match="skipped shard"), \
+            pytest.raises(InputError, match=f"1 of {len(shards)} shards unreadable"):
+        backbone.run(cfg(0))
+    with pytest.warns(RuntimeWarning, match="skipped shard"):
+        export = backbone.run(cfg(0.99))
+    rows = log_rows(export.parent / f"train-{export.name}")
+    assert [r["step"] for r in rows] == [2, 4] and all(r["skipped_shards"] == 1 for r in rows)
+
+
 def test_stages_2_and_3_end_to_end_then_rerun_is_a_no_op(world, tmp_path, capsys):
     from fmrilm.llm.checkpoint import load_brainlm
     from fmrilm.llm.generate import generate
@@ -138,7 +160,10 @@ def test_joint_kill_and_resume_reproduces_the_uninterrupted_loss_curve(world, tm
     monkeypatch.setattr(TrainEngine, "train_step", real_step)
     torch.manual_seed(1234)  # the ambient RNG at restart must not matter
     resumed = joint.run(joint_cfg(world, tmp_path / "resumed"))
-    got = log_rows(tmp_path / "resumed" / ("train-" + resumed.name.rsplit("-", 1)[0]))
+    train_dir = tmp_path / "resumed" / ("train-" + resumed.name.rsplit("-", 1)[0])
+    got = [r for r in log_rows(train_dir) if "event" not in r]
+    assert [r for r in log_rows(train_dir) if "event" in r] == [
+        {"event": "resumed", "step": 3, "checkpoint": str(train_dir / "checkpoints" / "step-000003")}]
     assert [r["step"] for r in got] == [r["step"] for r in expected] == list(range(1, 7))
     for a, b in zip(got, expected, strict=True):
         assert {k for k in a if k.startswith("loss")} == {k for k in b if k.startswith("loss")}

@@ -97,3 +97,25 @@ def test_dataset_refuses_arrays_that_disagree_with_manifest(tmp_path):
     with pytest.raises(InputError, match="disagrees with manifest"):
         Dataset(out).array("timeseries")
     assert read_json(out / "manifest.json")["kind"] == "rest"
+
+
+def test_sweep_removes_leftovers_of_dead_writers_only(tmp_path, dead_pid):
+    import os
+
+    from fmrilm.brain.store import sweep_dead_partials
+
+    pid = dead_pid
+    dead = [tmp_path / f"task_world.partial-{pid}", tmp_path / "backbone" / f"stage0_x.old-{pid}",
+            tmp_path / "corpus" / f".train-000003.tar.partial-{pid}"]
+    for path in dead[:2]:
+        (path / "sub").mkdir(parents=True)
+        (path / "sub" / "big.npy").write_bytes(b"x" * 100)
+    dead[2].parent.mkdir()
+    dead[2].write_bytes(b"half a shard")
+    live = tmp_path / f"rest_world.partial-{os.getpid()}"  # a writer that is still running
+    live.mkdir()
+    kept = tmp_path / "task_world"
+    kept.mkdir()
+    assert sorted(sweep_dead_partials(tmp_path)) == sorted(dead)
+    assert not any(p.exists() for p in dead) and live.is_dir() and kept.is_dir()
+    assert sweep_dead_partials(tmp_path) == []

@@ -12,8 +12,8 @@ import fmrilm.cli
 from fmrilm.brain.atlas import Atlas
 from fmrilm.brain.splits import SplitsConfig, read_splits, write_run_splits
 from fmrilm.brain.store import Dataset, DatasetWriter
-from fmrilm.engine import micro_batch_positions
 from fmrilm.errors import InputError
+from fmrilm.seeds import micro_batch_positions
 from fmrilm.stages.tokenizer import TokenizerDataConfig, TokenizerStageConfig, run
 from fmrilm.tokenizer.model import BrainTokenizer
 

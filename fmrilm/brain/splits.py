@@ -16,7 +16,7 @@ The file (``splits.json``, format ``fmrilm-splits``) maps
 It carries its seed, its rules and the sha256 of its canonical content. A stage records that sha256
 beside its artifact (:meth:`RunSplits.record`); a stage that combines artifacts compares the
 recorded value with its own splits file and refuses a mismatch, naming both
-(:func:`check_recorded`). A file edited by hand is checked against the datasets it splits:
+(:func:`fmrilm.artifacts.check_recorded`). A file edited by hand is checked against the datasets it splits:
 unknown or missing ids, a key listed twice (two splits for one stimulus), a novel stimulus outside
 test and a split without training data are errors naming the file and the ids.
 """
@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fmrilm.artifacts import check_recorded  # noqa: F401  (the stages import it by this module's name)
 from fmrilm.brain.store import Dataset
 from fmrilm.errors import InputError
 from fmrilm.io import atomic_path
@@ -272,15 +273,6 @@ def read_splits(path) -> RunSplits:
             raise InputError(path, field, "nothing in train")
     return RunSplits(path, data["sha256"], int(data.get("seed", 0)), dict(task.get("stimuli", {})),
                      dict(task.get("subjects", {})), dict(rest.get("subjects", {})))
-
-
-def check_recorded(recorded, splits: RunSplits, what: str, source) -> None:
-    """InputError unless an artifact's recorded splits (``{"sha256", "path"}``) are `splits`."""
-    found = (recorded or {}).get("sha256") if isinstance(recorded, dict) else recorded
-    if found != splits.sha256:
-        where = (recorded or {}).get("path", "?") if isinstance(recorded, dict) else "?"
-        raise InputError(source, "splits", f"{what} was built on splits {str(found)[:12]} ({where}), but this "
-                         f"stage was handed {splits.path} ({splits.sha256[:12]}): rebuild it on one splits file")
 
 
 def write_run_splits(cfg: SplitsConfig, overwrite: bool = False) -> Path:

@@ -10,6 +10,8 @@ Every generated or imported dataset (task world, rest population, imported NSD) 
 
 A writer builds the dataset in ``DIR.partial-<pid>`` and renames it onto ``DIR`` only when
 ``finish()`` succeeds, so an interrupted run never leaves a half dataset under the final name.
+A killed writer does leave its ``DIR.partial-<pid>`` (or ``DIR.old-<pid>`` of ``fmrilm.io.replace_dir``)
+behind; :func:`sweep_dead_partials` removes those whose process is gone.
 Large arrays are created as memmaps and filled in chunks, so NSD-scale worlds stream to disk.
 """
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import shutil
 import time
 from pathlib import Path
@@ -29,6 +32,8 @@ from fmrilm.errors import InputError
 from fmrilm.io import load_npy, read_json, read_jsonl, replace_dir, write_json, write_jsonl
 
 FORMAT_VERSION = 1
+# Scratch names of the atomic writers (DatasetWriter, fmrilm.io.atomic_dir / replace_dir, model saves).
+SCRATCH_RE = re.compile(r"\.(partial|old)-(\d+)$")
 
 
 def package_versions() -> dict:
@@ -41,6 +46,36 @@ def package_versions() -> dict:
         except PackageNotFoundError:
             pass
     return out
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists (on this machine; one of another user's counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_dead_partials(root) -> list[Path]:
+    """Delete the ``*.partial-<pid>`` / ``*.old-<pid>`` leftovers under `root` whose writer process is
+    gone (a killed world build leaves gigabytes); returns what was removed. Live writers' are kept."""
+    removed = []
+    for parent, dirs, files in os.walk(root):
+        for name in [*dirs, *files]:
+            match = SCRATCH_RE.search(name)
+            if match is None or pid_alive(int(match.group(2))):
+                continue
+            path = Path(parent) / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+                dirs.remove(name)
+            else:
+                path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 class DatasetWriter:

@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from fmrilm.brain.splits import check_recorded, read_splits
+from fmrilm.artifacts import check_recorded
+from fmrilm.brain.splits import read_splits
 from fmrilm.config import save_config, to_dict
 from fmrilm.corpus import SPLITS, TASKS
 from fmrilm.corpus.descriptors_rest import RestDescriptorConfig, rest_features

@@ -33,10 +33,10 @@ import numpy as np
 import torch
 import webdataset as wds
 from webdataset.gopen import gopen
-from webdataset.tariterators import group_by_keys, tar_file_iterator
+from webdataset.tariterators import group_by_keys
 from webdataset.utils import pytorch_worker_info
 
-from fmrilm.corpus.shards import decode_tokens, load_manifest
+from fmrilm.corpus.shards import decode_tokens, load_manifest, tar_members
 from fmrilm.errors import InputError
 
 TAR_BLOCK = 512
@@ -102,8 +102,8 @@ class ShardReader:
             raise ValueError(f"truncated: {len(data)} bytes without the end-of-archive marker")
         # parse the whole shard before yielding, so a truncated shard contributes nothing rather than
         # a prefix (its samples would otherwise be seen a varying number of times)
-        files = tar_file_iterator(io.BytesIO(data))
-        return list(group_by_keys({**f, "__url__": url} for f in files))
+        members = tar_members(io.BytesIO(data), shard_name(url))
+        return list(group_by_keys({"fname": name, "data": blob, "__url__": url} for name, blob in members))
 
     def __call__(self, src):
         for item in src:

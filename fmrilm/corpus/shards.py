@@ -138,17 +138,35 @@ def remove_stale(corpus_dir, keep: set[str]) -> list[str]:
     return sorted(removed)
 
 
+def tar_members(fileobj, source):
+    """``(name, bytes)`` of each member of a shard's tar stream, in order.
+
+    Raises InputError on a member that is not a regular file: a shard written by SplitWriter holds
+    only regular files, and a link or directory would make tarfile look up another member (a
+    KeyError) or webdataset drop it silently.
+    """
+    with tarfile.open(fileobj=fileobj, mode="r|") as tar:
+        for member in tar:
+            if not member.isreg():
+                if member.issym() or member.islnk():
+                    kind = f"{'symlink' if member.issym() else 'hard link'} to {member.linkname!r}"
+                else:
+                    kind = "directory" if member.isdir() else "special file"
+                raise InputError(source, f"member {member.name!r}", f"is a {kind}, not a regular file: "
+                                 "not a shard this corpus wrote (rebuild the corpus)")
+            yield member.name, tar.extractfile(member).read()
+
+
 def iter_tar(path) -> list[dict]:
     """Samples of a shard read with the standard library only (``tarfile``, ``numpy``, ``json``).
 
     The reference reader: shows the shards need nothing webdataset-specific, and is the baseline
-    of the read benchmark.
+    of the read benchmark. InputError on a member that is not a regular file (:func:`tar_members`).
     """
     samples: dict[str, dict] = {}
-    with tarfile.open(path) as tar:
-        for member in tar:
-            key, _, field = member.name.partition(".")
-            data = tar.extractfile(member).read()
+    with open(path, "rb") as fh:
+        for name, data in tar_members(fh, path):
+            key, _, field = name.partition(".")
             if field == "tokens.npy":
                 value = decode_tokens(data)
             else:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 
+from fmrilm.cli import positive_int
+
 
 def register(sub) -> None:
     p = sub.add_parser("eval", help="evaluate a run on its held-out test set (report.json + report.md)",
@@ -28,7 +30,8 @@ def register(sub) -> None:
     a.add_argument("--run", required=True, help="run directory (holds task_world, tokenizer, instruct)")
     a.add_argument("--scan", required=True, help="SUBJECT/STIMULUS, e.g. sub-01/stim-000012 or 0/12")
     a.add_argument("question", help="the question (or an instruction such as 'Describe the image.')")
-    a.add_argument("--max-new-tokens", type=int, default=32)
+    a.add_argument("--max-new-tokens", type=positive_int, default=32,
+                   help="longest answer in tokens, >= 1 (default: %(default)s)")
     a.add_argument("--json", action="store_true", help="print a JSON object")
     a.set_defaults(handler=_ask)
 
@@ -67,6 +70,7 @@ def answer_question(run_dir, scan_id: str, question: str, max_new_tokens: int = 
     """Answer `question` about scan `scan_id` of the run in `run_dir` (VQA prompt of the corpus)."""
     from pathlib import Path
 
+    from fmrilm.artifacts import check_compatible
     from fmrilm.brain.task_data import TaskData
     from fmrilm.evaluation.heldout import resolve_model_dir, resolve_tokenizer_dir, tokenize_betas
     from fmrilm.evaluation.task_eval import VQA_PROMPT
@@ -75,10 +79,12 @@ def answer_question(run_dir, scan_id: str, question: str, max_new_tokens: int = 
     from fmrilm.tokenizer.model import BrainTokenizer
 
     run = Path(run_dir)
+    tokenizer_dir, model_dir = resolve_tokenizer_dir(run / "tokenizer"), resolve_model_dir(run / "instruct")
+    check_compatible(tokenizer_dir, model_dir)
     data = TaskData(run / "task_world")
     subject, stimulus = parse_scan_id(data, scan_id)
-    tokenizer = BrainTokenizer.from_pretrained(resolve_tokenizer_dir(run / "tokenizer"), data.atlas_info)
-    model = load_brainlm(resolve_model_dir(run / "instruct"))
+    tokenizer = BrainTokenizer.from_pretrained(tokenizer_dir, data.atlas_info)
+    model = load_brainlm(model_dir)
     tokens = tokenize_betas(tokenizer, data.mean_betas(subject, [stimulus]))
     (answer,) = generate(model, [tokens], [VQA_PROMPT.format(question=question)], max_new_tokens=max_new_tokens)
     return {"subject": data.subjects[subject]["subject"], "stimulus": data.stimuli[stimulus]["key"],

@@ -116,7 +116,8 @@ def load_heldout(corpus, splits=None, split: str = "test") -> HeldOut:
     split : {"test", "val"}
         What is scored: recipes are chosen on ``val``; ``test`` is scored once per run.
     """
-    from fmrilm.brain.splits import check_recorded, read_splits
+    from fmrilm.artifacts import check_recorded
+    from fmrilm.brain.splits import read_splits
     from fmrilm.brain.store import Dataset
 
     corpus = Path(corpus)

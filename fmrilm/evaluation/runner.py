@@ -94,24 +94,6 @@ class EvalConfig:
     adaptation: SubjectAdaptationConfig = field(default_factory=SubjectAdaptationConfig)
 
 
-def check_artifact_splits(splits, tokenizer, tokenizer_dir: Path, model_dir: Path) -> None:
-    """InputError, before any compute, unless tokenizer, model and the model's retriever were built on `splits`.
-
-    A model exported by a training stage records its corpus's splits in ``stage.json``; one saved by
-    hand (no ``stage.json``) has no record to check.
-    """
-    from fmrilm.brain.splits import check_recorded
-
-    check_recorded(tokenizer.provenance.get("splits"), splits, f"the tokenizer {tokenizer_dir}",
-                   tokenizer_dir / "config.json")
-    stage = read_json(model_dir / "stage.json") if (model_dir / "stage.json").is_file() else {}
-    if stage:
-        check_recorded(stage.get("splits"), splits, f"the model {model_dir}", model_dir / "stage.json")
-    if stage.get("retrieval"):
-        search = Path(stage["retrieval"]) / "search.json"
-        check_recorded(read_json(search).get("splits"), splits, f"the model's retriever {search.parent}", search)
-
-
 def _pick_items(test_stimuli, stimuli, subjects, cfg) -> tuple[np.ndarray, np.ndarray]:
     """Seeded (subject, stimulus) items: novel-category ones first (up to n_novel), then familiar."""
     rng = np.random.default_rng([cfg.seed, 3])
@@ -190,6 +172,7 @@ def run_evaluation(cfg: EvalConfig, overwrite: bool = False, progress: bool = Tr
     Every input is opened and checked before anything is written; the output directory appears
     only when complete. Returns the report dict (``report.json``).
     """
+    from fmrilm.artifacts import check_compatible
     from fmrilm.brain.task_data import TaskData
     from fmrilm.evaluation import fewshot, rest_eval, task_eval
     from fmrilm.evaluation.captions import MeteorScorer
@@ -206,6 +189,8 @@ def run_evaluation(cfg: EvalConfig, overwrite: bool = False, progress: bool = Tr
         raise InputError(cfg.out, "out", "already exists (pass --force to replace it)")
     timings, t0 = {}, time.time()
     heldout = load_heldout(cfg.corpus, cfg.splits or None, cfg.split)
+    tokenizer_dir, model_dir = resolve_tokenizer_dir(cfg.tokenizer), resolve_model_dir(cfg.model)
+    check_compatible(tokenizer_dir, model_dir, cfg.corpus, splits=heldout.splits)
     task_path = heldout.input_path("task_dataset")
     if task_path is None:
         raise InputError(Path(cfg.corpus) / "corpus.json", "inputs.task_dataset", "the corpus has no task data")
@@ -213,10 +198,7 @@ def run_evaluation(cfg: EvalConfig, overwrite: bool = False, progress: bool = Tr
     if not data.has_ground_truth:
         raise InputError(task_path, "clean", "the ideal observer needs simulator ground truth (synthetic data)")
     data.noise_covariance(0)  # the observer's full covariance: a dataset without it is refused before any compute
-    tokenizer_dir = resolve_tokenizer_dir(cfg.tokenizer)
     tokenizer = BrainTokenizer.from_pretrained(tokenizer_dir, data.atlas_info)
-    model_dir = resolve_model_dir(cfg.model)
-    check_artifact_splits(heldout.splits, tokenizer, tokenizer_dir, model_dir)
     model = load_brainlm(model_dir)
     atlas = dataset_atlas(data.atlas_info, task_path)
     # Held-out task subjects are for the adaptation section only: no head is trained or scored on them.

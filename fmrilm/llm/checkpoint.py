@@ -2,7 +2,8 @@
 
 A saved model directory::
 
-    DIR/brainlm.json               format, base identity (name, path, fingerprint), vocab, resolved config
+    DIR/brainlm.json               format, base identity (name, path, fingerprint, and the path relative
+                                   to DIR, which wins when the run was moved or copied), vocab, config
     DIR/adapter/                   peft LoRA adapter (LoRA runs), kept apart from ...
     DIR/brain_parts.safetensors    ... the other trainable weights: brain embedding, brain head and
                                    scan conditioning
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 import shutil
 from pathlib import Path
 
@@ -35,7 +37,7 @@ from fmrilm.io import atomic_dir, read_json, write_json
 from fmrilm.llm.backbone import check_backbone_dir, load_causal_lm
 from fmrilm.llm.config import LLMConfig
 from fmrilm.llm.model import BRAIN_PARTS_PREFIXES, BrainLM
-from fmrilm.llm.peft_setup import META_FILE, build_brainlm
+from fmrilm.llm.peft_setup import META_FILE, build_brainlm, peft_wrapping
 from fmrilm.llm.storage import checkpoint_identity
 
 FORMAT_VERSION = 1
@@ -80,7 +82,8 @@ def save_brainlm(model: BrainLM, out_dir: str | Path, overwrite: bool = False) -
                 "format_version": FORMAT_VERSION,
                 "merged": False,
                 "weights": "adapter" if _is_peft(model) else "backbone",
-                "base": model.base_identity,
+                "base": {**model.base_identity,
+                         "relative_path": os.path.relpath(model.base_identity["path"], Path(out_dir).resolve())},
                 "vocab": model.vocab.to_dict(),
                 "config": dataclasses.asdict(model.llm_config),
             },
@@ -122,7 +125,7 @@ def load_brainlm(model_dir: str | Path, backbone: str | Path | None = None) -> B
     if meta["weights"] == "backbone":
         model = build_brainlm(cfg, parts["brain_embed.codes"], model_dir / "backbone", readout)
     else:
-        base = check_backbone_dir(backbone if backbone is not None else meta["base"]["path"])
+        base = check_backbone_dir(backbone if backbone is not None else _recorded_base(model_dir, meta["base"]))
         found, wanted = checkpoint_identity(base), meta["base"]
         if found["fingerprint"] != wanted["fingerprint"]:
             raise InputError(
@@ -144,6 +147,16 @@ def load_brainlm(model_dir: str | Path, backbone: str | Path | None = None) -> B
                 model_dir / "adapter", "weights", f"unexpected adapter keys {result.unexpected_keys[:3]}"
             )
     return _with_retriever(_load_parts(model, parts, model_dir / BRAIN_PARTS), model_dir)
+
+
+def _recorded_base(model_dir: Path, base: dict) -> Path | str:
+    """The adapter's base: at its path relative to the model when the same checkpoint (fingerprint) is
+    there — a run moved or copied whole uses its own backbone —, else at the absolute path saved."""
+    near = model_dir / base["relative_path"] if "relative_path" in base else None
+    if near is not None and (near / "config.json").is_file() \
+            and checkpoint_identity(near)["fingerprint"] == base["fingerprint"]:
+        return near
+    return base["path"]
 
 
 def _configure_condition(cfg: LLMConfig, parts: dict) -> None:
@@ -177,7 +190,8 @@ def merge_to_hf(
 
             model.lm.save_pretrained(tmp / "_adapter")
             base = load_causal_lm(check_backbone_dir(model.base_identity["path"]), dtype=dtype)
-            lm = PeftModel.from_pretrained(base, tmp / "_adapter").merge_and_unload()
+            with peft_wrapping():
+                lm = PeftModel.from_pretrained(base, tmp / "_adapter").merge_and_unload()
             shutil.rmtree(tmp / "_adapter")
         else:
             lm = copy.deepcopy(model.lm).to(dtype)

@@ -21,6 +21,7 @@ per-objective losses), ``loss_<objective>`` for each objective present in the ba
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -40,8 +41,16 @@ BRAIN_PARTS_PREFIXES = ("brain_embed.", "brain_head.", "scan_condition.")
 class DecodeState:
     """What incremental decoding carries between calls: the KV cache and the scan conditioning in force."""
 
-    past_key_values: object
+    cache: object
     condition: torch.Tensor | None
+
+
+def cache_keyword(decoder: nn.Module) -> str:
+    """The name `decoder.forward` takes (and returns) the KV cache under. transformers renamed
+    ``past_key_values`` to ``cache`` (the old name warns on every call and goes in 5.40); the versions
+    pyproject allows from before the rename know only the old one, and an unknown keyword would be
+    swallowed by ``**kwargs``, silently decoding without the cache."""
+    return "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
 
 
 class BrainLM(nn.Module):
@@ -164,14 +173,11 @@ class BrainLM(nn.Module):
     ):
         """Final hidden states [B, T, d] and, when `use_cache`, the :class:`DecodeState` to continue from."""
         embeds, condition = self.embed(input_ids, state.condition if state is not None else None)
-        out = self.base_lm.get_decoder()(
-            inputs_embeds=embeds,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=state.past_key_values if state is not None else None,
-            use_cache=use_cache,
-        )
-        return out.last_hidden_state, (DecodeState(out.past_key_values, condition) if use_cache else None)
+        decoder = self.base_lm.get_decoder()
+        key = cache_keyword(decoder)
+        out = decoder(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
+                      use_cache=use_cache, **{key: state.cache if state is not None else None})
+        return out.last_hidden_state, (DecodeState(getattr(out, key), condition) if use_cache else None)
 
     def text_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """LM-head logits over the text ids only [..., n_text]."""

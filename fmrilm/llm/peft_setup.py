@@ -8,7 +8,9 @@ disabled the whole backbone trains, which suits the compact bootstrapped default
 
 from __future__ import annotations
 
+import contextlib
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -22,6 +24,16 @@ from fmrilm.llm.storage import checkpoint_identity
 from fmrilm.llm.vocab import BrainEmbedding, extend_tokenizer
 
 META_FILE = "brainlm.json"
+
+
+@contextlib.contextmanager
+def peft_wrapping():
+    """Around ``get_peft_model`` / ``PeftModel.from_pretrained``: peft's PeftModel constructor reads
+    transformers' deprecated ``is_gradient_checkpointing`` (a FutureWarning on every load since
+    transformers 5); the read is inside peft, so there is no call of ours to change."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
 
 
 def apply_lora(lm, settings: LoraSettings):
@@ -57,7 +69,8 @@ def apply_lora(lm, settings: LoraSettings):
         bias="none",
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(lm, config)
+    with peft_wrapping():
+        return get_peft_model(lm, config)
 
 
 def read_meta(model_dir: str | Path) -> dict | None:

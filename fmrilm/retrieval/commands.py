@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 
+from fmrilm.cli import positive_int
+
 
 def register(sub) -> None:
     p = sub.add_parser("search", help="nearest captions of a scan, or nearest scans of a text",
@@ -33,7 +35,7 @@ def register(sub) -> None:
     query.add_argument("--scan-features", metavar="FILE.npy",
                        help="brain features [D] or [Q, D], embedded with --embedder")
     p.add_argument("--embedder", help="saved brain embedder directory (with --scan-features)")
-    p.add_argument("-k", type=int, default=5, help="results per query (default: %(default)s)")
+    p.add_argument("-k", type=positive_int, default=5, help="results per query, >= 1 (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print one JSON object per query instead of a table")
     p.set_defaults(handler=_search)
 

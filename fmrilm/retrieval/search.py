@@ -13,7 +13,8 @@ into the MiniLM space by a brain embedder trained on the training stimuli only. 
     OUT/embedder/      BrainEmbedder (token features → 384-d)
     OUT/captions/      SemanticIndex of every stimulus's first caption (metadata: stimulus, split, caption)
     OUT/scans/         SemanticIndex of every (subject, test stimulus) scan, id ``SUBJECT/STIMULUS``
-    OUT/search.json    the task dataset, tokenizer and corpus it was built from, counts, training loss
+    OUT/search.json    the task dataset, tokenizer (and its fingerprint) and corpus it was built from,
+                       counts, training loss
 """
 
 from __future__ import annotations
@@ -83,9 +84,10 @@ def build_search_indexes(cfg: SearchIndexConfig, overwrite: bool = False, progre
     ------
     InputError
         Before anything is written: a corpus without task data or test stimuli, too few training
-        scans, a tokenizer of another atlas, an existing output without `overwrite`.
+        scans, a tokenizer of another atlas or other than the corpus's, an existing output without
+        `overwrite`.
     """
-    from fmrilm.brain.splits import check_recorded
+    from fmrilm.artifacts import check_compatible
     from fmrilm.brain.task_data import TaskData
     from fmrilm.evaluation.heldout import load_heldout, resolve_tokenizer_dir
     from fmrilm.textembed import embed_texts
@@ -94,14 +96,13 @@ def build_search_indexes(cfg: SearchIndexConfig, overwrite: bool = False, progre
     if Path(cfg.out).exists() and not overwrite:
         raise InputError(cfg.out, "out", "already exists (pass overwrite=True / --force to replace it)")
     heldout = load_heldout(cfg.corpus, cfg.splits or None)
+    tokenizer_dir = resolve_tokenizer_dir(cfg.tokenizer)
+    check_compatible(tokenizer_dir, corpus_dir=cfg.corpus, splits=heldout.splits)
     task_path = heldout.input_path("task_dataset")
     if task_path is None or heldout.test_stimuli.size == 0:
         raise InputError(Path(cfg.corpus) / "corpus.json", "inputs.task_dataset", "the corpus has no task test data")
     data = TaskData(task_path)
-    tokenizer_dir = resolve_tokenizer_dir(cfg.tokenizer)
     tokenizer = BrainTokenizer.from_pretrained(tokenizer_dir, data.atlas_info).eval()
-    check_recorded(tokenizer.provenance.get("splits"), heldout.splits, f"the tokenizer {tokenizer_dir}",
-                   tokenizer_dir / "config.json")
     # Held-out task subjects train nothing: the embedder sees the train subjects' train stimuli only.
     trained = heldout.splits.task_subject_indices(data.dataset, "train")
     per_subject = max(1, cfg.max_train_items // len(trained))
@@ -132,6 +133,7 @@ def build_search_indexes(cfg: SearchIndexConfig, overwrite: bool = False, progre
         scans_index.save(tmp / "scans")
         write_json(tmp / SEARCH_FILE, {"task_dataset": str(Path(task_path).resolve()),
                                        "tokenizer": str(tokenizer_dir.resolve()),
+                                       "tokenizer_fingerprint": tokenizer.fingerprint,
                                        "corpus": str(Path(cfg.corpus).resolve()), "n_train_scans": len(features),
                                        "splits": heldout.splits.record(),
                                        "train_subjects": [data.subjects[s]["subject"] for s in trained],
@@ -142,12 +144,17 @@ def build_search_indexes(cfg: SearchIndexConfig, overwrite: bool = False, progre
 
 
 def embed_scan(search_dir, scan: str) -> np.ndarray:
-    """Brain embedding ``[1, 384]`` of scan ``SUBJECT/STIMULUS`` with the run's tokenizer and embedder."""
+    """Brain embedding ``[1, 384]`` of scan ``SUBJECT/STIMULUS`` with the run's tokenizer and embedder.
+
+    Raises InputError before any compute when the tokenizer no longer is the one the indexes were built with.
+    """
+    from fmrilm.artifacts import check_compatible
     from fmrilm.brain.task_data import TaskData
     from fmrilm.evaluation.commands import parse_scan_id
     from fmrilm.tokenizer.model import BrainTokenizer
 
     search_dir = Path(search_dir)
+    check_compatible(search_dir=search_dir)
     info = read_json(search_dir / SEARCH_FILE)
     data = TaskData(info["task_dataset"])
     subject, stimulus = parse_scan_id(data, scan)

@@ -146,7 +146,10 @@ def record_backbone(cfg: BackboneStageConfig, export_dir: Path) -> Path:
 
 
 def setup(cfg: BackboneStageConfig, train_dir: Path):
-    """Bootstrap (main rank) and build the engine. Returns (engine, tokenizer, training set, samples per task)."""
+    """Bootstrap (main rank) and build the engine.
+
+    Returns (engine, tokenizer, training set, samples per task, corpus skip counter).
+    """
     from transformers import AutoModelForCausalLM
 
     from fmrilm.llm.backbone import bootstrap_backbone, load_tokenizer
@@ -157,7 +160,7 @@ def setup(cfg: BackboneStageConfig, train_dir: Path):
         raise InputError("config", "corpus", "no corpus given (--set corpus=DIR), and no backbone to record "
                                              "(--set backbone=PATH to a local HF causal-LM directory)")
     tasks = ["text", "caption", "vqa"] if cfg.caption_neighbours > 0 else ["text"]
-    read, _ = lm_common.read_split(cfg.corpus, "train", tasks)
+    read, skipped = lm_common.read_split(cfg.corpus, "train", tasks, max_skipped=cfg.engine.max_skipped_shards)
     samples = [s for s in read if s["json"]["task"] == "text"]
     texts = [s["json"]["answer"] for s in samples]
     init = train_dir / "init"
@@ -174,7 +177,7 @@ def setup(cfg: BackboneStageConfig, train_dir: Path):
                                            source=s["__key__"]), cfg.max_length, cfg.engine, mixture)
     mix = dict(sorted(Counter(samples[i]["json"]["task"] for i in mixture).items()))
     model = TextLM(AutoModelForCausalLM.from_pretrained(init, local_files_only=True, dtype=torch.float32))
-    return TrainEngine(model, cfg.engine, train_dir), tokenizer, data, mix
+    return TrainEngine(model, cfg.engine, train_dir), tokenizer, data, mix, skipped
 
 
 def _neighbour_prompted(cfg: BackboneStageConfig, read: list[dict]) -> list[dict]:
@@ -202,9 +205,11 @@ def _neighbour_prompted(cfg: BackboneStageConfig, read: list[dict]) -> list[dict
             for task, rows in texts.items() for i, t in enumerate(rows)]
 
 
-def train(engine: TrainEngine, tokenizer, data: lm_common.TrainingSet, cfg: BackboneStageConfig) -> int:
-    """Pretrain on the texts up to ``engine.max_steps`` (resuming); returns the last step."""
-    return lm_common.train_loop(engine, data, tokenizer.eos_token_id, cfg.max_length, STAGE)
+def train(engine: TrainEngine, tokenizer, data: lm_common.TrainingSet, cfg: BackboneStageConfig,
+          skipped) -> int:
+    """Pretrain on the texts up to ``engine.max_steps`` (resuming; corrupt shards skipped are logged);
+    returns the last step."""
+    return lm_common.train_loop(engine, data, tokenizer.eos_token_id, cfg.max_length, STAGE, skipped)
 
 
 def save_checkpoint(engine: TrainEngine, tokenizer, export_dir: Path, cfg: BackboneStageConfig, step: int,
@@ -232,9 +237,9 @@ def run(cfg: BackboneStageConfig) -> Path | None:
         return record_backbone(cfg, export_dir) if int(os.environ.get("RANK", "0")) == 0 else export_dir
     train_dir = Path(cfg.out_dir) / f"train-{export_dir.name}"
     lm_common.prepare_run(train_dir, export_dir, cfg.force)
-    engine, tokenizer, data, mixture = setup(cfg, train_dir)
+    engine, tokenizer, data, mixture, skipped = setup(cfg, train_dir)
     try:
-        step = train(engine, tokenizer, data, cfg)
+        step = train(engine, tokenizer, data, cfg, skipped)
         return save_checkpoint(engine, tokenizer, export_dir, cfg, step, mixture)
     finally:
         cleanup(engine)

@@ -154,7 +154,7 @@ def setup(cfg: InstructStageConfig, train_dir: Path, joint: dict):
         check_recorded(read_json(Path(cfg.retrieval) / SEARCH_FILE).get("splits"), read_splits(corpus_splits["path"]),
                        f"the search indexes {cfg.retrieval}", Path(cfg.retrieval) / SEARCH_FILE)
         model.prompt_retriever = CaptionRetriever.from_search_dir(cfg.retrieval, cfg.retrieved_captions)
-    samples, skipped = lm_common.read_split(cfg.corpus, cfg.split, cfg.tasks)
+    samples, skipped = lm_common.read_split(cfg.corpus, cfg.split, cfg.tasks, max_skipped=cfg.engine.max_skipped_shards)
     mixture = lm_common.weight_tasks(samples, cfg.task_weights, cfg.engine.seed)
     data = lm_common.training_set(samples, instruction_encoder(model, samples), model.max_length, cfg.engine,
                                   mixture)

@@ -29,10 +29,12 @@ from tqdm import tqdm
 from fmrilm.config import save_config
 from fmrilm.corpus.reader import Decode, ShardReader, SkipCounter
 from fmrilm.corpus.shards import load_manifest
-from fmrilm.engine import EngineConfig, TrainEngine, init_distributed, micro_batch_positions, visited_positions
+from fmrilm.device import init_distributed
+from fmrilm.engine import EngineConfig, TrainEngine
 from fmrilm.errors import InputError
 from fmrilm.io import read_json, write_json
 from fmrilm.llm.formatting import collate
+from fmrilm.seeds import micro_batch_positions, visited_positions
 
 STAGE_FILE = "stage.json"  # written last into every export: its presence marks a finished stage
 CODE_EMBEDDINGS_FILE = "code_embeddings.safetensors"
@@ -125,12 +127,13 @@ def check_corpus_tokenizer(corpus_dir: str | Path, split: str, tokenizer: dict) 
 
 
 # ------------------------------------------------------------------------------------- data
-def read_split(corpus_dir: str | Path, split: str, tasks, verify: bool = True,
-               progress: bool = True) -> tuple[list[dict], SkipCounter]:
+def read_split(corpus_dir: str | Path, split: str, tasks, verify: bool = True, progress: bool = True,
+               max_skipped: float = EngineConfig.max_skipped_shards) -> tuple[list[dict], SkipCounter]:
     """All samples of `split` whose task is in `tasks`, in manifest order, plus the skip counter.
 
     Uses the corpus reader's shard reader and decoder, so a corrupt or truncated shard is skipped
-    whole with a warning and counted (log ``counter.shards``), exactly as in streaming mode.
+    whole with a warning and counted (log ``counter.shards``), exactly as in streaming mode; more
+    than the fraction `max_skipped` of the split's shards skipped is an InputError.
     """
     corpus_dir = Path(corpus_dir)
     manifest = load_manifest(corpus_dir, split)
@@ -140,6 +143,11 @@ def read_split(corpus_dir: str | Path, split: str, tasks, verify: bool = True,
                 unit="shard", disable=not progress)
     tasks = set(tasks)
     samples = [s for s in Decode(counter)(reader(iter(urls))) if s["json"]["task"] in tasks]
+    n_shards = len(manifest["shards"])
+    if counter.shards > max_skipped * n_shards:
+        raise InputError(corpus_dir, split, f"{counter.shards} of {n_shards} shards unreadable (corrupt, truncated "
+                                            f"or missing), more than engine.max_skipped_shards={max_skipped}: "
+                                            f"rebuild the corpus, or raise the limit")
     if not samples:
         raise InputError(corpus_dir, split, f"no readable samples of tasks {sorted(tasks)}")
     return samples, counter

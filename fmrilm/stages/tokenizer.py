@@ -28,9 +28,11 @@ from pathlib import Path
 import torch
 
 from fmrilm.config import save_config
-from fmrilm.engine import EngineConfig, TrainEngine, init_distributed, micro_batch_positions, stage_main
+from fmrilm.device import init_distributed
+from fmrilm.engine import EngineConfig, TrainEngine, stage_main
 from fmrilm.errors import InputError
 from fmrilm.io import write_json
+from fmrilm.seeds import micro_batch_positions
 from fmrilm.tokenizer.config import TokenizerConfig, artifact_name
 
 

@@ -300,6 +300,7 @@ def _reader_results(readouts, blocks, alphas, cfg, names, candidates, candidate_
 
 def run_stimulation(cfg: StimulationConfig, overwrite: bool = False, progress: bool = True) -> dict:
     """Run the experiment; write ``stimulation.json``, ``dose_response.png`` and ``vertices.png``."""
+    from fmrilm.artifacts import check_compatible
     from fmrilm.brain.task_data import TaskData
     from fmrilm.config import save_config
     from fmrilm.evaluation.heldout import load_heldout, resolve_model_dir, resolve_tokenizer_dir
@@ -316,6 +317,8 @@ def run_stimulation(cfg: StimulationConfig, overwrite: bool = False, progress: b
     if Path(cfg.out).exists() and not overwrite:
         raise InputError(cfg.out, "out", "already exists (pass --force to replace it)")
     heldout = load_heldout(cfg.corpus)
+    tokenizer_dir, model_dir = resolve_tokenizer_dir(cfg.tokenizer), resolve_model_dir(cfg.model)
+    check_compatible(tokenizer_dir, model_dir, cfg.corpus, splits=heldout.splits)
     task_path = heldout.input_path("task_dataset")
     if task_path is None:
         raise InputError(Path(cfg.corpus) / "corpus.json", "inputs.task_dataset", "the corpus has no task data")
@@ -338,8 +341,8 @@ def run_stimulation(cfg: StimulationConfig, overwrite: bool = False, progress: b
     variance, factor = data.noise_covariance(cfg.subject)
     n_repeats = int(data.trial_repeat.max()) + 1
     candidate_names = np.array([concept_rate(data.stimuli[m]["captions"], words) > 0 for m in candidates])
-    tokenizer = BrainTokenizer.from_pretrained(resolve_tokenizer_dir(cfg.tokenizer), data.atlas_info)
-    model = load_brainlm(resolve_model_dir(cfg.model))
+    tokenizer = BrainTokenizer.from_pretrained(tokenizer_dir, data.atlas_info)
+    model = load_brainlm(model_dir)
     stimuli = scan_rng.permutation(pool)[: cfg.n_scans]
     scans = data.mean_betas(cfg.subject, stimuli)
     sd = scans.std(0)

@@ -1,0 +1,246 @@
+"""Whether a run's artifacts fit together, decided from their records before anything is loaded.
+
+A model handed the tokens of another tokenizer still answers, only wrongly, so every command that
+combines artifacts (``fmrilm ask``, ``fmrilm eval``, ``fmrilm stimulate``, ``fmrilm search --scan``)
+calls :func:`check_compatible` first. It reads JSON records (and one safetensors header) only::
+
+    tokenizer  config.json                   fingerprint, atlas parcels × levels, provenance.splits
+               code_embeddings.safetensors   header: brain token ids × code dimension
+    corpus     corpus.json                   tokenizer (fingerprint, K) of its tokens, run_splits
+    model      brainlm.json                  vocab.codebook_size: the brain token ids it reads and writes
+               stage.json                    training stages: tokenizer {path, fingerprint}, splits, retrieval
+               retriever/retriever.json      tokens_per_scan of its retrieved-caption prompts
+    search     search.json                   tokenizer (path), tokenizer_fingerprint, splits
+               embedder/config.json          in_dim: the token-feature width it embeds
+
+A disagreement is an :class:`~fmrilm.errors.InputError` on the record that disagrees, naming both
+sides, e.g. ``runs/x/instruct/…/stage.json: field 'tokenizer.fingerprint': model trained on tokens
+of tokenizer runs/x/tokenizer/… (fingerprint 3f2a…); the tokenizer given is runs/y/… (fingerprint
+9c01…)``. A record an artifact does not have (a model saved by hand has no ``stage.json``) is not
+compared.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from fmrilm.errors import InputError
+from fmrilm.io import read_json
+
+TOKENIZER_FORMAT = "fmrilm-brain-tokenizer"
+
+
+@dataclass(frozen=True)
+class TokenizerRecord:
+    """What a saved brain tokenizer says about itself, read without loading its weights.
+
+    Attributes
+    ----------
+    path : Path
+    fingerprint : str
+        Of its weights (``config.json``); every artifact made from its tokens records it.
+    vocab_size, code_dim : int
+        Rows and columns of its code-embedding table (the brain token ids and their vectors).
+    tokens_per_scan : int
+        P·L: parcels times quantizer levels.
+    splits : dict or None
+        ``{"path", "sha256"}`` of the splits file it was trained on.
+    """
+
+    path: Path
+    fingerprint: str
+    vocab_size: int
+    code_dim: int
+    tokens_per_scan: int
+    splits: dict | None
+
+    def __str__(self) -> str:
+        return f"{self.path} (fingerprint {self.fingerprint})"
+
+
+def read_tokenizer_record(tokenizer_dir) -> TokenizerRecord:
+    """The :class:`TokenizerRecord` of a tokenizer directory; InputError if it is not one."""
+    from safetensors import safe_open
+
+    path = Path(tokenizer_dir)
+    meta = read_json(path / "config.json")
+    if meta.get("format") != TOKENIZER_FORMAT:
+        raise InputError(path / "config.json", "format", f"{meta.get('format')!r} is not a brain tokenizer")
+    table = path / "code_embeddings.safetensors"
+    if not table.is_file():
+        raise InputError(table, "file", "missing: re-save the tokenizer with this version")
+    # The table's shape is the vocabulary as the LM stages see it; the header alone holds it.
+    with safe_open(str(table), framework="numpy") as fh:
+        if "code_embeddings" not in fh.keys():
+            raise InputError(table, "code_embeddings", f"missing tensor (has {sorted(fh.keys())})")
+        vocab_size, code_dim = fh.get_slice("code_embeddings").get_shape()
+    tokens_per_scan = int(meta["atlas"]["n_parcels"]) * int(meta["tokenizer"]["quantizer"]["levels"])
+    return TokenizerRecord(path, meta["fingerprint"], int(vocab_size), int(code_dim), tokens_per_scan,
+                           (meta.get("provenance") or {}).get("splits"))
+
+
+def check_recorded(recorded, splits, what: str, source, against: str = "this stage was handed",
+                   field: str = "splits") -> None:
+    """InputError unless an artifact's recorded splits (``{"sha256", "path"}``) are `splits`.
+
+    Parameters
+    ----------
+    recorded : dict or str or None
+        What the artifact recorded (a record, a bare sha256, or nothing).
+    splits : RunSplits or dict
+        The splits to match: anything with ``path`` and ``sha256`` (attributes or keys).
+    what, source, field : str
+        The artifact in words, the file holding its record and the record's key (for the message).
+    against : str
+        Where `splits` comes from, in words ("this stage was handed", "the corpus … was built on").
+    """
+    want = splits if isinstance(splits, dict) else {"path": str(splits.path), "sha256": splits.sha256}
+    found = recorded.get("sha256") if isinstance(recorded, dict) else recorded
+    if found == want["sha256"]:
+        return
+    where = recorded.get("path", "?") if isinstance(recorded, dict) else "?"
+    built = f"was built on splits {str(found)[:12]} ({where})" if found else "records no splits file"
+    raise InputError(source, field, f"{what} {built}, but {against} {want['path']} ({want['sha256'][:12]}): "
+                     "rebuild it on one splits file")
+
+
+def check_compatible(tokenizer_dir=None, model_dir=None, corpus_dir=None, search_dir=None, splits=None) -> None:
+    """InputError, before any compute, unless the given artifacts share one tokenizer and one splits file.
+
+    Parameters
+    ----------
+    tokenizer_dir : path, optional
+        A tokenizer directory (``config.json``). Default with `search_dir`: the one ``search.json`` names.
+    model_dir : path, optional
+        A BrainLM export (``brainlm.json``; ``stage.json`` when a training stage wrote it).
+    corpus_dir : path, optional
+        A corpus directory (``corpus.json``).
+    search_dir : path, optional
+        A retrieval stage output (``search.json``, ``embedder/``).
+    splits : RunSplits or dict, optional
+        The command's splits file. Without it, the first splits an artifact records (corpus, then
+        tokenizer) is the reference the others must match.
+
+    Raises
+    ------
+    InputError
+        On the first disagreement, naming the record that disagrees and both sides.
+    """
+    search = read_json(Path(search_dir) / "search.json") if search_dir is not None else None
+    if tokenizer_dir is None and search is not None:
+        tokenizer_dir = search["tokenizer"]
+    tokenizer = read_tokenizer_record(tokenizer_dir) if tokenizer_dir is not None else None
+    corpus = read_json(Path(corpus_dir) / "corpus.json") if corpus_dir is not None else None
+    model = _ModelRecord.read(model_dir) if model_dir is not None else None
+    if tokenizer is not None:
+        if corpus is not None:
+            _corpus_tokenizer(Path(corpus_dir), corpus, tokenizer)
+        if model is not None:
+            model.check_tokenizer(tokenizer)
+        if search is not None:
+            _search_tokenizer(Path(search_dir), search, tokenizer)
+    if corpus is not None and model is not None:
+        model.check_corpus(Path(corpus_dir), corpus)
+    records = []  # (recorded splits, artifact in words, file, key): the order picks the reference
+    if corpus is not None:
+        records.append((corpus.get("run_splits"), f"the corpus {corpus_dir}", Path(corpus_dir) / "corpus.json",
+                        "run_splits"))
+    if tokenizer is not None:
+        records.append((tokenizer.splits, f"the tokenizer {tokenizer.path}", tokenizer.path / "config.json",
+                        "provenance.splits"))
+    if model is not None:
+        records += model.splits_records()
+    if search is not None:
+        records.append((search.get("splits"), f"the search indexes {search_dir}", Path(search_dir) / "search.json",
+                        "splits"))
+    _same_splits(records, splits)
+
+
+def _same_splits(records: list, splits) -> None:
+    if splits is not None:
+        against = "this command was handed"
+    else:
+        first = next((r for r in records if r[0]), None)
+        if first is None:
+            return
+        splits, against = first[0], f"{first[1]} was built on"
+    for recorded, what, source, field in records:
+        check_recorded(recorded, splits, what, source, against, field)
+
+
+def _corpus_tokenizer(corpus_dir: Path, corpus: dict, tokenizer: TokenizerRecord) -> None:
+    made = corpus.get("tokenizer") or {}
+    if made.get("fingerprint") != tokenizer.fingerprint:
+        raise InputError(corpus_dir / "corpus.json", "tokenizer.fingerprint",
+                         f"corpus tokens were made by tokenizer {made.get('name')!r} K={made.get('codebook_size')} "
+                         f"(fingerprint {made.get('fingerprint')}); the tokenizer given is {tokenizer}")
+
+
+def _search_tokenizer(search_dir: Path, search: dict, tokenizer: TokenizerRecord) -> None:
+    recorded = search.get("tokenizer_fingerprint")
+    if recorded is not None and recorded != tokenizer.fingerprint:
+        raise InputError(search_dir / "search.json", "tokenizer_fingerprint",
+                         f"search indexes built with tokenizer {search.get('tokenizer')} (fingerprint {recorded}); "
+                         f"the tokenizer given is {tokenizer}: rebuild the retrieval stage")
+    # Indexes written before the fingerprint was recorded: the embedder's input width still tells.
+    in_dim = read_json(search_dir / "embedder" / "config.json")["in_dim"]
+    width = tokenizer.tokens_per_scan * tokenizer.code_dim
+    if in_dim != width:
+        raise InputError(search_dir / "embedder" / "config.json", "in_dim",
+                         f"the search embedder reads {in_dim} token features per scan; the tokenizer given is "
+                         f"{tokenizer}, whose scans have {tokenizer.tokens_per_scan} tokens × {tokenizer.code_dim} "
+                         f"= {width}: rebuild the retrieval stage")
+
+
+@dataclass
+class _ModelRecord:
+    """The records of a BrainLM export: ``brainlm.json``, and ``stage.json`` / ``retriever.json`` if present."""
+
+    path: Path
+    meta: dict
+    stage: dict
+    retriever: dict | None
+
+    @classmethod
+    def read(cls, model_dir) -> _ModelRecord:
+        path = Path(model_dir)
+        stage = read_json(path / "stage.json") if (path / "stage.json").is_file() else {}
+        retriever = path / "retriever" / "retriever.json"
+        return cls(path, read_json(path / "brainlm.json"), stage, read_json(retriever) if retriever.is_file() else None)
+
+    def _trained_on(self) -> str:
+        made = self.stage.get("tokenizer") or {}
+        return f"model trained on tokens of tokenizer {made.get('path', '?')} (fingerprint {made.get('fingerprint')})"
+
+    def check_tokenizer(self, tokenizer: TokenizerRecord) -> None:
+        recorded = (self.stage.get("tokenizer") or {}).get("fingerprint")
+        if recorded is not None and recorded != tokenizer.fingerprint:
+            raise InputError(self.path / "stage.json", "tokenizer.fingerprint",
+                             f"{self._trained_on()}; the tokenizer given is {tokenizer}")
+        codebook = (self.meta.get("vocab") or {}).get("codebook_size")
+        if codebook != tokenizer.vocab_size:
+            raise InputError(self.path / "brainlm.json", "vocab.codebook_size",
+                             f"model reads and writes {codebook} brain token ids; the tokenizer given is {tokenizer} "
+                             f"with {tokenizer.vocab_size}: a model of another tokenizer")
+        if self.retriever is not None and self.retriever.get("tokens_per_scan") != tokenizer.tokens_per_scan:
+            raise InputError(self.path / "retriever" / "retriever.json", "tokens_per_scan",
+                             f"the model's retriever reads {self.retriever.get('tokens_per_scan')} tokens per scan; "
+                             f"the tokenizer given is {tokenizer} with {tokenizer.tokens_per_scan}")
+
+    def check_corpus(self, corpus_dir: Path, corpus: dict) -> None:
+        recorded = (self.stage.get("tokenizer") or {}).get("fingerprint")
+        made = (corpus.get("tokenizer") or {}).get("fingerprint")
+        if recorded is not None and recorded != made:
+            raise InputError(self.path / "stage.json", "tokenizer.fingerprint",
+                             f"{self._trained_on()}; the corpus {corpus_dir} holds tokens of fingerprint {made}")
+
+    def splits_records(self) -> list:
+        """Splits records to compare: a training stage's, and its retriever source's when still there."""
+        if not self.stage:
+            return []  # saved by hand: nothing recorded
+        out = [(self.stage.get("splits"), f"the model {self.path}", self.path / "stage.json", "splits")]
+        search = Path(self.stage["retrieval"]) / "search.json" if self.stage.get("retrieval") else None
+        if search is not None and search.is_file():
+            out.append((read_json(search).get("splits"), f"the model's retriever {search.parent}", search, "splits"))
+        return out
