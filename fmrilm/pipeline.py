@@ -207,12 +207,16 @@ def read_state(run: Path) -> dict[str, str]:
     """Finished stages → artifact paths under `run` (only those whose artifact still exists).
 
     A recorded path outside the run (a ``stages.json`` written before paths were relative, then
-    moved or copied) is used but warned about: it is another run's artifact.
+    moved or copied) is used but warned about: it is another run's artifact. A path that older
+    versions wrote relative to the working directory is still found while it lies inside the run.
     """
     path = run / "stages.json"
     state = {}
     for stage, recorded in (read_json(path) if path.is_file() else {}).items():
         artifact = run / recorded  # an absolute `recorded` stays as it is
+        legacy = Path(recorded)
+        if not artifact.exists() and legacy.exists() and _inside(legacy, run):
+            artifact = legacy  # written before paths were relative to the run: relative to the working directory
         if Path(recorded).is_absolute() and not _inside(artifact, run):
             warnings.warn(f"{path}: stage {stage!r} points outside this run, at {recorded}: that artifact is "
                           f"used, not one of this run (--force {stage} recomputes it here)", RuntimeWarning,

@@ -182,3 +182,17 @@ def test_a_run_starts_by_removing_leftovers_of_killed_writers(tmp_path, capsys, 
     run_pipeline(PipelineConfig(run_dir=str(tmp_path / "run")))
     assert not leftover.exists()
     assert f"removed {leftover}, left by a killed run" in capsys.readouterr().out
+
+
+def test_stages_json_of_older_versions_is_still_read(tmp_path, monkeypatch):
+    """Older versions wrote paths relative to the working directory; they still resolve inside the run."""
+    from fmrilm.pipeline import read_state, write_state
+
+    monkeypatch.chdir(tmp_path)
+    run = Path("runs") / "old"
+    (run / "corpus").mkdir(parents=True)
+    (run / "stages.json").write_text(json.dumps({"corpus": "runs/old/corpus", "gone": "runs/old/gone"}))
+    assert read_state(run) == {"corpus": str(Path("runs/old/corpus"))}
+    write_state(run, read_state(run))  # rewritten relative to the run
+    assert json.loads((run / "stages.json").read_text()) == {"corpus": "corpus"}
+    assert read_state(run) == {"corpus": str(run / "corpus")}
