@@ -5,9 +5,9 @@ from collections import Counter
 
 import pytest
 
+from fmrilm.artifacts import check_recorded
 from fmrilm.brain.splits import (
     SplitsConfig,
-    check_recorded,
     decide_splits,
     read_splits,
     write_run_splits,

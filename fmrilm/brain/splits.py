@@ -30,7 +30,6 @@ from pathlib import Path
 
 import numpy as np
 
-from fmrilm.artifacts import check_recorded  # noqa: F401  (the stages import it by this module's name)
 from fmrilm.brain.store import Dataset
 from fmrilm.errors import InputError
 from fmrilm.io import atomic_path

@@ -145,7 +145,8 @@ def setup(cfg: InstructStageConfig, train_dir: Path, joint: dict):
         lm_common.check_corpus_tokenizer(cfg.corpus, split, joint["tokenizer"])
     model = load_brainlm(cfg.model)
     if cfg.retrieval and cfg.retrieved_captions > 0:
-        from fmrilm.brain.splits import check_recorded, read_splits
+        from fmrilm.artifacts import check_recorded
+        from fmrilm.brain.splits import read_splits
         from fmrilm.retrieval.caption_prompts import CaptionRetriever
         from fmrilm.retrieval.search import SEARCH_FILE
 
