@@ -86,3 +86,64 @@ def write_captions(path: str | Path, captions: dict[int, list[str]], with_images
         doc["images"] = [{"id": int(image), "file_name": f"{int(image):012d}.jpg"} for image in captions]
     Path(path).write_text(json.dumps(doc))
     return Path(path)
+
+
+# A chat template in SmolLM2's turn format, short enough for a tiny context.
+TINY_CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+                      "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def write_tiny_gguf(path: str | Path, hidden: int = 64, layers: int = 2, heads: int = 4, kv_heads: int = 2,
+                    ffn: int = 128, seed: int = 0) -> Path:
+    """Write a tiny Llama as llama.cpp does (GGUF v3, f32 tensors, a byte-level BPE "gpt2" tokenizer
+    with SmolLM2's specials and chat template), so the GGUF → HF path runs on a real file.
+
+    Hidden 64 is one bitsandbytes 4-bit block, the smallest width QLoRA quantizes cleanly.
+    """
+    import gguf
+    from tokenizers.pre_tokenizers import ByteLevel
+
+    merges = ["Ġ t", "h e", "Ġt he", "a n", "Ġ a", "Ġ s", "i n", "o n"]
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tokens = specials + sorted(ByteLevel.alphabet()) + [m.replace(" ", "") for m in merges]
+    rng = np.random.default_rng(seed)
+
+    def weight(*shape):
+        return (rng.standard_normal(shape) * 0.1).astype(np.float32)
+
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_name("tiny-llama")
+    writer.add_context_length(512)
+    writer.add_embedding_length(hidden)
+    writer.add_block_count(layers)
+    writer.add_feed_forward_length(ffn)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_rope_dimension_count(hidden // heads)
+    writer.add_vocab_size(len(tokens))
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_types([3] * len(specials) + [1] * (len(tokens) - len(specials)))  # 3: control
+    writer.add_token_merges(merges)
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_pad_token_id(2)
+    writer.add_chat_template(TINY_CHAT_TEMPLATE)
+    kv = kv_heads * hidden // heads
+    writer.add_tensor("token_embd.weight", weight(len(tokens), hidden))
+    writer.add_tensor("output_norm.weight", 1.0 + weight(hidden))
+    for i in range(layers):
+        for name, shape in (("attn_norm", (hidden,)), ("ffn_norm", (hidden,))):
+            writer.add_tensor(f"blk.{i}.{name}.weight", 1.0 + weight(*shape))
+        for name, shape in (("attn_q", (hidden, hidden)), ("attn_k", (kv, hidden)), ("attn_v", (kv, hidden)),
+                            ("attn_output", (hidden, hidden)), ("ffn_gate", (ffn, hidden)),
+                            ("ffn_up", (ffn, hidden)), ("ffn_down", (hidden, ffn))):
+            writer.add_tensor(f"blk.{i}.{name}.weight", weight(*shape))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return Path(path)

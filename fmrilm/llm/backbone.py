@@ -49,12 +49,31 @@ def check_backbone_dir(path: str | Path | None) -> Path:
     return path
 
 
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+
+
 def load_tokenizer(path: str | Path):
-    """The text tokenizer of a local checkpoint directory (offline)."""
+    """The text tokenizer of a local checkpoint directory (offline); InputError when it has none."""
     from transformers import AutoTokenizer
 
     set_offline()
-    return AutoTokenizer.from_pretrained(check_backbone_dir(path), local_files_only=True)
+    path = check_backbone_dir(path)
+    if not any((path / name).is_file() for name in _TOKENIZER_FILES):
+        raise InputError(path, "tokenizer", f"no tokenizer files ({', '.join(_TOKENIZER_FILES)}): copy the "
+                                            "checkpoint's tokenizer into the directory")
+    try:
+        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as err:
+        raise InputError(path, "tokenizer", f"cannot be loaded: {err}") from None
+
+
+def check_tokenizer(path: str | Path):
+    """The checkpoint's tokenizer, checked for what the sequences need (BOS/EOS or a chat template)."""
+    tokenizer = load_tokenizer(path)
+    if tokenizer.eos_token_id is None or (tokenizer.bos_token_id is None and not tokenizer.chat_template):
+        raise InputError(path, "tokenizer", "needs an EOS token and a BOS token or a chat template "
+                                            "(instructions end with EOS and start with BOS or the template)")
+    return tokenizer
 
 
 def load_causal_lm(path: str | Path, quantize_4bit: bool = False, dtype: torch.dtype = torch.float32):

@@ -7,7 +7,11 @@ A saved model directory::
     DIR/adapter/                   peft LoRA adapter (LoRA runs), kept apart from ...
     DIR/brain_parts.safetensors    ... the other trainable weights: brain embedding, brain head and
                                    scan conditioning
-    DIR/backbone/                  the whole fine-tuned HF model instead of adapter/ (runs without LoRA)
+    DIR/backbone_parts.safetensors a frozen backbone's trained norms (``train_norms``; under LoRA they are
+                                   peft ``modules_to_save`` inside adapter/)
+    DIR/backbone/                  the whole fine-tuned HF model instead of adapter/ (runs that train
+                                   the whole backbone); a frozen backbone (``freeze_backbone``, CorText
+                                   phase 1) is referenced like an adapter's base and not copied
 
 :func:`load_brainlm` is the one call that loads it (or a merged directory); it refuses an adapter
 whose recorded base differs from the backbone it is given, naming both. :func:`merge_to_hf` writes a
@@ -35,13 +39,14 @@ from fmrilm.config import from_dict
 from fmrilm.errors import InputError
 from fmrilm.io import atomic_dir, read_json, write_json
 from fmrilm.llm.backbone import check_backbone_dir, load_causal_lm
-from fmrilm.llm.config import LLMConfig
+from fmrilm.llm.config import LLMConfig, LoraSettings
 from fmrilm.llm.model import BRAIN_PARTS_PREFIXES, BrainLM
-from fmrilm.llm.peft_setup import META_FILE, build_brainlm, peft_wrapping
+from fmrilm.llm.peft_setup import META_FILE, backbone_parts, build_brainlm, peft_wrapping
 from fmrilm.llm.storage import checkpoint_identity
 
 FORMAT_VERSION = 1
 BRAIN_PARTS = "brain_parts.safetensors"
+BACKBONE_PARTS = "backbone_parts.safetensors"
 SCAN_CONDITION_FILE = "scan_condition.safetensors"
 RETRIEVER_DIR = "retriever"
 CONDITION_PREFIX = "scan_condition."
@@ -49,6 +54,13 @@ CONDITION_PREFIX = "scan_condition."
 
 def _is_peft(model: BrainLM) -> bool:
     return hasattr(model.lm, "peft_config")
+
+
+def _weights_kind(model: BrainLM) -> str:
+    """How the backbone is saved: ``adapter`` (LoRA), ``frozen`` (base referenced) or ``backbone`` (whole)."""
+    if _is_peft(model):
+        return "adapter"
+    return "frozen" if model.llm_config.freeze_backbone else "backbone"
 
 
 def _save_retriever(model: BrainLM, out_dir: Path) -> None:
@@ -66,22 +78,26 @@ def _with_retriever(model: BrainLM, model_dir: Path) -> BrainLM:
 
 def save_brainlm(model: BrainLM, out_dir: str | Path, overwrite: bool = False) -> Path:
     """Save the trainable state of `model` (adapter or whole backbone, plus brain parts) atomically."""
+    kind = _weights_kind(model)
     with atomic_dir(out_dir, overwrite) as tmp:
-        if _is_peft(model):
+        if kind == "adapter":
             model.lm.save_pretrained(tmp / "adapter")
-        else:
+        elif kind == "backbone":
             model.lm.save_pretrained(tmp / "backbone")
             model.tokenizer.save_pretrained(tmp / "backbone")
         save_file(
             {k: v.detach().contiguous() for k, v in model.brain_state_dict().items()}, tmp / BRAIN_PARTS
         )
+        extra = backbone_parts(model)
+        if extra:
+            save_file(extra, tmp / BACKBONE_PARTS)
         _save_retriever(model, tmp)
         write_json(
             tmp / META_FILE,
             {
                 "format_version": FORMAT_VERSION,
                 "merged": False,
-                "weights": "adapter" if _is_peft(model) else "backbone",
+                "weights": kind,
                 "base": {**model.base_identity,
                          "relative_path": os.path.relpath(model.base_identity["path"], Path(out_dir).resolve())},
                 "vocab": model.vocab.to_dict(),
@@ -91,7 +107,8 @@ def save_brainlm(model: BrainLM, out_dir: str | Path, overwrite: bool = False) -
     return Path(out_dir)
 
 
-def load_brainlm(model_dir: str | Path, backbone: str | Path | None = None) -> BrainLM:
+def load_brainlm(model_dir: str | Path, backbone: str | Path | None = None,
+                 add_lora: LoraSettings | None = None) -> BrainLM:
     """Load a saved or merged BrainLM in one call.
 
     Parameters
@@ -101,6 +118,9 @@ def load_brainlm(model_dir: str | Path, backbone: str | Path | None = None) -> B
     backbone : path, optional
         Base checkpoint of an adapter, when it has moved from the path recorded at save time. It must
         be the same checkpoint (same fingerprint): an adapter made for another base is refused.
+    add_lora : LoraSettings, optional
+        New LoRA (or QLoRA) adapters on a model saved with a frozen backbone (CorText's phase 2
+        starting from phase 1); refused for a model that already has adapters or a trained backbone.
     """
     model_dir = Path(model_dir)
     meta = read_json(model_dir / META_FILE)
@@ -119,6 +139,11 @@ def load_brainlm(model_dir: str | Path, backbone: str | Path | None = None) -> B
         # brain embedding and head are already rows of the merged tables; only the conditioning loads
         return _with_retriever(_load_parts(model, parts, path, (CONDITION_PREFIX,)), model_dir)
     cfg = from_dict(LLMConfig, meta["config"], str(model_dir / META_FILE))
+    if add_lora is not None and add_lora.enabled:
+        if meta["weights"] != "frozen":
+            raise InputError(model_dir, "add_lora", f"the model's backbone is saved as {meta['weights']!r}; new "
+                                                    "adapters go only on a frozen-backbone (phase-1) model")
+        cfg.lora = add_lora
     parts = load_file(model_dir / BRAIN_PARTS)
     _configure_condition(cfg, parts)
     readout = parts.get(f"{CONDITION_PREFIX}readout")
@@ -136,16 +161,19 @@ def load_brainlm(model_dir: str | Path, backbone: str | Path | None = None) -> B
                 f"'{found['name']}' ({found['path']}, fingerprint "
                 f"{found['fingerprint'][:12]})",
             )
-        from peft import set_peft_model_state_dict
+        extra = model_dir / BACKBONE_PARTS
+        model = build_brainlm(cfg, parts["brain_embed.codes"], base, readout,
+                              backbone_state=load_file(extra) if extra.is_file() else None)
+        if meta["weights"] == "adapter":
+            from peft import set_peft_model_state_dict
 
-        model = build_brainlm(cfg, parts["brain_embed.codes"], base, readout)
-        result = set_peft_model_state_dict(
-            model.lm, load_file(model_dir / "adapter" / "adapter_model.safetensors")
-        )
-        if getattr(result, "unexpected_keys", None):
-            raise InputError(
-                model_dir / "adapter", "weights", f"unexpected adapter keys {result.unexpected_keys[:3]}"
+            result = set_peft_model_state_dict(
+                model.lm, load_file(model_dir / "adapter" / "adapter_model.safetensors")
             )
+            if getattr(result, "unexpected_keys", None):
+                raise InputError(
+                    model_dir / "adapter", "weights", f"unexpected adapter keys {result.unexpected_keys[:3]}"
+                )
     return _with_retriever(_load_parts(model, parts, model_dir / BRAIN_PARTS), model_dir)
 
 

@@ -72,8 +72,14 @@ class ScanConditionSettings:
 class LLMConfig:
     """Everything needed to build a :class:`fmrilm.llm.model.BrainLM`.
 
-    ``backbone`` is a local Hugging Face causal-LM directory (e.g. Llama-3.1-8B); None means the
-    compact default that stage 0 bootstraps into the run directory.
+    ``backbone`` is a local Hugging Face causal-LM directory (e.g. Llama-3.1-8B) or a stage-0 export.
+
+    What of the backbone trains: with ``lora.enabled`` only the adapters (CorText phase 2, fMRI-LM);
+    with ``freeze_backbone`` (and LoRA off) nothing of it — CorText's phase 1, where only the brain
+    parts (projection, delimiters, brain head, scan conditioning) learn; with neither, all of it (the
+    compact test fixture). ``train_norms`` also trains the backbone's RMSNorm/LayerNorm weights under
+    LoRA or a frozen backbone (CorText's phase 1 trains the layer norms); they are saved beside the
+    adapter and merged with it.
     """
 
     backbone: str | None = None
@@ -82,5 +88,7 @@ class LLMConfig:
     lora: LoraSettings = field(default_factory=LoraSettings)
     scan_condition: ScanConditionSettings = field(default_factory=ScanConditionSettings)
     loss_weights: LossWeights = field(default_factory=LossWeights)
+    freeze_backbone: bool = False
+    train_norms: bool = False
     max_length: int = 1024
     seed: int = 0

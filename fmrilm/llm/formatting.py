@@ -5,7 +5,10 @@ to the inputs (the model shifts them) and ``IGNORE`` wherever no loss applies: p
 token, padding and the structural delimiters. ``<scan>`` in a prompt or answer is a placeholder for
 one scan, filled in order from the sample's token array [n_scans, P·L].
 
-Instruction samples use one chat template, the same at training and generation time::
+Instruction samples use the backbone's own chat template (SmolLM2's and Llama-3.1's ``<|im_start|>`` /
+``<|start_header_id|>`` turns), rendered once around a placeholder user turn, so the brain ids sit
+inside the user message exactly where the prompt puts them; the answer ends with the tokenizer's EOS
+(the template's end-of-turn). A tokenizer without a template (the test fixture's) uses::
 
     <s>### User:\\n{prompt}\\n### Assistant:\\n{answer}</s>
 
@@ -63,16 +66,37 @@ def _label_new_only(ids: list[int], vocab: BrainVocab) -> list[int]:
     return [IGNORE if i >= vocab.scan_start else i for i in ids]
 
 
+_USER_PLACEHOLDER = "\x00fmrilm-user-turn\x00"
+
+
+def chat_frame(tokenizer) -> tuple[list[int], list[int]]:
+    """Ids before and after the user's message in a one-turn chat that ends with the assistant header.
+
+    Rendered from the tokenizer's chat template around a placeholder (cached on the tokenizer), or
+    the fallback ``### User:`` frame when it has no template.
+    """
+    cached = getattr(tokenizer, "_fmrilm_chat_frame", None)
+    if cached is not None:
+        return cached
+    if getattr(tokenizer, "chat_template", None):
+        rendered = tokenizer.apply_chat_template([{"role": "user", "content": _USER_PLACEHOLDER}],
+                                                 add_generation_prompt=True, tokenize=False)
+        if rendered.count(_USER_PLACEHOLDER) != 1:
+            raise InputError("tokenizer", "chat_template", "does not render the user message exactly once")
+        before, after = rendered.split(_USER_PLACEHOLDER)
+        frame = (text_ids(tokenizer, before), text_ids(tokenizer, after))
+    else:
+        frame = ([tokenizer.bos_token_id, *text_ids(tokenizer, USER_HEADER)], text_ids(tokenizer, ASSISTANT_HEADER))
+    tokenizer._fmrilm_chat_frame = frame
+    return frame
+
+
 def encode_prompt(
     tokenizer, vocab: BrainVocab, prompt: str, tokens=None, source: str = "sample"
 ) -> list[int]:
     """The chat-formatted prompt, ending with the assistant header (what generation continues)."""
-    return [
-        tokenizer.bos_token_id,
-        *text_ids(tokenizer, USER_HEADER),
-        *_with_scans(tokenizer, vocab, prompt, _scan_rows(tokens, source), source),
-        *text_ids(tokenizer, ASSISTANT_HEADER),
-    ]
+    before, after = chat_frame(tokenizer)
+    return [*before, *_with_scans(tokenizer, vocab, prompt, _scan_rows(tokens, source), source), *after]
 
 
 def encode_instruction(tokenizer, vocab: BrainVocab, sample: dict, source: str = "sample") -> dict:

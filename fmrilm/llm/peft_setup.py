@@ -2,8 +2,10 @@
 
 With LoRA enabled only the adapters (``targets``, rank and alpha from the config; CorText's default
 rank 16 on q/v) and the brain parts (brain embedding projection, delimiter vectors, brain head) are
-trained; with ``quantize_4bit`` the frozen base is NF4 through bitsandbytes (QLoRA). With LoRA
-disabled the whole backbone trains, which suits the compact bootstrapped default.
+trained; with ``quantize_4bit`` the frozen base is NF4 through bitsandbytes (QLoRA). With
+``freeze_backbone`` (LoRA off) only the brain parts train (CorText's phase 1); ``train_norms`` adds the
+backbone's normalisation weights in either case. With neither, the whole backbone trains (the compact
+test fixture).
 """
 
 from __future__ import annotations
@@ -36,8 +38,12 @@ def peft_wrapping():
         yield
 
 
-def apply_lora(lm, settings: LoraSettings):
-    """Wrap `lm` with LoRA adapters per `settings` (returned unchanged when LoRA is disabled)."""
+def apply_lora(lm, settings: LoraSettings, train_norms: bool = False):
+    """Wrap `lm` with LoRA adapters per `settings` (returned unchanged when LoRA is disabled).
+
+    With `train_norms` the normalisation layers are peft ``modules_to_save``: trained, saved inside the
+    adapter (so plain ``PeftModel.from_pretrained`` restores them) and written in by merging.
+    """
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     if not settings.enabled:
@@ -66,11 +72,55 @@ def apply_lora(lm, settings: LoraSettings):
         lora_alpha=settings.alpha,
         lora_dropout=settings.dropout,
         target_modules=list(settings.targets),
+        modules_to_save=norm_module_names(lm) if train_norms else None,
         bias="none",
         task_type="CAUSAL_LM",
     )
     with peft_wrapping():
         return get_peft_model(lm, config)
+
+
+def is_norm(module) -> bool:
+    """True for normalisation layers (LlamaRMSNorm and other architectures' *Norm modules)."""
+    return type(module).__name__.endswith(("Norm", "RMSNorm")) or isinstance(module, torch.nn.LayerNorm)
+
+
+def norm_module_names(lm) -> list[str]:
+    """Distinct last names of the backbone's normalisation modules (Llama: input_layernorm,
+    post_attention_layernorm, norm); InputError when it has none."""
+    names = sorted({name.rsplit(".", 1)[-1] for name, module in lm.named_modules() if name and is_norm(module)})
+    if not names:
+        raise InputError("llm", "train_norms", f"{type(lm).__name__} has no normalisation layers")
+    return names
+
+
+def freeze_for_phase_one(lm, train_norms: bool) -> None:
+    """CorText's phase 1: no backbone weight trains, except the normalisation layers with `train_norms`."""
+    lm.requires_grad_(False)
+    if train_norms:
+        norm_module_names(lm)  # refuses an architecture without them
+        for module in lm.modules():
+            if is_norm(module):
+                module.requires_grad_(True)
+
+
+def backbone_parts(model: BrainLM) -> dict[str, torch.Tensor]:
+    """Trained weights of a frozen (phase-1) backbone — its norms under ``train_norms`` —, named as in
+    the base model; empty otherwise (LoRA keeps them in the adapter, full training saves the whole model)."""
+    if hasattr(model.lm, "peft_config") or not model.llm_config.freeze_backbone:
+        return {}
+    return {name: p.detach().contiguous() for name, p in model.base_lm.named_parameters() if p.requires_grad}
+
+
+def set_backbone_state(lm, state: dict[str, torch.Tensor], source) -> None:
+    """Copy `state` (backbone weights by name) into `lm`; InputError naming names it does not have."""
+    own = dict(lm.named_parameters())
+    unknown = [k for k in state if k not in own]
+    if unknown:
+        raise InputError(source, "backbone_parts", f"not parameters of the backbone: {unknown[:5]}")
+    with torch.no_grad():
+        for name, value in state.items():
+            own[name].copy_(value.to(own[name].dtype))
 
 
 def read_meta(model_dir: str | Path) -> dict | None:
@@ -97,6 +147,7 @@ def build_brainlm(
     backbone: str | Path | None = None,
     readout: torch.Tensor | None = None,
     condition_codes: torch.Tensor | None = None,
+    backbone_state: dict[str, torch.Tensor] | None = None,
 ) -> BrainLM:
     """Assemble a trainable BrainLM on a local backbone.
 
@@ -114,6 +165,9 @@ def build_brainlm(
     condition_codes : Tensor [K, d_code], optional
         Code embeddings of the scan conditioning when they differ from `code_embeddings` (a merged
         model, whose brain rows are already projected); defaults to `code_embeddings`.
+    backbone_state : dict of str to Tensor, optional
+        Trained backbone weights (a phase-1 model's norms, :func:`backbone_parts`) copied in before any
+        LoRA wrapping.
     """
     set_offline()
     path = check_backbone_dir(backbone if backbone is not None else cfg.backbone)
@@ -129,6 +183,8 @@ def build_brainlm(
     tokenizer = load_tokenizer(path)
     vocab = extend_tokenizer(tokenizer, cfg.codebook_size)
     lm = load_causal_lm(path, quantize_4bit=cfg.lora.quantize_4bit)
+    if backbone_state:
+        set_backbone_state(lm, backbone_state, path)
     text_table = lm.get_input_embeddings().weight
     if merged:
         brain_embed = BrainEmbedding.from_table(text_table[vocab.n_text : vocab.size], vocab.codebook_size)
@@ -157,8 +213,13 @@ def build_brainlm(
     condition = build_scan_condition(cfg, condition_codes if condition_codes is not None else code_embeddings,
                                      text_table.shape[1], readout)
     torch.manual_seed(cfg.seed)  # LoRA's A matrices draw from the global generator
-    model = BrainLM(apply_lora(lm, cfg.lora), tokenizer, vocab, brain_embed, cfg.loss_weights, cfg.max_length,
-                    condition)
+    lm = apply_lora(lm, cfg.lora, cfg.train_norms)
+    if not cfg.lora.enabled and cfg.freeze_backbone:
+        freeze_for_phase_one(lm, cfg.train_norms)
+    elif not cfg.lora.enabled and cfg.train_norms:
+        raise InputError("llm", "train_norms", "needs lora.enabled or freeze_backbone (otherwise all of the "
+                                               "backbone trains anyway)")
+    model = BrainLM(lm, tokenizer, vocab, brain_embed, cfg.loss_weights, cfg.max_length, condition)
     if merged:
         with torch.no_grad():
             head = model.base_lm.get_output_embeddings().weight

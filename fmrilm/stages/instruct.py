@@ -47,6 +47,7 @@ import torch
 from fmrilm.engine import EngineConfig, TrainEngine, stage_main
 from fmrilm.errors import InputError
 from fmrilm.io import read_json, write_json
+from fmrilm.llm.config import LoraSettings
 from fmrilm.stages import lm_common
 
 STAGE = "instruct"
@@ -78,8 +79,12 @@ class InstructStageConfig:
         Split whose closed questions are scored after training ("" to skip).
     eval_max_samples : int
         At most this many closed questions scored.
+    add_lora : LoraSettings or None
+        LoRA (or QLoRA) adapters added to a stage-2 model whose backbone was frozen (CorText: phase 1
+        in stage 2, phase 2 here); None trains what the stage-2 model trained.
     merge : bool
-        Also write a standalone merged HF checkpoint into the export (``merged/``).
+        Also write a standalone merged HF checkpoint into the export (``merged/``), loadable with plain
+        ``AutoModelForCausalLM``.
     """
 
     out_dir: str = "runs/demo"
@@ -92,6 +97,7 @@ class InstructStageConfig:
     split: str = "train"
     eval_split: str = "val"
     eval_max_samples: int = 64
+    add_lora: LoraSettings | None = None
     merge: bool = False
     engine: EngineConfig = field(default_factory=EngineConfig)
     force: bool = False
@@ -143,7 +149,7 @@ def setup(cfg: InstructStageConfig, train_dir: Path, joint: dict):
 
     for split in filter(None, (cfg.split, cfg.eval_split)):
         lm_common.check_corpus_tokenizer(cfg.corpus, split, joint["tokenizer"])
-    model = load_brainlm(cfg.model)
+    model = load_brainlm(cfg.model, add_lora=cfg.add_lora)
     if cfg.retrieval and cfg.retrieved_captions > 0:
         from fmrilm.artifacts import check_recorded
         from fmrilm.brain.splits import read_splits
