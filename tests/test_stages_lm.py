@@ -187,6 +187,42 @@ def test_two_cpu_ranks_train_stage2_under_the_deepspeed_launcher(world, tmp_path
     assert (train_dir / "checkpoints" / "latest").read_text().strip() == "step-000003"
 
 
+PHASE_ONE = ["llm.lora.enabled=false", "llm.freeze_backbone=true", "llm.train_norms=true"]
+ADD_LORA = ["add_lora.enabled=true", "add_lora.rank=4", "add_lora.alpha=8", "add_lora.dropout=0.0"]
+
+
+def test_cortext_phases_frozen_stage2_then_lora_stage3_with_a_plain_hf_merged_export(world, tmp_path):
+    """The demo's recipe on the tiny backbone: stage 2 as phase 1 (frozen backbone referenced, not
+    copied), stage 3 adds LoRA, and its merged/ loads with plain transformers."""
+    from transformers import AutoModelForCausalLM
+
+    from fmrilm.llm.checkpoint import load_brainlm
+
+    stage2 = joint.run(joint_cfg(world, tmp_path, *PHASE_ONE))
+    assert read_json(stage2 / "brainlm.json")["weights"] == "frozen" and not (stage2 / "backbone").exists()
+    stage3 = instruct.run(load_config(instruct.InstructStageConfig, "instruct_tiny", [
+        f"out_dir={tmp_path}", f"corpus={world['corpus']}", f"model={stage2}", "merge=true", *ADD_LORA]))
+    assert read_json(stage3 / "brainlm.json")["weights"] == "adapter"
+    assert (stage3 / "adapter" / "adapter_config.json").is_file()
+    merged = AutoModelForCausalLM.from_pretrained(stage3 / "merged", local_files_only=True)
+    model = load_brainlm(stage3)
+    assert merged.get_input_embeddings().weight.shape[0] == model.vocab.size
+
+
+@pytest.mark.slow
+def test_two_cpu_ranks_run_phase_two_under_the_deepspeed_launcher(world, tmp_path):
+    stage2 = joint.run(joint_cfg(world, tmp_path, *PHASE_ONE, "engine.max_steps=2"))
+    overrides = [f"out_dir={tmp_path}", f"corpus={world['corpus']}", f"model={stage2}", *ADD_LORA,
+                 "engine.max_steps=2", "engine.checkpoint_every=2", "eval_split="]
+    cmd = commands.launch_command("3", "instruct_tiny", overrides, nproc=2, master_port=29548)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                          env=commands.launch_env({**os.environ, "OMP_NUM_THREADS": "1"}))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    export = next(tmp_path.glob("stage3_instruct-*-step000002"))
+    assert lm_common.read_stage(export, "instruct")["world_size"] == 2
+    assert read_json(export / "brainlm.json")["weights"] == "adapter"
+
+
 def test_bad_inputs_are_refused_with_clear_errors(world, tmp_path):
     from fmrilm.llm.checkpoint import load_brainlm
 

@@ -130,6 +130,7 @@ def render_markdown(report: dict) -> str:
                    for k, v in fs["in_context"].items()])
     out += _adaptation_markdown(fs["subject_adaptation"])
     out += _rest_markdown(report["rest"])
+    out += _forgetting_markdown(report.get("forgetting"))
     out += ["## Targets", ""]
     out += _table(("target", "measured", "95 % CI (stimuli resampled)", "threshold", "met"),
                   [(name, t["measured"], _interval(t.get("ci95")), t["threshold"], t["met"])
@@ -146,6 +147,20 @@ def render_markdown(report: dict) -> str:
                 f"  - nearest test captions (retrieval benchmark): {' | '.join(ex['nearest_test_captions'])}"]
     out += ["", f"![tokenizer map]({report['brain_map']})", ""]
     return "\n".join(out)
+
+
+def _forgetting_markdown(section: dict | None) -> list[str]:
+    """Knowledge kept: general-text perplexity and fixed text-only questions, pretrained base vs adapted."""
+    out = ["## Knowledge kept (general text, no scans)", ""]
+    if not section or "skipped" in section:
+        return out + [f"skipped: {(section or {}).get('skipped', 'not measured')}", ""]
+    out += _table(("model", "perplexity", "fixed questions answered"),
+                  [(name, section[name]["perplexity"], section[name]["hits"]) for name in ("base", "adapted")])
+    out += [f"Perplexity ratio adapted / base: {_fmt(section['perplexity_ratio'])} over {section['n_texts']} "
+            "held-out general sentences (fmrilm/evaluation/data/general_text.json).", ""]
+    out += _table(("question", "base", "adapted"),
+                  list(zip(section["questions"], section["base"]["answers"], section["adapted"]["answers"])))
+    return out
 
 
 def _derangement_note(captioning: dict, vqa: dict) -> list[str]:

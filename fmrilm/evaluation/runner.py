@@ -155,7 +155,11 @@ def _targets(report: dict, semscore: dict, vqa_hits: dict, caption_stimulus, vqa
         return paired_ratio_ci(scores["model"], scores["shuffled"], clusters=stimulus)
 
     ratio = cap["model"]["semscore"] / max(cap["shuffled"]["semscore"], 1e-9)
-    return {"caption_semscore_vs_shuffled": target(ratio, 1.7, ratio_ci(semscore, caption_stimulus)),
+    kept = report["forgetting"]
+    forgetting = {} if "skipped" in kept else {"general_text_perplexity_ratio_at_most": {
+        "measured": kept["perplexity_ratio"], "threshold": 1.10, "met": kept["within_10_percent"],
+        "note": "adapted / base perplexity on held-out general text: lower is better, met when <= threshold"}}
+    return {**forgetting,"caption_semscore_vs_shuffled": target(ratio, 1.7, ratio_ci(semscore, caption_stimulus)),
             "caption_semscore_minus_ridge": target(cap["model"]["semscore"] - cap["ridge_decoder"]["semscore"], 0.0,
                                                    paired_difference_ci(semscore["model"], semscore["ridge_decoder"],
                                                                         clusters=caption_stimulus)),
@@ -176,6 +180,7 @@ def run_evaluation(cfg: EvalConfig, overwrite: bool = False, progress: bool = Tr
     from fmrilm.brain.task_data import TaskData
     from fmrilm.evaluation import fewshot, rest_eval, task_eval
     from fmrilm.evaluation.captions import MeteorScorer
+    from fmrilm.evaluation.forgetting import forgetting_section
     from fmrilm.evaluation.heldout import load_heldout, resolve_model_dir, resolve_tokenizer_dir
     from fmrilm.evaluation.ideal_observer import ideal_observer
     from fmrilm.evaluation.report import write_markdown
@@ -268,6 +273,10 @@ def run_evaluation(cfg: EvalConfig, overwrite: bool = False, progress: bool = Tr
     rest = rest_eval.rest_section(model, tokenizer, heldout, cfg)
     timings["rest"] = time.time() - t0
 
+    t0 = time.time()
+    forgetting = forgetting_section(model)
+    timings["forgetting"] = time.time() - t0
+
     report = {"protocol": {"scored_split": heldout.split, "splits": heldout.splits.record(),
                            "note": "Recipes are chosen on val (`--set split=val`); test is scored once per run."
                            if heldout.split == "test" else "A val-split report: for choosing recipes, not for "
@@ -276,7 +285,8 @@ def run_evaluation(cfg: EvalConfig, overwrite: bool = False, progress: bool = Tr
                         "train_items": int(train["stimulus"].size), "repeats_averaged": n_repeats},
               "captioning": {k: ({kk: vv for kk, vv in v.items() if kk != "per_item_semscore"}
                                  if isinstance(v, dict) else v) for k, v in captioning.items()},
-              "vqa": vqa, "retrieval": retrieval, "zero_shot": zero_shot, "few_shot": few_shot, "rest": rest}
+              "vqa": vqa, "retrieval": retrieval, "zero_shot": zero_shot, "few_shot": few_shot, "rest": rest,
+              "forgetting": forgetting}
     # Hits summed per item: the interval resamples items, and the ratio of the sums is the accuracy ratio.
     vqa_hits = {c: np.bincount(vqa_details["item"], vqa_details["hits"][c]) for c in ("model", "shuffled")}
     # an item's questions are consecutive: its first question gives its stimulus

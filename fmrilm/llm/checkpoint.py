@@ -50,6 +50,7 @@ BACKBONE_PARTS = "backbone_parts.safetensors"
 SCAN_CONDITION_FILE = "scan_condition.safetensors"
 RETRIEVER_DIR = "retriever"
 CONDITION_PREFIX = "scan_condition."
+SLOTS_KEY = "brain_embed.slots"  # parcel-position embeddings: like the conditioning, no place in a plain HF model
 
 
 def _is_peft(model: BrainLM) -> bool:
@@ -137,7 +138,7 @@ def load_brainlm(model_dir: str | Path, backbone: str | Path | None = None,
         model = build_brainlm(cfg, None, model_dir, parts.get(f"{CONDITION_PREFIX}readout"),
                               parts.get(f"{CONDITION_PREFIX}codes"))
         # brain embedding and head are already rows of the merged tables; only the conditioning loads
-        return _with_retriever(_load_parts(model, parts, path, (CONDITION_PREFIX,)), model_dir)
+        return _with_retriever(_load_parts(model, parts, path, (CONDITION_PREFIX, SLOTS_KEY)), model_dir)
     cfg = from_dict(LLMConfig, meta["config"], str(model_dir / META_FILE))
     if add_lora is not None and add_lora.enabled:
         if meta["weights"] != "frozen":
@@ -188,11 +189,14 @@ def _recorded_base(model_dir: Path, base: dict) -> Path | str:
 
 
 def _configure_condition(cfg: LLMConfig, parts: dict) -> None:
-    """Scan conditioning as the saved weights have it: on with their shape, or off when absent."""
+    """Scan conditioning and parcel-position embeddings as the saved weights have them: on with their
+    shape, or off when absent."""
     readout = parts.get(f"{CONDITION_PREFIX}readout")
     cfg.scan_condition.enabled = readout is not None
-    if readout is not None:
-        cfg.scan_condition.tokens_per_scan = int(readout.shape[0])
+    cfg.parcel_embeddings = SLOTS_KEY in parts
+    for tensor in (parts.get(SLOTS_KEY), readout):
+        if tensor is not None:
+            cfg.scan_condition.tokens_per_scan = int(tensor.shape[0])
 
 
 def _load_parts(model: BrainLM, parts: dict, source: Path, prefixes=BRAIN_PARTS_PREFIXES) -> BrainLM:
@@ -239,7 +243,7 @@ def merge_to_hf(
         lm.save_pretrained(tmp)
         model.tokenizer.save_pretrained(tmp)
         condition = {k: v.detach().contiguous() for k, v in model.brain_state_dict().items()
-                     if k.startswith(CONDITION_PREFIX)}
+                     if k.startswith((CONDITION_PREFIX, SLOTS_KEY))}
         if condition:
             save_file(condition, tmp / SCAN_CONDITION_FILE)
         _save_retriever(model, tmp)

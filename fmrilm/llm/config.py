@@ -79,7 +79,9 @@ class LLMConfig:
     parts (projection, delimiters, brain head, scan conditioning) learn; with neither, all of it (the
     compact test fixture). ``train_norms`` also trains the backbone's RMSNorm/LayerNorm weights under
     LoRA or a frozen backbone (CorText's phase 1 trains the layer norms); they are saved beside the
-    adapter and merged with it.
+    adapter and merged with it. ``parcel_embeddings`` adds a learned parcel-position vector to each
+    brain token by its slot in the scan (``scan_condition.tokens_per_scan`` slots, CorText's region
+    embeddings; :class:`~fmrilm.llm.vocab.BrainEmbedding`).
     """
 
     backbone: str | None = None
@@ -90,5 +92,6 @@ class LLMConfig:
     loss_weights: LossWeights = field(default_factory=LossWeights)
     freeze_backbone: bool = False
     train_norms: bool = False
+    parcel_embeddings: bool = False
     max_length: int = 1024
     seed: int = 0

@@ -39,10 +39,12 @@ BRAIN_PARTS_PREFIXES = ("brain_embed.", "brain_head.", "scan_condition.")
 
 @dataclass
 class DecodeState:
-    """What incremental decoding carries between calls: the KV cache and the scan conditioning in force."""
+    """What incremental decoding carries between calls: the KV cache, the scan conditioning in force and
+    the brain tokens read since the last ``<scan>`` (for parcel-position embeddings)."""
 
     cache: object
     condition: torch.Tensor | None
+    slot: torch.Tensor | None = None
 
 
 def cache_keyword(decoder: nn.Module) -> str:
@@ -151,33 +153,39 @@ class BrainLM(nn.Module):
             )
 
     # -------------------------------------------------------------------------------- compute
-    def embed(self, input_ids: torch.Tensor, condition: torch.Tensor | None = None):
-        """Input embeddings [B, T, d] and the scan conditioning in force after the last position.
+    def embed(self, input_ids: torch.Tensor, state: DecodeState | None = None):
+        """Input embeddings [B, T, d] and the :class:`DecodeState` carry (conditioning, slot count) after
+        the last position (its ``cache`` is left None).
 
-        Text ids come from the backbone table, new ids from ``brain_embed``; with scan conditioning,
-        each position after a scan adds that scan's summary (`condition` is the one in force before
-        the first position, from an earlier call on the same sequences).
+        Text ids come from the backbone table, new ids from ``brain_embed`` (plus each brain token's
+        parcel-position vector when it has them); with scan conditioning, each position after a scan
+        adds that scan's summary. `state` carries both from an earlier call on the same sequences.
         """
         is_text = input_ids < self.vocab.n_text
         text = self.base_lm.get_input_embeddings()(input_ids.masked_fill(~is_text, 0))
         new = self.brain_embed.table().to(text.dtype)[(input_ids - self.vocab.n_text).clamp(min=0)]
         embeds = torch.where(is_text.unsqueeze(-1), text, new)
-        if self.scan_condition is None:
-            return embeds, None
-        added, condition = self.scan_condition(input_ids, self.vocab, condition)
-        return embeds + added.to(embeds.dtype), condition
+        condition, slot = None, None
+        if self.brain_embed.slots is not None:
+            added, slot = self.brain_embed.slot_embeddings(input_ids, self.vocab, state.slot if state else None)
+            embeds = embeds + added.to(embeds.dtype)
+        if self.scan_condition is not None:
+            added, condition = self.scan_condition(input_ids, self.vocab, state.condition if state else None)
+            embeds = embeds + added.to(embeds.dtype)
+        return embeds, DecodeState(None, condition, slot)
 
     def hidden_states(
         self, input_ids, attention_mask=None, position_ids=None, state: DecodeState | None = None,
         use_cache: bool = False
     ):
         """Final hidden states [B, T, d] and, when `use_cache`, the :class:`DecodeState` to continue from."""
-        embeds, condition = self.embed(input_ids, state.condition if state is not None else None)
+        embeds, carry = self.embed(input_ids, state)
         decoder = self.base_lm.get_decoder()
         key = cache_keyword(decoder)
         out = decoder(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
                       use_cache=use_cache, **{key: state.cache if state is not None else None})
-        return out.last_hidden_state, (DecodeState(getattr(out, key), condition) if use_cache else None)
+        carry.cache = getattr(out, key) if use_cache else None
+        return out.last_hidden_state, (carry if use_cache else None)
 
     def text_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """LM-head logits over the text ids only [..., n_text]."""

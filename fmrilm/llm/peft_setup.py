@@ -186,8 +186,12 @@ def build_brainlm(
     if backbone_state:
         set_backbone_state(lm, backbone_state, path)
     text_table = lm.get_input_embeddings().weight
+    n_slots = cfg.scan_condition.tokens_per_scan if cfg.parcel_embeddings else 0
+    if cfg.parcel_embeddings and n_slots < 1:
+        raise InputError("llm", "parcel_embeddings", "needs scan_condition.tokens_per_scan (stage 2 sets it from "
+                                                     "the tokenizer)")
     if merged:
-        brain_embed = BrainEmbedding.from_table(text_table[vocab.n_text : vocab.size], vocab.codebook_size)
+        brain_embed = BrainEmbedding.from_table(text_table[vocab.n_text : vocab.size], vocab.codebook_size, n_slots)
     else:
         if code_embeddings is None:
             raise InputError(
@@ -209,6 +213,7 @@ def build_brainlm(
             text_table.shape[1],
             scale=float(text_table[: vocab.n_text].detach().float().std()),
             generator=generator,
+            n_slots=n_slots,
         )
     condition = build_scan_condition(cfg, condition_codes if condition_codes is not None else code_embeddings,
                                      text_table.shape[1], readout)

@@ -12,7 +12,9 @@ of a run are joined by the time-step separator ``<t>``.
 The input embeddings of the new tokens come from :class:`BrainEmbedding`: brain tokens are the
 stage-1 code embeddings [K, d_code] through a learned projection into the LM's embedding space, so
 codes that the tokenizer placed near each other (and near their describing text) start near each
-other in the LM too; the delimiters are free learned vectors.
+other in the LM too; the delimiters are free learned vectors. The codebook is shared by all parcels,
+so with ``n_slots`` a learned parcel-position embedding (CorText's region embedding) is added to the
+s-th brain token of every scan: the same code at two parcels reads differently.
 """
 
 from __future__ import annotations
@@ -146,9 +148,12 @@ class BrainEmbedding(nn.Module):
     scale : float
         Per-coordinate standard deviation of the LM's text embeddings; the initial projected codes
         and delimiters are drawn at the same scale so no token dominates the residual stream.
+    n_slots : int
+        Brain tokens per scan (P·L) with one learned parcel-position vector each; 0 for none.
     """
 
-    def __init__(self, code_embeddings: torch.Tensor, d_model: int, scale: float, generator=None):
+    def __init__(self, code_embeddings: torch.Tensor, d_model: int, scale: float, generator=None,
+                 n_slots: int = 0):
         super().__init__()
         codes = torch.as_tensor(code_embeddings, dtype=torch.float32)
         if codes.ndim != 2 or not torch.isfinite(codes).all():
@@ -158,16 +163,18 @@ class BrainEmbedding(nn.Module):
         self.register_buffer("codes", codes.clone())
         self.proj = nn.Linear(codes.shape[1], d_model, bias=False)
         self.delimiters = nn.Parameter(torch.randn(len(DELIMITERS), d_model, generator=generator) * scale)
+        # zero at the start: the projected codes alone first, positions only as far as the losses ask
+        self.slots = nn.Parameter(torch.zeros(n_slots, d_model)) if n_slots > 0 else None
         with torch.no_grad():
             self.proj.weight.normal_(generator=generator)
             projected_std = (codes @ self.proj.weight.T).std().clamp_min(1e-8)
             self.proj.weight.mul_(scale / projected_std)
 
     @classmethod
-    def from_table(cls, table: torch.Tensor, codebook_size: int) -> BrainEmbedding:
+    def from_table(cls, table: torch.Tensor, codebook_size: int, n_slots: int = 0) -> BrainEmbedding:
         """Rebuild from materialised embeddings [K + 3, d] (a merged model): identity projection."""
         table = table.detach().float()
-        module = cls(table[:codebook_size], table.shape[1], scale=1.0)
+        module = cls(table[:codebook_size], table.shape[1], scale=1.0, n_slots=n_slots)
         with torch.no_grad():
             module.proj.weight.copy_(torch.eye(table.shape[1]))
             module.delimiters.copy_(table[codebook_size:])
@@ -176,3 +183,22 @@ class BrainEmbedding(nn.Module):
     def table(self) -> torch.Tensor:
         """Embeddings of all new tokens [K + 3, d_model], brain tokens first."""
         return torch.cat([self.proj(self.codes), self.delimiters], dim=0)
+
+    def slot_embeddings(self, input_ids: torch.Tensor, vocab: BrainVocab, carry: torch.Tensor | None = None):
+        """Parcel-position vectors [B, T, d] of the brain tokens (zero elsewhere), and the carry: brain
+        tokens read since the last ``<scan>`` at the end, for a later call on the same sequences
+        (KV-cached decoding of a scan); `carry` is that count before the first position."""
+        is_brain = (input_ids >= vocab.brain_offset) & (input_ids < vocab.scan_start)
+        is_start = input_ids == vocab.scan_start
+        read = is_brain.long().cumsum(1)
+        # brain tokens read at the latest <scan> (read is non-decreasing, so the running max of its
+        # value at start positions is its value at the latest one)
+        at_start = torch.where(is_start, read, torch.zeros_like(read)).cummax(1).values
+        count = read - at_start
+        if carry is not None:
+            count = count + torch.where(is_start.cumsum(1) == 0, carry.unsqueeze(1), torch.zeros_like(count))
+        if (is_brain & (count > self.slots.shape[0])).any():
+            raise InputError("input_ids", "scan", f"a scan holds more than the {self.slots.shape[0]} brain tokens "
+                                                  "that have parcel-position embeddings")
+        slot = (count - 1).clamp(min=0)
+        return self.slots[slot] * is_brain.unsqueeze(-1), count[:, -1]
