@@ -10,8 +10,13 @@ calls :func:`check_compatible` first. It reads JSON records (and one safetensors
     model      brainlm.json                  vocab.codebook_size: the brain token ids it reads and writes
                stage.json                    training stages: tokenizer {path, fingerprint}, splits, retrieval
                retriever/retriever.json      tokens_per_scan of its retrieved-caption prompts
-    search     search.json                   tokenizer (path), tokenizer_fingerprint, splits
+    search     search.json                   tokenizer (path, relative inside a run), tokenizer_fingerprint, splits
                embedder/config.json          in_dim: the token-feature width it embeds
+
+The paths a training stage's ``stage.json`` and a corpus's ``corpus.json`` record (:data:`STAGE_PATHS`,
+:data:`CORPUS_PATHS`) are relative to the file inside a run (:func:`fmrilm.io.portable_path`);
+:func:`stage_record` / :func:`corpus_record` write them so, :func:`read_stage_record` /
+:func:`read_corpus_record` resolve them.
 
 A disagreement is an :class:`~fmrilm.errors.InputError` on the record that disagrees, naming both
 sides, e.g. ``runs/x/instruct/…/stage.json: field 'tokenizer.fingerprint': model trained on tokens
@@ -26,9 +31,51 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fmrilm.errors import InputError
-from fmrilm.io import read_json
+from fmrilm.io import portable_path, read_json, recorded_path
 
 TOKENIZER_FORMAT = "fmrilm-brain-tokenizer"
+STAGE_FILE = "stage.json"  # written last into every LM stage export: its presence marks a finished stage
+# The keys of stage.json that hold paths: the backbone a stage 0 recorded, the export a stage
+# started from, the search indexes its retriever came from, its tokenizer and splits files.
+STAGE_PATHS = (("backbone_path",), ("from",), ("retrieval",), ("tokenizer", "path"), ("splits", "path"))
+# The keys of corpus.json that hold paths: its run's splits file and its inputs (datasets, tokens).
+CORPUS_PATHS = (("run_splits", "path"), ("inputs", "*"))
+
+
+def _map_paths(info: dict, keys, convert) -> dict:
+    """A copy of `info` with `convert` applied to the paths at `keys` ("*": every key of that section)."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in info.items()}
+    for *parents, key in keys:
+        node = out
+        for parent in parents:
+            node = node.get(parent) if isinstance(node, dict) else None
+        if not isinstance(node, dict):
+            continue
+        for k in (list(node) if key == "*" else [key]):
+            if isinstance(node.get(k), str) and node[k]:
+                node[k] = convert(node[k])
+    return out
+
+
+def stage_record(info: dict, export_dir) -> dict:
+    """`info` as ``export_dir/stage.json`` stores it: its paths portable (relative inside a run)."""
+    return _map_paths(info, STAGE_PATHS, lambda p: portable_path(p, export_dir))
+
+
+def read_stage_record(export_dir) -> dict:
+    """``export_dir/stage.json`` with its paths resolved (relative ones against `export_dir`)."""
+    return _map_paths(read_json(Path(export_dir) / STAGE_FILE), STAGE_PATHS, lambda p: recorded_path(p, export_dir))
+
+
+def corpus_record(summary: dict, corpus_dir) -> dict:
+    """`summary` as ``corpus_dir/corpus.json`` stores it: its paths portable (relative inside a run)."""
+    return _map_paths(summary, CORPUS_PATHS, lambda p: portable_path(p, corpus_dir))
+
+
+def read_corpus_record(corpus_dir) -> dict:
+    """``corpus_dir/corpus.json`` with its paths resolved (relative ones against `corpus_dir`)."""
+    return _map_paths(read_json(Path(corpus_dir) / "corpus.json"), CORPUS_PATHS,
+                      lambda p: recorded_path(p, corpus_dir))
 
 
 @dataclass(frozen=True)
@@ -129,9 +176,9 @@ def check_compatible(tokenizer_dir=None, model_dir=None, corpus_dir=None, search
     """
     search = read_json(Path(search_dir) / "search.json") if search_dir is not None else None
     if tokenizer_dir is None and search is not None:
-        tokenizer_dir = search["tokenizer"]
+        tokenizer_dir = recorded_path(search["tokenizer"], search_dir)
     tokenizer = read_tokenizer_record(tokenizer_dir) if tokenizer_dir is not None else None
-    corpus = read_json(Path(corpus_dir) / "corpus.json") if corpus_dir is not None else None
+    corpus = read_corpus_record(corpus_dir) if corpus_dir is not None else None
     model = _ModelRecord.read(model_dir) if model_dir is not None else None
     if tokenizer is not None:
         if corpus is not None:
@@ -205,7 +252,7 @@ class _ModelRecord:
     @classmethod
     def read(cls, model_dir) -> _ModelRecord:
         path = Path(model_dir)
-        stage = read_json(path / "stage.json") if (path / "stage.json").is_file() else {}
+        stage = read_stage_record(path) if (path / STAGE_FILE).is_file() else {}
         retriever = path / "retriever" / "retriever.json"
         return cls(path, read_json(path / "brainlm.json"), stage, read_json(retriever) if retriever.is_file() else None)
 

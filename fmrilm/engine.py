@@ -43,7 +43,7 @@ import torch
 
 from fmrilm.config import CONFIG_DIR
 from fmrilm.device import init_distributed
-from fmrilm.errors import InputError
+from fmrilm.errors import InputError, run_reported
 from fmrilm.io import atomic_path, read_json, sha256_file, write_json
 
 DS_CONFIG_DIR = CONFIG_DIR / "deepspeed"
@@ -91,22 +91,25 @@ def stage_argument_parser(description: str, default_config: str):
                         help="YAML path or shipped config name (default: %(default)s)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, dotted keys")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an unexpected error (as FMRILM_DEBUG=1 does)")
     return parser
 
 
 def stage_main(argv, description: str, default_config: str, config_cls, run) -> int:
-    """The whole ``main()`` of a stage module: parse, load the typed config, run, report bad input."""
-    import sys
+    """The whole ``main()`` of a stage module: parse, load the typed config, run.
 
+    Errors are reported as the ``fmrilm`` command reports them (:func:`fmrilm.errors.run_reported`):
+    one line, exit 2 for bad input and 1 for anything else, the traceback with ``--debug``.
+    """
     from fmrilm.config import load_config
 
     args = stage_argument_parser(description, default_config).parse_args(argv)
-    try:
-        run(load_config(config_cls, args.config, args.set))
-    except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+
+    def work() -> None:
+        run(load_config(config_cls, args.config, args.set))  # returns the artifact path, not an exit code
+
+    return run_reported(work, debug=args.debug)
 
 
 def load_deepspeed_json(name_or_path: str) -> dict:

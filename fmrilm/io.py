@@ -2,6 +2,10 @@
 
 Every artifact is written to a temporary name in the same directory and renamed into place,
 so a crash never leaves a truncated file under a final name.
+
+Paths recorded inside a run directory (:func:`portable_path`) are relative to the recording file's
+directory when they point into the same run, so a moved or copied run uses its own artifacts;
+:func:`recorded_path` reads them back (and the absolute paths older versions wrote).
 """
 
 from __future__ import annotations
@@ -130,6 +134,40 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+RUN_MARKER = "pipeline_config.yaml"  # written by `fmrilm pipeline` at the root of every run directory
+
+
+def run_root(path: str | Path) -> Path | None:
+    """The run directory holding `path` (its nearest ancestor with :data:`RUN_MARKER`), or None."""
+    for parent in Path(path).resolve().parents:
+        if (parent / RUN_MARKER).is_file():
+            return parent
+    return None
+
+
+def portable_path(target: str | Path, directory: str | Path) -> str:
+    """`target` as a file in `directory` records it.
+
+    Relative to `directory` when both lie in one run directory (a moved run then finds its own
+    artifact, a copied run never reaches back into the original); absolute otherwise (an external
+    input such as a user's ``/models/Llama-3.1-8B``, or an export made outside any run).
+    """
+    target, directory = Path(target).resolve(), Path(directory).resolve()
+    root = run_root(directory / RUN_MARKER)
+    if root is not None and target.is_relative_to(root):
+        return os.path.relpath(target, directory)
+    return str(target)
+
+
+def recorded_path(recorded: str | Path, directory: str | Path) -> str:
+    """A path that a file in `directory` recorded (:func:`portable_path`, or absolute as older versions
+    wrote it), as a usable path."""
+    if Path(recorded).is_absolute():
+        return str(recorded)
+    # portable_path measured from the resolved directory, so "../" steps apply to it lexically
+    return os.path.normpath(Path(directory).resolve() / recorded)
 
 
 def _json_default(obj):

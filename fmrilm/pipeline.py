@@ -23,7 +23,7 @@ from pathlib import Path
 from fmrilm.brain.store import sweep_dead_partials
 from fmrilm.config import apply_overrides, from_dict, load_config, load_yaml, save_config
 from fmrilm.errors import InputError
-from fmrilm.io import read_json, write_json
+from fmrilm.io import RUN_MARKER, read_json, write_json
 
 
 @dataclass
@@ -247,7 +247,7 @@ def run_pipeline(cfg: PipelineConfig, force: list[str] | None = None) -> dict:
     run.mkdir(parents=True, exist_ok=True)
     for leftover in sweep_dead_partials(run):
         print(f"[pipeline] removed {leftover}, left by a killed run", flush=True)
-    save_config(cfg, run / "pipeline_config.yaml")
+    save_config(cfg, run / RUN_MARKER)  # also marks the run root for portable_path
     state = read_state(run)
     redo = "all" in force
     timings = {}

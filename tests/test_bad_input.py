@@ -218,3 +218,27 @@ def test_unexpected_exception_is_one_line_unless_debugging(tmp_path, capsys, mon
     monkeypatch.delenv("FMRILM_DEBUG")
     assert cli(["--debug", "corpus", "inspect", str(tmp_path)]) == 1
     assert "Traceback" in capsys.readouterr().err
+
+
+def test_stage_entry_points_report_errors_in_one_line(capsys, monkeypatch):
+    """``python -m fmrilm.stages.<x>`` reports as the CLI does: bad config exit 2, anything else exit 1."""
+    import subprocess
+    import sys
+
+    from fmrilm.engine import stage_main
+    from fmrilm.stages.joint import JointStageConfig
+
+    monkeypatch.delenv("FMRILM_DEBUG", raising=False)
+    bad = subprocess.run([sys.executable, "-m", "fmrilm.stages.joint", "--config", "joint_tiny",
+                          "--set", "engine.max_steps=lots"], capture_output=True, text=True, timeout=300)
+    err = bad.stderr.strip().splitlines()
+    assert bad.returncode == 2 and len(err) == 1 and "Traceback" not in bad.stderr, bad.stderr
+    assert err[0].startswith("error: --set") and "engine.max_steps" in err[0] and "'lots'" in err[0]
+
+    def boom(cfg):
+        raise RuntimeError("disk on fire\nsecond line")
+
+    assert stage_main([], "joint", "joint_tiny", JointStageConfig, boom) == 1
+    assert _one_line_error(capsys) == "error: RuntimeError: disk on fire (rerun with FMRILM_DEBUG=1 for the traceback)"
+    assert stage_main(["--debug"], "joint", "joint_tiny", JointStageConfig, boom) == 1
+    assert "Traceback" in capsys.readouterr().err

@@ -16,7 +16,7 @@ BENCHMARKS = sorted((Path(__file__).resolve().parents[1] / "benchmarks").glob("*
 
 
 def test_every_benchmark_is_covered():
-    assert {b.stem for b in BENCHMARKS} == {"corpus", "llm", "seeds", "tokenizer", "world"}
+    assert {b.stem for b in BENCHMARKS} == {"corpus", "faults", "llm", "seeds", "tokenizer", "world"}
 
 
 @pytest.mark.parametrize("script", BENCHMARKS, ids=lambda p: p.stem)

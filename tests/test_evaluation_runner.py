@@ -231,6 +231,32 @@ def test_ask_answers_about_one_scan(tiny_run, capsys):
         parse_scan_id(data, "sub-01/stim-999999")
 
 
+def test_ask_backbone_repoints_a_lora_model_at_its_base(tiny_run, tmp_path, capsys):
+    """A run whose LoRA base is at neither recorded place (moved, or made on another machine) says
+    "pass --backbone PATH"; `ask --backbone` then loads that base (the same checkpoint)."""
+    import shutil
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "task_world").symlink_to((tiny_run / "task_world").resolve())
+    for part in ("tokenizer", "instruct"):
+        shutil.copytree(tiny_run / part, run / part)
+    base = shutil.copytree(tiny_run / "backbone", tmp_path / "models" / "base")
+    (model,) = (run / "instruct").glob("stage3_*")
+    meta = json.loads((model / "brainlm.json").read_text())
+    assert meta["weights"] == "adapter"
+    meta["base"]["path"] = str(tmp_path / "elsewhere" / "backbone")
+    (model / "brainlm.json").write_text(json.dumps(meta))
+    ask = ["ask", "--run", str(run), "--scan", "0/3", "--json", "--max-new-tokens", "2", "What is it?"]
+    assert cli(ask) == 2
+    err = capsys.readouterr().err
+    assert "elsewhere/backbone" in err and "pass --backbone PATH" in err
+    assert cli([*ask, "--backbone", str(tmp_path / "nowhere")]) == 2
+    assert "nowhere" in capsys.readouterr().err
+    assert cli([*ask, "--backbone", str(base)]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["stimulus"] == "stim-000003"
+
+
 def test_ideal_observer_log_likelihood_prefers_the_true_candidate():
     from fmrilm.evaluation.ideal_observer import log_likelihoods, n_way_from_scores
 

@@ -159,6 +159,80 @@ def test_a_moved_or_copied_run_skips_finished_stages_and_uses_its_own_artifacts(
         hidden.rename(run_dir)
 
 
+def test_lm_records_point_into_their_run_relatively_and_follow_it_when_moved(tiny_run, tmp_path, capsys):
+    """stage.json, peft's adapter_config.json, retriever.json, search.json and corpus.json name artifacts
+    of their own run relative to themselves: the run renamed (nothing left at the old place) still
+    checks, loads, searches and answers from its own artifacts."""
+    from fmrilm.artifacts import check_compatible, read_corpus_record
+    from fmrilm.cli import main as cli
+    from fmrilm.evaluation.heldout import load_heldout
+    from fmrilm.llm.checkpoint import load_brainlm
+    from fmrilm.retrieval.caption_prompts import CaptionRetriever
+    from fmrilm.retrieval.search import embed_scan
+    from fmrilm.stages import lm_common
+
+    _, run_dir, _ = tiny_run
+    rel = {stage: Path(p).relative_to(run_dir) for stage, p in read_state(run_dir).items()}
+    instruct = run_dir / rel["instruct"]
+    stage = json.loads((instruct / "stage.json").read_text())
+    recorded = [stage["tokenizer"]["path"], stage["from"], stage["retrieval"], stage["splits"]["path"]]
+    adapter = json.loads((instruct / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"]
+    source = json.loads((instruct / "retriever" / "retriever.json").read_text())["source"]
+    search = json.loads((run_dir / rel["retrieval"] / "search.json").read_text())
+    corpus = json.loads((run_dir / rel["corpus"] / "corpus.json").read_text())
+    recorded += [search["tokenizer"], search["task_dataset"], corpus["run_splits"]["path"], *corpus["inputs"].values()]
+    assert not any(Path(p).is_absolute() for p in [*recorded, adapter, source]), [*recorded, adapter, source]
+    assert (instruct / "adapter" / adapter).resolve() == (run_dir / rel["backbone"]).resolve()
+    moved = tmp_path / "moved"
+    run_dir.rename(moved)
+    try:
+        assert not run_dir.exists()
+        at = {stage: moved / p for stage, p in rel.items()}
+        info = lm_common.read_stage(at["instruct"], "instruct")
+        assert Path(info["tokenizer"]["path"]) == at["tokenizer"].resolve()
+        assert [Path(info[k]) for k in ("from", "retrieval")] == [at["joint"].resolve(), at["retrieval"].resolve()]
+        assert Path(info["splits"]["path"]) == at["splits"].resolve()
+        assert Path(lm_common.read_stage(at["joint"], "joint")["tokenizer"]["path"]) == at["tokenizer"].resolve()
+        check_compatible(at["tokenizer"], at["instruct"], at["corpus"], at["retrieval"])
+        check_compatible(search_dir=at["retrieval"])  # the tokenizer search.json names
+        inputs = read_corpus_record(at["corpus"])["inputs"]
+        assert Path(inputs["task_dataset"]) == at["task_world"].resolve()
+        assert list(load_heldout(at["corpus"]).test_stimuli)  # its recorded splits and task world
+        assert embed_scan(at["retrieval"], "0/0").shape == (1, 384)
+        assert CaptionRetriever.from_search_dir(at["retrieval"]).source == str(at["retrieval"].resolve())
+        model = load_brainlm(at["instruct"])
+        assert Path(model.base_identity["path"]) == at["backbone"].resolve()
+        assert Path(model.prompt_retriever.source) == at["retrieval"].resolve()
+        assert cli(["ask", "--run", str(moved), "--scan", "0/0", "--max-new-tokens", "2", "--json", "What?"]) == 0
+        assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["answer"] is not None
+    finally:
+        moved.rename(run_dir)
+
+
+def test_recorded_paths_are_relative_inside_a_run_and_absolute_outside(tmp_path):
+    from fmrilm.artifacts import read_stage_record, stage_record
+    from fmrilm.io import RUN_MARKER, portable_path, recorded_path
+
+    run, models = (tmp_path / "run").resolve(), (tmp_path / "models" / "llama").resolve()
+    export = run / "joint" / "stage2_joint-x"
+    export.mkdir(parents=True)
+    tok = run / "tokenizer" / "tok"
+    assert portable_path(tok, export) == str(tok)  # no pipeline run here: absolute, as before
+    (run / RUN_MARKER).write_text("run_dir: run\n")
+    assert portable_path(tok, export) == "../../tokenizer/tok"
+    assert portable_path(models, export) == str(models)  # an external input stays absolute
+    assert recorded_path("../../tokenizer/tok", export) == str(tok)
+    info = {"stage": "joint", "tokenizer": {"path": str(tok), "fingerprint": "f"}, "backbone_path": str(models),
+            "retrieval": None}
+    written = stage_record(info, export)
+    assert written["tokenizer"] == {"path": "../../tokenizer/tok", "fingerprint": "f"}
+    assert written["backbone_path"] == str(models) and info["tokenizer"]["path"] == str(tok)  # `info` untouched
+    (export / "stage.json").write_text(json.dumps(written))
+    assert read_stage_record(export) == info
+    (export / "stage.json").write_text(json.dumps(info))  # written by an older version: absolute paths
+    assert read_stage_record(export) == info
+
+
 def test_a_stages_file_pointing_outside_the_run_warns(tmp_path):
     elsewhere = tmp_path / "original" / "task_world"
     elsewhere.mkdir(parents=True)

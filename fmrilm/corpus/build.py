@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from fmrilm.artifacts import check_recorded
+from fmrilm.artifacts import check_recorded, corpus_record
 from fmrilm.brain.splits import read_splits
 from fmrilm.config import save_config, to_dict
 from fmrilm.corpus import SPLITS, TASKS
@@ -196,5 +196,5 @@ def build_corpus(cfg: CorpusConfig, out, overwrite: bool = False, progress: bool
         "inputs": {k: v for k, v in to_dict(cfg).items() if k.endswith(("_dataset", "_tokens"))},
         **extra}
     # corpus.json last: its presence marks a complete build
-    write_json(out / "corpus.json", summary)
+    write_json(out / "corpus.json", corpus_record(summary, out))
     return summary

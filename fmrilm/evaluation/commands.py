@@ -2,6 +2,7 @@
 
     fmrilm eval --config eval_demo [--set n_items=300 ...] [--force]
     fmrilm ask --run runs/demo --scan sub-01/stim-000012 "What colour is the bus?"
+    fmrilm ask --run runs/demo --scan 0/12 --backbone /models/Llama-3.1-8B "Describe the image."
 
 A scan id names a subject and a stimulus of the run's task dataset: ``SUBJECT/STIMULUS`` where
 SUBJECT is a subject id (``sub-01``) or row, and STIMULUS a stimulus key (``stim-000012``) or row.
@@ -33,6 +34,9 @@ def register(sub) -> None:
     a.add_argument("--max-new-tokens", type=positive_int, default=32,
                    help="longest answer in tokens, >= 1 (default: %(default)s)")
     a.add_argument("--json", action="store_true", help="print a JSON object")
+    a.add_argument("--backbone", metavar="PATH", default=None,
+                   help="base model directory of a LoRA model, when it is no longer where the run recorded it "
+                        "(it must be the same checkpoint: its fingerprint is checked)")
     a.set_defaults(handler=_ask)
 
 
@@ -66,14 +70,19 @@ def parse_scan_id(data, scan_id: str) -> tuple[int, int]:
     return subject, keys[stimulus_text]
 
 
-def answer_question(run_dir, scan_id: str, question: str, max_new_tokens: int = 32) -> dict:
-    """Answer `question` about scan `scan_id` of the run in `run_dir` (VQA prompt of the corpus)."""
+def answer_question(run_dir, scan_id: str, question: str, max_new_tokens: int = 32, backbone=None) -> dict:
+    """Answer `question` about scan `scan_id` of the run in `run_dir` (VQA prompt of the corpus).
+
+    `backbone` re-points a LoRA model at its base checkpoint (:func:`fmrilm.llm.checkpoint.load_brainlm`).
+    """
     from pathlib import Path
 
     from fmrilm.artifacts import check_compatible
     from fmrilm.brain.task_data import TaskData
+    from fmrilm.errors import InputError
     from fmrilm.evaluation.heldout import resolve_model_dir, resolve_tokenizer_dir, tokenize_betas
     from fmrilm.evaluation.task_eval import VQA_PROMPT
+    from fmrilm.io import read_json
     from fmrilm.llm.checkpoint import load_brainlm
     from fmrilm.llm.generate import generate
     from fmrilm.tokenizer.model import BrainTokenizer
@@ -81,10 +90,13 @@ def answer_question(run_dir, scan_id: str, question: str, max_new_tokens: int = 
     run = Path(run_dir)
     tokenizer_dir, model_dir = resolve_tokenizer_dir(run / "tokenizer"), resolve_model_dir(run / "instruct")
     check_compatible(tokenizer_dir, model_dir)
+    if backbone is not None and read_json(model_dir / "brainlm.json").get("weights") != "adapter":
+        raise InputError("--backbone", "weights", f"the model {model_dir} is no LoRA adapter (it holds its whole "
+                                                  "backbone): there is no base to re-point")
     data = TaskData(run / "task_world")
     subject, stimulus = parse_scan_id(data, scan_id)
     tokenizer = BrainTokenizer.from_pretrained(tokenizer_dir, data.atlas_info)
-    model = load_brainlm(model_dir)
+    model = load_brainlm(model_dir, backbone)
     tokens = tokenize_betas(tokenizer, data.mean_betas(subject, [stimulus]))
     (answer,) = generate(model, [tokens], [VQA_PROMPT.format(question=question)], max_new_tokens=max_new_tokens)
     return {"subject": data.subjects[subject]["subject"], "stimulus": data.stimuli[stimulus]["key"],
@@ -92,7 +104,7 @@ def answer_question(run_dir, scan_id: str, question: str, max_new_tokens: int = 
 
 
 def _ask(args) -> int:
-    result = answer_question(args.run, args.scan, args.question, args.max_new_tokens)
+    result = answer_question(args.run, args.scan, args.question, args.max_new_tokens, args.backbone)
     if args.json:
         print(json.dumps(result))
     else:

@@ -22,7 +22,6 @@ import torch
 from tqdm.auto import tqdm
 
 from fmrilm.errors import InputError
-from fmrilm.io import read_json
 
 
 def resolve_artifact(path, marker: str, pattern: str, what: str) -> Path:
@@ -116,12 +115,12 @@ def load_heldout(corpus, splits=None, split: str = "test") -> HeldOut:
     split : {"test", "val"}
         What is scored: recipes are chosen on ``val``; ``test`` is scored once per run.
     """
-    from fmrilm.artifacts import check_recorded
+    from fmrilm.artifacts import check_recorded, read_corpus_record
     from fmrilm.brain.splits import read_splits
     from fmrilm.brain.store import Dataset
 
     corpus = Path(corpus)
-    summary = read_json(corpus / "corpus.json")
+    summary = read_corpus_record(corpus)
     recorded = summary.get("run_splits")
     if splits is None and not recorded:
         raise InputError(corpus / "corpus.json", "splits", "the corpus records no splits file (rebuild it)")

@@ -37,7 +37,7 @@ from safetensors.torch import load_file, save_file
 
 from fmrilm.config import from_dict
 from fmrilm.errors import InputError
-from fmrilm.io import atomic_dir, read_json, write_json
+from fmrilm.io import atomic_dir, portable_path, read_json, write_json
 from fmrilm.llm.backbone import check_backbone_dir, load_causal_lm
 from fmrilm.llm.config import LLMConfig, LoraSettings
 from fmrilm.llm.model import BRAIN_PARTS_PREFIXES, BrainLM
@@ -83,6 +83,7 @@ def save_brainlm(model: BrainLM, out_dir: str | Path, overwrite: bool = False) -
     with atomic_dir(out_dir, overwrite) as tmp:
         if kind == "adapter":
             model.lm.save_pretrained(tmp / "adapter")
+            _portable_adapter_base(tmp / "adapter", Path(out_dir) / "adapter", model.base_identity["path"])
         elif kind == "backbone":
             model.lm.save_pretrained(tmp / "backbone")
             model.tokenizer.save_pretrained(tmp / "backbone")
@@ -106,6 +107,19 @@ def save_brainlm(model: BrainLM, out_dir: str | Path, overwrite: bool = False) -
             },
         )
     return Path(out_dir)
+
+
+def _portable_adapter_base(written: Path, final: Path, base) -> None:
+    """Point peft's ``adapter_config.json`` at the base relative to the adapter when both lie in one run.
+
+    peft records the path the base was loaded from (absolute); :func:`load_brainlm` goes by
+    ``brainlm.json`` instead, so this only keeps the file from naming another run's backbone once a run
+    is moved or copied (a relative path there is relative to ``adapter/``).
+    """
+    path = written / "adapter_config.json"
+    config = read_json(path)
+    config["base_model_name_or_path"] = portable_path(base, final)
+    write_json(path, config)
 
 
 def load_brainlm(model_dir: str | Path, backbone: str | Path | None = None,

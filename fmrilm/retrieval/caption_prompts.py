@@ -46,7 +46,7 @@ import numpy as np
 from fmrilm.corpus import SCAN
 from fmrilm.corpus.phrasing import SHOT_SEPARATOR
 from fmrilm.errors import InputError
-from fmrilm.io import atomic_dir, read_json, write_json
+from fmrilm.io import atomic_dir, portable_path, read_json, recorded_path, write_json
 from fmrilm.retrieval.brain_embedder import BrainEmbedder
 from fmrilm.retrieval.index import SemanticIndex
 
@@ -91,7 +91,7 @@ class CaptionRetriever:
 
         search_dir = Path(search_dir)
         info = read_json(search_dir / "search.json")
-        codes_path = Path(info["tokenizer"]) / "code_embeddings.safetensors"
+        codes_path = Path(recorded_path(info["tokenizer"], search_dir)) / "code_embeddings.safetensors"
         if not codes_path.is_file():
             raise InputError(codes_path, "file", "missing: the tokenizer export has no code embeddings")
         index = SemanticIndex.load(search_dir / "captions")
@@ -114,7 +114,8 @@ class CaptionRetriever:
             self.embedder.save(tmp / "embedder")
             self.captions.save(tmp / "captions")
             write_json(tmp / RETRIEVER_FILE, {"k": self.k, "prefix": PREFIX, "tokens_per_scan": self.tokens_per_scan,
-                                              "source": self.source, "n_captions": len(self.captions)})
+                                              "source": portable_path(self.source, out_dir) if self.source else "",
+                                              "n_captions": len(self.captions)})
         return Path(out_dir)
 
     @classmethod
@@ -124,7 +125,8 @@ class CaptionRetriever:
         path = Path(path)
         info = read_json(path / RETRIEVER_FILE)
         return cls(load_file(str(path / "codes.safetensors"))["codes"], BrainEmbedder.load(path / "embedder"),
-                   SemanticIndex.load(path / "captions"), int(info["k"]), info.get("source", ""))
+                   SemanticIndex.load(path / "captions"), int(info["k"]),
+                   recorded_path(info["source"], path) if info.get("source") else "")
 
     # ------------------------------------------------------------------ use
     def neighbours(self, scans: np.ndarray, exclude=None, chunk: int = 1024) -> list[list[str]]:

@@ -26,7 +26,7 @@ import numpy as np
 
 from fmrilm.config import save_config
 from fmrilm.errors import InputError
-from fmrilm.io import atomic_dir, read_json, write_json
+from fmrilm.io import atomic_dir, portable_path, read_json, recorded_path, write_json
 from fmrilm.retrieval.brain_embedder import BrainEmbedder, BrainEmbedderConfig, train_brain_embedder
 from fmrilm.retrieval.index import IndexConfig, SemanticIndex
 
@@ -131,10 +131,11 @@ def build_search_indexes(cfg: SearchIndexConfig, overwrite: bool = False, progre
         embedder.save(tmp / "embedder", summary={"final_train_loss": history[-1], "n_train": len(features)})
         captions_index.save(tmp / "captions")
         scans_index.save(tmp / "scans")
-        write_json(tmp / SEARCH_FILE, {"task_dataset": str(Path(task_path).resolve()),
-                                       "tokenizer": str(tokenizer_dir.resolve()),
+        # paths into the same run relative to cfg.out (the scratch directory sits beside it)
+        write_json(tmp / SEARCH_FILE, {"task_dataset": portable_path(task_path, cfg.out),
+                                       "tokenizer": portable_path(tokenizer_dir, cfg.out),
                                        "tokenizer_fingerprint": tokenizer.fingerprint,
-                                       "corpus": str(Path(cfg.corpus).resolve()), "n_train_scans": len(features),
+                                       "corpus": portable_path(cfg.corpus, cfg.out), "n_train_scans": len(features),
                                        "splits": heldout.splits.record(),
                                        "train_subjects": [data.subjects[s]["subject"] for s in trained],
                                        "n_captions": len(captions_index), "n_scans": len(scans_index),
@@ -156,7 +157,7 @@ def embed_scan(search_dir, scan: str) -> np.ndarray:
     search_dir = Path(search_dir)
     check_compatible(search_dir=search_dir)
     info = read_json(search_dir / SEARCH_FILE)
-    data = TaskData(info["task_dataset"])
+    data = TaskData(recorded_path(info["task_dataset"], search_dir))
     subject, stimulus = parse_scan_id(data, scan)
-    tokenizer = BrainTokenizer.from_pretrained(info["tokenizer"], data.atlas_info).eval()
+    tokenizer = BrainTokenizer.from_pretrained(recorded_path(info["tokenizer"], search_dir), data.atlas_info).eval()
     return BrainEmbedder.load(search_dir / "embedder").embed(scan_features(data, tokenizer, subject, [stimulus]))

@@ -47,6 +47,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from fmrilm.artifacts import stage_record
 from fmrilm.config import save_config
 from fmrilm.engine import EngineConfig, TrainEngine, stage_main
 from fmrilm.errors import InputError
@@ -176,9 +177,9 @@ def record_backbone(cfg: BackboneStageConfig, export_dir: Path) -> Path:
     check_tokenizer(hf_dir)
     with atomic_dir(export_dir, overwrite=True) as tmp:
         save_config(cfg, tmp / "stage_config.yaml")
-        write_json(tmp / lm_common.STAGE_FILE, {
+        write_json(tmp / lm_common.STAGE_FILE, stage_record({
             "stage": STAGE, "backbone_tag": tag, "backbone_path": str(hf_dir.resolve()), "identity": identity,
-            "bootstrapped": False, "steps": 0})
+            "bootstrapped": False, "steps": 0}, export_dir))
     print(f"backbone {hf_dir} recorded in {export_dir}", flush=True)
     return export_dir
 

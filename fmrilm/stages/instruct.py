@@ -151,13 +151,13 @@ def setup(cfg: InstructStageConfig, train_dir: Path, joint: dict):
         lm_common.check_corpus_tokenizer(cfg.corpus, split, joint["tokenizer"])
     model = load_brainlm(cfg.model, add_lora=cfg.add_lora)
     if cfg.retrieval and cfg.retrieved_captions > 0:
-        from fmrilm.artifacts import check_recorded
+        from fmrilm.artifacts import check_recorded, read_corpus_record
         from fmrilm.brain.splits import read_splits
         from fmrilm.retrieval.caption_prompts import CaptionRetriever
         from fmrilm.retrieval.search import SEARCH_FILE
 
         # prompts retrieve from the search indexes: they must be the ones built on the corpus's splits
-        corpus_splits = read_json(Path(cfg.corpus) / "corpus.json").get("run_splits") or {}
+        corpus_splits = read_corpus_record(cfg.corpus).get("run_splits") or {}
         check_recorded(read_json(Path(cfg.retrieval) / SEARCH_FILE).get("splits"), read_splits(corpus_splits["path"]),
                        f"the search indexes {cfg.retrieval}", Path(cfg.retrieval) / SEARCH_FILE)
         model.prompt_retriever = CaptionRetriever.from_search_dir(cfg.retrieval, cfg.retrieved_captions)

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from fmrilm.artifacts import STAGE_FILE, read_corpus_record, read_stage_record, stage_record
 from fmrilm.config import save_config
 from fmrilm.corpus.reader import Decode, ShardReader, SkipCounter
 from fmrilm.corpus.shards import load_manifest
@@ -36,7 +37,6 @@ from fmrilm.io import read_json, write_json
 from fmrilm.llm.formatting import collate
 from fmrilm.seeds import micro_batch_positions, visited_positions
 
-STAGE_FILE = "stage.json"  # written last into every export: its presence marks a finished stage
 CODE_EMBEDDINGS_FILE = "code_embeddings.safetensors"
 TOKENIZER_FORMAT = "fmrilm-brain-tokenizer"
 
@@ -47,8 +47,8 @@ def is_finished(export_dir: str | Path) -> bool:
 
 
 def read_stage(export_dir: str | Path, stage: str | None = None) -> dict:
-    """The ``stage.json`` of a finished export; InputError if missing or from another stage."""
-    info = read_json(Path(export_dir) / STAGE_FILE)
+    """The ``stage.json`` of a finished export, its paths resolved; InputError if missing or from another stage."""
+    info = read_stage_record(export_dir)
     if stage is not None and info.get("stage") != stage:
         raise InputError(export_dir, "stage", f"is a {info.get('stage')!r} export, expected {stage!r}")
     return info
@@ -305,13 +305,14 @@ def export(engine: TrainEngine, export_dir: Path, save: Callable[[Path], None], 
     Collective (every rank calls it, for ZeRO-3 gathering); returns the directory on the main rank.
     ``stage.json`` also records the splits file the stage's corpus was built on.
     """
-    corpus = Path(stage_cfg.corpus) / "corpus.json"
-    info = {**info, "splits": read_json(corpus).get("run_splits") if corpus.is_file() else None}
+    corpus = Path(stage_cfg.corpus)
+    info = {**info, "splits": read_corpus_record(corpus).get("run_splits") if (corpus / "corpus.json").is_file()
+            else None}
     with full_parameters(engine):
         if engine.is_main:
             save(export_dir)
             save_config(stage_cfg, export_dir / "stage_config.yaml")
-            write_json(export_dir / STAGE_FILE, info)
+            write_json(export_dir / STAGE_FILE, stage_record(info, export_dir))
             print(f"{info['stage']} export written to {export_dir}", flush=True)
     engine.barrier()
     return export_dir if engine.is_main else None
