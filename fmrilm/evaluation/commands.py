@@ -90,7 +90,7 @@ def answer_question(run_dir, scan_id: str, question: str, max_new_tokens: int = 
     run = Path(run_dir)
     tokenizer_dir, model_dir = resolve_tokenizer_dir(run / "tokenizer"), resolve_model_dir(run / "instruct")
     check_compatible(tokenizer_dir, model_dir)
-    if backbone is not None and read_json(model_dir / "brainlm.json").get("weights") != "adapter":
+    if backbone is not None and read_json(model_dir / "brainlm.json").get("weights") not in ("adapter", "frozen"):
         raise InputError("--backbone", "weights", f"the model {model_dir} is no LoRA adapter (it holds its whole "
                                                   "backbone): there is no base to re-point")
     data = TaskData(run / "task_world")

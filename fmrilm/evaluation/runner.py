@@ -40,6 +40,9 @@ class EvalConfig:
     corpus, tokenizer, model : str
         Corpus directory (via corpus.json, the datasets), tokenizer artifact (or its stage
         directory), BrainLM export (or the stage directory holding it).
+    backbone : str
+        Base checkpoint of a LoRA model whose base has moved since training (fingerprint checked);
+        "" uses the recorded one.
     splits : str
         The run's splits file (default: the one the corpus records): items are the scored split's
         stimuli of its train subjects. Tokenizer, corpus, model and retriever must record the same.
@@ -71,6 +74,7 @@ class EvalConfig:
     corpus: str = "runs/demo/corpus"
     tokenizer: str = "runs/demo/tokenizer"
     model: str = "runs/demo/instruct"
+    backbone: str = ""
     splits: str = ""
     split: str = "test"
     out: str = "runs/demo/eval"
@@ -159,7 +163,15 @@ def _targets(report: dict, semscore: dict, vqa_hits: dict, caption_stimulus, vqa
     forgetting = {} if "skipped" in kept else {"general_text_perplexity_ratio_at_most": {
         "measured": kept["perplexity_ratio"], "threshold": 1.10, "met": kept["within_10_percent"],
         "note": "adapted / base perplexity on held-out general text: lower is better, met when <= threshold"}}
-    return {**forgetting,"caption_semscore_vs_shuffled": target(ratio, 1.7, ratio_ci(semscore, caption_stimulus)),
+    zero = report["zero_shot"]
+    extra = {} if "model" not in zero else {"zero_shot_naming": target(zero["model"]["fraction"], 0.3)}
+    extra["vqa_minus_text_only"] = target(vqa["model"]["overall"] - vqa["text_only"]["overall"], 0.2)
+    if "retrieved_caption" in semscore:  # the LM adds to what it reads, or says plainly it does not
+        extra["caption_semscore_minus_retrieved_caption"] = target(
+            cap["model"]["semscore"] - cap["retrieved_caption"]["semscore"], 0.0,
+            paired_difference_ci(semscore["model"], semscore["retrieved_caption"], clusters=caption_stimulus))
+    return {**forgetting, **extra,
+            "caption_semscore_vs_shuffled": target(ratio, 1.7, ratio_ci(semscore, caption_stimulus)),
             "caption_semscore_minus_ridge": target(cap["model"]["semscore"] - cap["ridge_decoder"]["semscore"], 0.0,
                                                    paired_difference_ci(semscore["model"], semscore["ridge_decoder"],
                                                                         clusters=caption_stimulus)),
@@ -204,7 +216,7 @@ def run_evaluation(cfg: EvalConfig, overwrite: bool = False, progress: bool = Tr
         raise InputError(task_path, "clean", "the ideal observer needs simulator ground truth (synthetic data)")
     data.noise_covariance(0)  # the observer's full covariance: a dataset without it is refused before any compute
     tokenizer = BrainTokenizer.from_pretrained(tokenizer_dir, data.atlas_info)
-    model = load_brainlm(model_dir)
+    model = load_brainlm(model_dir, cfg.backbone or None)
     atlas = dataset_atlas(data.atlas_info, task_path)
     # Held-out task subjects are for the adaptation section only: no head is trained or scored on them.
     subjects = [int(i) for i in heldout.splits.task_subject_indices(data.dataset, "train")]

@@ -161,8 +161,10 @@ def zero_shot_section(captions: dict[str, list[str]], shuffled: list[list[str]],
     def naming(texts: list[str]) -> dict:
         return zero_shot_naming([texts[i] for i in rows], cats, synonyms)
 
+    # with a retriever also without it, and its own top retrieved caption (what the LM is shown)
+    extra = tuple(c for c in ("no_retrieval", "retrieved_caption") if c in captions)
     return {c: _over_derangements([naming(d) for d in shuffled], "fraction") if c == "shuffled" else naming(captions[c])
-            for c in CONDITIONS}
+            for c in CONDITIONS + extra}
 
 
 def vqa_questions(items: TaskItems, seed: int, per_item: int = 1) -> dict[str, list]:

@@ -92,6 +92,8 @@ class StimulationConfig:
     ----------
     corpus, tokenizer, model : str
         As for evaluation: the corpus gives the held-out stimuli and the task dataset.
+    backbone : str
+        As for evaluation: the base of a LoRA model that has moved ("" for the recorded one).
     out : str
     subject : int
         Row of the subject in the task dataset.
@@ -125,6 +127,7 @@ class StimulationConfig:
     corpus: str = "runs/demo/corpus"
     tokenizer: str = "runs/demo/tokenizer"
     model: str = "runs/demo/instruct"
+    backbone: str = ""
     out: str = "runs/demo/stimulation"
     subject: int = 0
     target: str = "faces"
@@ -342,7 +345,7 @@ def run_stimulation(cfg: StimulationConfig, overwrite: bool = False, progress: b
     n_repeats = int(data.trial_repeat.max()) + 1
     candidate_names = np.array([concept_rate(data.stimuli[m]["captions"], words) > 0 for m in candidates])
     tokenizer = BrainTokenizer.from_pretrained(tokenizer_dir, data.atlas_info)
-    model = load_brainlm(model_dir)
+    model = load_brainlm(model_dir, cfg.backbone or None)
     stimuli = scan_rng.permutation(pool)[: cfg.n_scans]
     scans = data.mean_betas(cfg.subject, stimuli)
     sd = scans.std(0)
