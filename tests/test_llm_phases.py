@@ -13,6 +13,7 @@ import torch
 from data_writers import write_tiny_gguf
 from peft import PeftModel
 from test_llm_backbone import make_codes
+from test_llm_training import train_steps
 from transformers import AutoModelForCausalLM
 
 from fmrilm.errors import InputError
@@ -53,18 +54,6 @@ def _batch(model):
     ], tok.eos_token_id, model.max_length)
 
 
-def _train(model, batch, steps=5, lr=2e-2):
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
-    losses = []
-    for _ in range(steps):
-        loss = model(**batch)["loss"]
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
-    return losses
-
-
 def _backbone_weights(model) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.base_lm.state_dict().items()}
 
@@ -86,7 +75,7 @@ def test_prompts_use_the_backbones_own_chat_template(backbone):
 def test_phase_one_trains_brain_parts_and_only_the_norms_of_the_backbone(backbone, train_norms):
     model = _phase_one(backbone, train_norms)
     before = _backbone_weights(model)
-    losses = _train(model, _batch(model))
+    losses = train_steps(model, _batch(model), steps=5, lr=2e-2)
     assert losses[-1] < losses[0]
     norms = {f"{name}.{p}" for name, m in model.base_lm.named_modules() if is_norm(m) for p, _ in
              m.named_parameters(recurse=False)}
@@ -98,7 +87,7 @@ def test_phase_one_trains_brain_parts_and_only_the_norms_of_the_backbone(backbon
 
 def test_phase_two_adds_lora_to_a_phase_one_model_and_plain_peft_loads_the_adapter(backbone, tmp_path):
     phase1 = _phase_one(backbone)
-    _train(phase1, _batch(phase1), steps=3)
+    train_steps(phase1, _batch(phase1), steps=3, lr=2e-2)
     save_brainlm(phase1, tmp_path / "phase1")
     assert (tmp_path / "phase1" / "backbone_parts.safetensors").is_file()
     assert not (tmp_path / "phase1" / "backbone").exists()  # a frozen base is referenced, not copied
@@ -109,7 +98,7 @@ def test_phase_two_adds_lora_to_a_phase_one_model_and_plain_peft_loads_the_adapt
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert any("lora_" in n for n in trainable) and any("modules_to_save" in n for n in trainable)
     assert not any(n.endswith(("q_proj.base_layer.weight", "embed_tokens.weight")) for n in trainable)
-    losses = _train(model, _batch(model))
+    losses = train_steps(model, _batch(model), steps=5, lr=2e-2)
     assert losses[-1] < losses[0]
     save_brainlm(model, tmp_path / "phase2")
     reloaded = load_brainlm(tmp_path / "phase2")
@@ -140,7 +129,7 @@ def test_qlora_phase_two_lowers_the_loss_on_a_4bit_base(backbone, tmp_path):
     model = load_brainlm(tmp_path / "phase1", add_lora=LoraSettings(rank=4, alpha=8, dropout=0.0,
                                                                      quantize_4bit=True))
     assert getattr(model.base_lm, "is_loaded_in_4bit", False)
-    losses = _train(model, _batch(model))
+    losses = train_steps(model, _batch(model), steps=5, lr=2e-2)
     assert losses[-1] < losses[0]
 
 
@@ -166,7 +155,7 @@ def test_forgetting_compares_the_adapted_model_with_its_pretrained_base(backbone
     assert fresh["perplexity_ratio"] == pytest.approx(1.0, rel=1e-5)
     assert fresh["base"]["answers"] == fresh["adapted"]["answers"]
     assert len(fresh["questions"]) == len(general_text()["prompts"]) and fresh["base"]["tokens"] > 100
-    _train(model, _batch(model), steps=8, lr=5e-2)
+    train_steps(model, _batch(model), steps=8, lr=5e-2)
     trained = forgetting_section(model, max_new_tokens=4)
     assert trained["base"]["perplexity"] == pytest.approx(fresh["base"]["perplexity"])
     assert trained["perplexity_ratio"] != pytest.approx(1.0, rel=1e-4)

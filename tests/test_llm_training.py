@@ -50,8 +50,9 @@ def _batch(model):
     return collate(samples, tok.eos_token_id, model.max_length)
 
 
-def _train(model, batch, steps=4):
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+def train_steps(model, batch, steps=4, lr=1e-2):
+    """AdamW steps on one batch; the loss of each."""
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     losses = []
     for _ in range(steps):
         loss = model(**batch)["loss"]
@@ -78,7 +79,7 @@ def test_lora_step_lowers_the_loss_and_trains_only_adapters_and_brain_parts(back
     batch = _batch(model)
     out = model(**batch)
     assert {f"loss_{name}" for name in OBJECTIVES} <= set(out)
-    losses = _train(model, batch)
+    losses = train_steps(model, batch)
     assert losses[-1] < losses[0]
     assert torch.equal(model.base_lm.get_input_embeddings().weight, frozen_before)
 
@@ -110,7 +111,7 @@ def test_save_load_gives_identical_logits_and_merge_is_standalone(backbone, tmp_
 
     model = _model(backbone)
     batch = _batch(model)
-    _train(model, batch, steps=2)
+    train_steps(model, batch, steps=2)
     text, brain = _logits(model, batch)
     loaded = load_brainlm(save_brainlm(model, tmp_path / "saved"))
     text2, brain2 = _logits(loaded, batch)
@@ -146,10 +147,10 @@ def test_qlora_step_lowers_the_loss_and_survives_evaluation(backbone, tmp_path):
     model = _model(backbone, quantize=True)
     assert any(isinstance(m, Linear4bit) for m in model.modules())
     batch = _batch(model)
-    losses = _train(model, batch, steps=3)
+    losses = train_steps(model, batch, steps=3)
     assert losses[-1] < losses[0]
     generate(model, [SCANS[:1]], ["Describe <scan>"], max_new_tokens=2)  # eval mode between steps
-    losses += _train(model, batch, steps=2)
+    losses += train_steps(model, batch, steps=2)
     assert losses[-1] < losses[2]
     text, brain = _logits(model, batch)
     text2, brain2 = _logits(load_brainlm(save_brainlm(model, tmp_path / "qlora")), batch)
@@ -158,7 +159,7 @@ def test_qlora_step_lowers_the_loss_and_survives_evaluation(backbone, tmp_path):
 
 def test_generation_batched_equals_one_by_one(backbone):
     model = _model(backbone)
-    _train(model, _batch(model), steps=2)
+    train_steps(model, _batch(model), steps=2)
     prompts = ["Describe <scan>", "Is there a zebra? <scan> Answer briefly, please.", "Say something."]
     tokens = [SCANS[:1], SCANS[1:2], None]
     batched = generate(model, tokens, prompts, max_new_tokens=6)

@@ -35,8 +35,10 @@ def test_indexes_hold_every_caption_and_every_test_scan(run):
     info = json.loads((run / "retrieval" / "search.json").read_text())
     captions, scans = (SemanticIndex.load(run / "retrieval" / name) for name in ("captions", "scans"))
     stimuli = [json.loads(line) for line in (run / "task_world" / "stimuli.jsonl").read_text().splitlines()]
-    assert captions.ids == [row["key"] for row in stimuli]
-    assert {m["split"] for m in captions.metadata} == {"train", "val", "test"}
+    scenes = [json.loads(line) for line in (run / "task_world" / "text_scenes.jsonl").read_text().splitlines()]
+    assert scenes and captions.ids == [row["key"] for row in stimuli] + [row["key"] for row in scenes]
+    assert {m["split"] for m in captions.metadata} == {"train", "val", "test", "text_only"}
+    assert info["n_text_only"] == len(scenes)
     test_keys = {m["stimulus"] for m in captions.metadata if m["split"] == "test"}
     assert {m["stimulus"] for m in scans.metadata} == test_keys
     assert len(scans) == info["n_scans"] == 3 * len(test_keys)  # every subject × every test stimulus
@@ -82,3 +84,20 @@ def test_bad_queries_and_missing_indexes_are_refused(run, tmp_path, capsys):
         assert message in captured.err and not captured.out
     with pytest.raises(InputError, match="already exists"):
         build_search_indexes(cfg)
+
+
+def test_retriever_bank_adds_text_only_scenes_only_when_asked(run):
+    from fmrilm.retrieval.caption_prompts import CaptionRetriever
+
+    run, _ = run
+    plain = CaptionRetriever.from_search_dir(run / "retrieval", k=2)
+    wide = CaptionRetriever.from_search_dir(run / "retrieval", k=2, text_only=True)
+    assert plain.n_text_only == 0 and wide.n_text_only > 0
+    assert len(wide.captions) == len(plain.captions) + wide.n_text_only
+    stimuli = [json.loads(line) for line in (run / "task_world" / "stimuli.jsonl").read_text().splitlines()]
+    splits = json.loads((run / "retrieval" / "search.json").read_text())
+    text_only = {m["caption"] for m in wide.captions.metadata if m["text_only"]}
+    assert all(m["stimulus_index"] == -1 for m in wide.captions.metadata if m["text_only"])
+    heldout = {c for row, m in zip(stimuli, SemanticIndex.load(run / "retrieval" / "captions").metadata)
+               if m["split"] in ("val", "test") for c in row["captions"]}
+    assert splits["n_text_only"] >= len(text_only) and not (text_only & heldout)

@@ -120,6 +120,11 @@ def render_markdown(report: dict) -> str:
                    for name in ("brain_embedder_tokens", "continuous_tokens", "ridge", "ideal_observer")])
     zs = report["zero_shot"]
     out += ["## Zero-shot naming of novel categories", ""]
+    bank = report["items"].get("retrieval_bank")
+    if bank:
+        out += [f"The LM's retrieval bank holds {bank['captions']} captions, {bank['text_only']} of them text-only "
+                "scenes (no brain data) that name novel categories" + ("" if bank["text_only"] else
+                                                                       ": none can name a novel category") + ".", ""]
     out += (["skipped: " + zs["reason"], ""] if _skipped(zs) else
             _table(("condition", "naming rate", "n"), [(c, zs[c]["fraction"], zs[c]["n"]) for c in zs]))
     fs = report["few_shot"]

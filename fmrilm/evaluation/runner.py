@@ -294,7 +294,10 @@ def run_evaluation(cfg: EvalConfig, overwrite: bool = False, progress: bool = Tr
                            if heldout.split == "test" else "A val-split report: for choosing recipes, not for "
                            "reporting."},
               "items": {"test_stimuli": int(test_stim.size), "subjects": len(subjects), "captioned": len(items),
-                        "train_items": int(train["stimulus"].size), "repeats_averaged": n_repeats},
+                        "train_items": int(train["stimulus"].size), "repeats_averaged": n_repeats,
+                        "retrieval_bank": None if model.prompt_retriever is None else {
+                            "captions": len(model.prompt_retriever.captions),
+                            "text_only": model.prompt_retriever.n_text_only}},
               "captioning": {k: ({kk: vv for kk, vv in v.items() if kk != "per_item_semscore"}
                                  if isinstance(v, dict) else v) for k, v in captioning.items()},
               "vqa": vqa, "retrieval": retrieval, "zero_shot": zero_shot, "few_shot": few_shot, "rest": rest,

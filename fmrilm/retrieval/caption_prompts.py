@@ -34,7 +34,8 @@ way training did::
     DIR/retriever.json        k, prefix, tokens per scan, source search directory
     DIR/codes.safetensors     code vectors of the brain tokens [K, C] (the embedder's input features)
     DIR/embedder/             BrainEmbedder
-    DIR/captions/             SemanticIndex of the training captions (metadata: caption, stimulus_index)
+    DIR/captions/             SemanticIndex of the training captions (metadata: caption, stimulus_index,
+                              text_only: a text-only scene, no brain data, stimulus_index -1)
 """
 
 from __future__ import annotations
@@ -83,10 +84,20 @@ class CaptionRetriever:
         self.embedder, self.captions, self.k, self.source = embedder, captions, k, source
         self.tokens_per_scan = embedder.in_dim // self.codes.shape[1]
 
+    @property
+    def n_text_only(self) -> int:
+        """Captions in the bank from text-only scenes (no brain data)."""
+        return sum(bool(m.get("text_only")) for m in self.captions.metadata)
+
     # ------------------------------------------------------------------ building / persistence
     @classmethod
-    def from_search_dir(cls, search_dir, k: int = 3) -> CaptionRetriever:
-        """The retriever of a run's ``retrieval`` stage output (its embedder and training captions)."""
+    def from_search_dir(cls, search_dir, k: int = 3, text_only: bool = False) -> CaptionRetriever:
+        """The retriever of a run's ``retrieval`` stage output (its embedder and training captions).
+
+        With `text_only` its bank also holds the world's text-only scenes (captions that name novel
+        categories; no brain data, never a val/test caption): a novel scan's neighbours can then name
+        what no training scan showed, which is where zero-shot naming can come from.
+        """
         from safetensors.numpy import load_file
 
         search_dir = Path(search_dir)
@@ -95,13 +106,14 @@ class CaptionRetriever:
         if not codes_path.is_file():
             raise InputError(codes_path, "file", "missing: the tokenizer export has no code embeddings")
         index = SemanticIndex.load(search_dir / "captions")
-        rows = [i for i, m in enumerate(index.metadata) if m.get("split") == "train"]
+        splits = ("train", "text_only") if text_only else ("train",)
+        rows = [i for i, m in enumerate(index.metadata) if m.get("split") in splits]
         if not rows or "stimulus_index" not in index.metadata[rows[0]]:
             raise InputError(search_dir / "captions", "metadata", "no training captions with a stimulus_index "
                                                                   "(rebuild the retrieval stage)")
         vectors = index.vectors()[rows]
-        meta = [{"caption": index.metadata[i]["caption"], "stimulus_index": index.metadata[i]["stimulus_index"]}
-                for i in rows]
+        meta = [{"caption": index.metadata[i]["caption"], "stimulus_index": index.metadata[i]["stimulus_index"],
+                 "text_only": index.metadata[i]["split"] == "text_only"} for i in rows]
         train_index = SemanticIndex.build(vectors, [index.ids[i] for i in rows], meta, kind="flat")
         return cls(load_file(str(codes_path))["code_embeddings"], BrainEmbedder.load(search_dir / "embedder"),
                    train_index, k, str(search_dir.resolve()))
@@ -115,7 +127,8 @@ class CaptionRetriever:
             self.captions.save(tmp / "captions")
             write_json(tmp / RETRIEVER_FILE, {"k": self.k, "prefix": PREFIX, "tokens_per_scan": self.tokens_per_scan,
                                               "source": portable_path(self.source, out_dir) if self.source else "",
-                                              "n_captions": len(self.captions)})
+                                              "n_captions": len(self.captions),
+                                              "n_text_only": self.n_text_only})
         return Path(out_dir)
 
     @classmethod

@@ -11,7 +11,8 @@ the run's tokenizer; its feature is the code vectors of its tokens (what the LM 
 into the MiniLM space by a brain embedder trained on the training stimuli only. The directory::
 
     OUT/embedder/      BrainEmbedder (token features → 384-d)
-    OUT/captions/      SemanticIndex of every stimulus's first caption (metadata: stimulus, split, caption)
+    OUT/captions/      SemanticIndex of every stimulus's first caption (metadata: stimulus, split, caption),
+                       and of the world's text-only scenes (split ``text_only``, no brain data)
     OUT/scans/         SemanticIndex of every (subject, test stimulus) scan, id ``SUBJECT/STIMULUS``
     OUT/search.json    the task dataset, tokenizer (and its fingerprint) and corpus it was built from,
                        counts, training loss
@@ -31,6 +32,7 @@ from fmrilm.retrieval.brain_embedder import BrainEmbedder, BrainEmbedderConfig, 
 from fmrilm.retrieval.index import IndexConfig, SemanticIndex
 
 SEARCH_FILE = "search.json"
+TEXT_ONLY = "text_only"  # split name of the caption index's text-only scenes
 
 
 @dataclass
@@ -70,6 +72,16 @@ def scan_features(data, tokenizer, subject: int, stimuli) -> np.ndarray:
     from fmrilm.evaluation.heldout import tokenize_betas
 
     return token_features(tokenizer, tokenize_betas(tokenizer, data.mean_betas(subject, list(stimuli))))
+
+
+def text_only_scenes(data, heldout) -> list[dict]:
+    """The task world's text-only scenes (table ``text_scenes``: captions naming the novel categories,
+    never shown as stimuli), less any whose caption is word for word a val/test caption."""
+    if "text_scenes" not in data.dataset.manifest.get("tables", {}):
+        return []
+    heldout_captions = {c for row in data.stimuli if heldout.splits.stimuli[row["key"]] != "train"
+                        for c in row["captions"]}
+    return [row for row in data.dataset.table("text_scenes") if row["captions"][0] not in heldout_captions]
 
 
 def scan_id(data, subject: int, stimulus: int) -> str:
@@ -120,11 +132,16 @@ def build_search_indexes(cfg: SearchIndexConfig, overwrite: bool = False, progre
     scan_ids = [scan_id(data, s, m) for s in subjects for m in test]
     scan_meta = [{"subject": data.subjects[s]["subject"], "stimulus": data.stimuli[m]["key"],
                   "caption": data.stimuli[m]["captions"][0]} for s in subjects for m in test]
-    bank = [row["captions"][0] for row in data.stimuli]
+    text_scenes = text_only_scenes(data, heldout)
+    bank = [row["captions"][0] for row in data.stimuli] + [row["captions"][0] for row in text_scenes]
     caption_meta = [{"stimulus": row["key"], "stimulus_index": i, "split": heldout.splits.stimuli[row["key"]],
                      "caption": row["captions"][0]}
                     for i, row in enumerate(data.stimuli)]
-    captions_index = SemanticIndex.build(embed_texts(bank, progress=progress), [r["key"] for r in data.stimuli],
+    # text-only scenes have no brain data (stimulus_index -1): a retriever may add them to its bank
+    caption_meta += [{"stimulus": row["key"], "stimulus_index": -1, "split": TEXT_ONLY, "caption": row["captions"][0]}
+                     for row in text_scenes]
+    captions_index = SemanticIndex.build(embed_texts(bank, progress=progress),
+                                         [r["key"] for r in data.stimuli] + [r["key"] for r in text_scenes],
                                          caption_meta, cfg.index)
     scans_index = SemanticIndex.build(scan_vectors, scan_ids, scan_meta, cfg.index)
     with atomic_dir(cfg.out, overwrite) as tmp:
@@ -138,7 +155,8 @@ def build_search_indexes(cfg: SearchIndexConfig, overwrite: bool = False, progre
                                        "corpus": portable_path(cfg.corpus, cfg.out), "n_train_scans": len(features),
                                        "splits": heldout.splits.record(),
                                        "train_subjects": [data.subjects[s]["subject"] for s in trained],
-                                       "n_captions": len(captions_index), "n_scans": len(scans_index),
+                                       "n_captions": len(captions_index), "n_text_only": len(text_scenes),
+                                       "n_scans": len(scans_index),
                                        "final_train_loss": history[-1]})
         save_config(cfg, tmp / "search_config.yaml")
     return Path(cfg.out)

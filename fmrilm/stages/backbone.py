@@ -30,7 +30,7 @@ every training caption, and every VQA question with its answer, written after th
 similar to the stimulus's caption among other stimuli, in the prefix
 format that stage 3's retrieval-augmented prompts use (:mod:`fmrilm.retrieval.text_neighbours`): a
 compact LM learns to copy from such a prefix far sooner on short text than beside 100 brain tokens
-(README: "Making the LM read the scan"). The result is an ordinary HF model directory
+(docs/experiments.md: "Making the LM read the scan"). The result is an ordinary HF model directory
 ``OUT/stage0_backbone-llama<params>_sp<vocab>/`` (``stage.json`` written last marks it finished);
 checkpoints and the training log go to ``OUT/train-stage0_backbone-<...>/``. A rerun resumes from
 the latest checkpoint, and is a no-op once the export exists (``--set force=true`` redoes it).

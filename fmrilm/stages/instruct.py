@@ -75,6 +75,9 @@ class InstructStageConfig:
         With ``retrieval``, single-task-scan prompts are prefixed with this many captions its embedder
         retrieves (:mod:`fmrilm.retrieval.caption_prompts`; SmallCap uses 4) and the export keeps the
         retriever; 0 trains without.
+    retrieval_text_only : bool
+        The retriever's bank also holds the task world's text-only scenes (captions naming the novel
+        categories, no brain data): zero-shot naming through retrieval; the report says so.
     eval_split : str
         Split whose closed questions are scored after training ("" to skip).
     eval_max_samples : int
@@ -94,6 +97,7 @@ class InstructStageConfig:
     task_weights: dict[str, float] = field(default_factory=dict)
     retrieval: str = ""
     retrieved_captions: int = 0
+    retrieval_text_only: bool = False
     split: str = "train"
     eval_split: str = "val"
     eval_max_samples: int = 64
@@ -160,7 +164,8 @@ def setup(cfg: InstructStageConfig, train_dir: Path, joint: dict):
         corpus_splits = read_corpus_record(cfg.corpus).get("run_splits") or {}
         check_recorded(read_json(Path(cfg.retrieval) / SEARCH_FILE).get("splits"), read_splits(corpus_splits["path"]),
                        f"the search indexes {cfg.retrieval}", Path(cfg.retrieval) / SEARCH_FILE)
-        model.prompt_retriever = CaptionRetriever.from_search_dir(cfg.retrieval, cfg.retrieved_captions)
+        model.prompt_retriever = CaptionRetriever.from_search_dir(cfg.retrieval, cfg.retrieved_captions,
+                                                                  cfg.retrieval_text_only)
     samples, skipped = lm_common.read_split(cfg.corpus, cfg.split, cfg.tasks, max_skipped=cfg.engine.max_skipped_shards)
     mixture = lm_common.weight_tasks(samples, cfg.task_weights, cfg.engine.seed)
     data = lm_common.training_set(samples, instruction_encoder(model, samples), model.max_length, cfg.engine,
