@@ -1,8 +1,8 @@
 """Fault-injection benchmark: SIGKILL the tiny pipeline at random points, rerun it, compare (JSON last line).
 
-    python benchmarks/faults.py                      # ~20 min on 2 cores: 8 kills over the whole tiny pipeline
+    python benchmarks/faults.py                      # ~25 min (estimate): 10 kills over the whole tiny pipeline
     python benchmarks/faults.py --quick              # ~4 min: 3 kills inside corpus … instruct
-    python benchmarks/faults.py --kills 10 --seed 1  # more kill points, another draw
+    python benchmarks/faults.py --kills 16 --seed 1  # more kill points, another draw
 
 1. One uninterrupted run of ``fmrilm pipeline --config pipeline_tiny`` (as its own process, as a user
    runs it) gives the reference figures and the run's duration.
@@ -213,11 +213,11 @@ def kill_and_rerun(i: int, target: str, anchor: str, at_s: float, root: Path, cl
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="3 kills inside corpus … instruct (~4 min)")
-    parser.add_argument("--kills", type=int, default=None, help="kill points (default: 8, 3 with --quick)")
+    parser.add_argument("--kills", type=int, default=None, help="kill points (default: 10, 3 with --quick)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep", action="store_true", help="keep the run directories (printed at the end)")
     args = parser.parse_args()
-    n_kills = args.kills if args.kills is not None else (3 if args.quick else 8)
+    n_kills = args.kills if args.kills is not None else (3 if args.quick else 10)
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     t_start = time.time()
     root = Path(tempfile.mkdtemp(prefix="fmrilm-faults-"))

@@ -167,7 +167,12 @@ def recorded_path(recorded: str | Path, directory: str | Path) -> str:
     if Path(recorded).is_absolute():
         return str(recorded)
     # portable_path measured from the resolved directory, so "../" steps apply to it lexically
-    return os.path.normpath(Path(directory).resolve() / recorded)
+    resolved = os.path.normpath(Path(directory).resolve() / recorded)
+    # Older versions also wrote paths as given on the command line, relative to the working directory
+    # (``runs/demo/task_world``); such a path is taken as written when nothing is at the portable reading.
+    if not os.path.exists(resolved) and os.path.exists(recorded):
+        return str(Path(recorded).resolve())
+    return resolved
 
 
 def _json_default(obj):

@@ -209,7 +209,7 @@ def test_lm_records_point_into_their_run_relatively_and_follow_it_when_moved(tin
         moved.rename(run_dir)
 
 
-def test_recorded_paths_are_relative_inside_a_run_and_absolute_outside(tmp_path):
+def test_recorded_paths_are_relative_inside_a_run_and_absolute_outside(tmp_path, monkeypatch):
     from fmrilm.artifacts import read_stage_record, stage_record
     from fmrilm.io import RUN_MARKER, portable_path, recorded_path
 
@@ -222,6 +222,10 @@ def test_recorded_paths_are_relative_inside_a_run_and_absolute_outside(tmp_path)
     assert portable_path(tok, export) == "../../tokenizer/tok"
     assert portable_path(models, export) == str(models)  # an external input stays absolute
     assert recorded_path("../../tokenizer/tok", export) == str(tok)
+    # older versions wrote paths relative to the working directory, as given on the command line
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "demo" / "task_world").mkdir(parents=True)
+    assert recorded_path("runs/demo/task_world", export) == str((tmp_path / "runs/demo/task_world").resolve())
     info = {"stage": "joint", "tokenizer": {"path": str(tok), "fingerprint": "f"}, "backbone_path": str(models),
             "retrieval": None}
     written = stage_record(info, export)
