@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fmrilm.llm.formatting import chat_frame, text_ids
 from fmrilm.llm.generate import generate
 
 GENERAL_TEXT = "general_text.json"
@@ -52,13 +53,13 @@ def _hits(answers: list[str], prompts: list[dict]) -> float:
 
 @torch.no_grad()
 def _base_answers(lm, tokenizer, prompts: list[dict], max_new_tokens: int) -> list[str]:
+    """Greedy answers of the plain base model, framed exactly as the adapted model's prompts are."""
+    before, after = chat_frame(tokenizer)
     answers = []
     for p in prompts:
-        ids = tokenizer.apply_chat_template([{"role": "user", "content": p["question"]}], add_generation_prompt=True,
-                                            return_tensors="pt", return_dict=True) if tokenizer.chat_template else \
-            tokenizer(f"### User:\n{p['question']}\n### Assistant:\n", return_tensors="pt")
-        out = lm.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False,
-                          pad_token_id=tokenizer.eos_token_id)[0, ids["input_ids"].shape[1]:]
+        ids = torch.tensor([[*before, *text_ids(tokenizer, p["question"]), *after]])
+        out = lm.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                          do_sample=False, pad_token_id=tokenizer.eos_token_id)[0, ids.shape[1]:]
         answers.append(tokenizer.decode(out, skip_special_tokens=True).strip())
     return answers
 

@@ -52,6 +52,7 @@ from fmrilm.retrieval.brain_embedder import BrainEmbedder
 from fmrilm.retrieval.index import SemanticIndex
 
 RETRIEVER_FILE = "retriever.json"
+TEXT_ONLY = "text_only"  # split name of the search index's text-only scenes (no brain data)
 PREFIX = "Similar scenes: "
 SEPARATOR = " | "
 
@@ -106,14 +107,14 @@ class CaptionRetriever:
         if not codes_path.is_file():
             raise InputError(codes_path, "file", "missing: the tokenizer export has no code embeddings")
         index = SemanticIndex.load(search_dir / "captions")
-        splits = ("train", "text_only") if text_only else ("train",)
+        splits = ("train", TEXT_ONLY) if text_only else ("train",)
         rows = [i for i, m in enumerate(index.metadata) if m.get("split") in splits]
         if not rows or "stimulus_index" not in index.metadata[rows[0]]:
             raise InputError(search_dir / "captions", "metadata", "no training captions with a stimulus_index "
                                                                   "(rebuild the retrieval stage)")
         vectors = index.vectors()[rows]
         meta = [{"caption": index.metadata[i]["caption"], "stimulus_index": index.metadata[i]["stimulus_index"],
-                 "text_only": index.metadata[i]["split"] == "text_only"} for i in rows]
+                 "text_only": index.metadata[i]["split"] == TEXT_ONLY} for i in rows]
         train_index = SemanticIndex.build(vectors, [index.ids[i] for i in rows], meta, kind="flat")
         return cls(load_file(str(codes_path))["code_embeddings"], BrainEmbedder.load(search_dir / "embedder"),
                    train_index, k, str(search_dir.resolve()))

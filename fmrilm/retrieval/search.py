@@ -29,10 +29,10 @@ from fmrilm.config import save_config
 from fmrilm.errors import InputError
 from fmrilm.io import atomic_dir, portable_path, read_json, recorded_path, write_json
 from fmrilm.retrieval.brain_embedder import BrainEmbedder, BrainEmbedderConfig, train_brain_embedder
+from fmrilm.retrieval.caption_prompts import TEXT_ONLY
 from fmrilm.retrieval.index import IndexConfig, SemanticIndex
 
 SEARCH_FILE = "search.json"
-TEXT_ONLY = "text_only"  # split name of the caption index's text-only scenes
 
 
 @dataclass
