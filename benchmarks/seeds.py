@@ -24,8 +24,8 @@ Prints one row per figure (per-seed values, mean ± sample sd, the target where 
 and, as its last line, ``{"seeds": [...], "figures": {label: {"values", "mean", "sd"}}, "wall_s"}``.
 A figure missing from a report is listed as missing, with the reason the report gives. At ``--quick``
 size the LM trains for a handful of steps, so the figures test the machinery, not the model. Two
-fresh runs at one seed can differ slightly (multi-threaded CPU accumulation, see the README's
-DeepSpeed section), so the sd holds that run-to-run noise as well as the seed's effect.
+fresh runs at one seed can differ slightly (multi-threaded CPU accumulation, see docs/design.md,
+"Training stages and DeepSpeed"), so the sd holds that run-to-run noise as well as the seed's effect.
 Cost: the shared stages once, then per seed the LM stages and the evaluation (demo run 8's stage
 times: about 200 s shared, then 76 + 30 + 266 + 201 s per seed; pipeline_tiny: about 25 s, then 15 s).
 """

@@ -1,4 +1,4 @@
-"""Evaluation metrics, controls and baselines (definitions in DESIGN.md, "Metrics").
+"""Evaluation metrics, controls and baselines (definitions in docs/design.md, "Metric definitions").
 
 Modules: :mod:`~fmrilm.evaluation.captions` (SemScore, BLEU/METEOR/ROUGE-L/CIDEr),
 :mod:`~fmrilm.evaluation.vqa` (normalised exact match by question type),
