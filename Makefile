@@ -3,9 +3,10 @@
 #
 # Python: PY=/path/to/python overrides; otherwise the first of PY_CANDIDATES that runs and is
 # 3.10–3.12 (pyproject's requires-python). A candidate must really run: pyenv puts shims for
-# versions that are installed but not selected on PATH, and those exit 127.
+# versions that are installed but not selected on PATH, and those exit 127. 3.11 first: the CPU
+# torch wheel cached on the CI machines is cp311 (another version would fetch PyPI's CUDA build).
 PY ?=
-PY_CANDIDATES := python3.12 python3.11 python3.10 python3
+PY_CANDIDATES := python3.11 python3.12 python3.10 python3
 PY_IN_RANGE := import sys; sys.exit(not (3, 10) <= sys.version_info[:2] <= (3, 12))
 # torch: TORCH=auto (default) takes the CUDA build where `nvidia-smi` works and the CPU wheel
 # elsewhere; TORCH=cpu or TORCH=cuda forces one.
