@@ -115,12 +115,13 @@ def _real_rest(ctx: StageContext) -> Path:
 def _tokens(source: str):
     def runner(ctx: StageContext) -> Path:
         from fmrilm.tokenizer.model import BrainTokenizer
-        from fmrilm.tokenizer.tokens import write_tokens_dataset
+        from fmrilm.tokenizer.tokens import TokensConfig, write_tokens_dataset
 
+        cfg = ctx.load(TokensConfig, seed_key=None)
         tok_dir = ctx.artifact("tokenizer")
         tokenizer = BrainTokenizer.from_pretrained(tok_dir).eval()
-        return write_tokens_dataset(tokenizer, ctx.artifact(source), ctx.out_dir, overwrite=True,
-                                    tokenizer_dir=tok_dir)
+        return write_tokens_dataset(tokenizer, ctx.artifact(source), ctx.out_dir, cfg.batch_size, overwrite=True,
+                                    tokenizer_dir=tok_dir, latents=cfg.latents)
 
     return runner
 

@@ -281,3 +281,39 @@ def test_task_weights_resample_by_task_and_refuse_unknown_tasks():
     assert len(lm_common.weight_tasks(samples, {}, seed=0)) == len(samples)
     with pytest.raises(InputError, match="task_weights.describe"):
         lm_common.weight_tasks(samples, {"describe": 2.0}, seed=0)
+
+
+def test_continuous_brain_input_reads_the_corpus_latents_in_stages_2_and_3(world, tmp_path):
+    """fMRI-LM's input: stages 2 and 3 feed the tokens datasets' encoder outputs, looked up by each sample's
+    scan references (rest tokens without latents read codes); a corpus without any latents is refused."""
+    from fmrilm.brain.store import Dataset
+    from fmrilm.llm.checkpoint import load_brainlm
+    from fmrilm.llm.formatting import collate
+
+    paths = write_toy_inputs(tmp_path / "inputs", Atlas.schaefer(100), latent_dim=16)  # the fake tokenizer's width
+    build_corpus(load_config(CorpusConfig, "corpus_tiny", [f"{k}={v}" for k, v in paths.items()]),
+                 tmp_path / "corpus", progress=False)
+    with pytest.raises(InputError, match="none has them: rewrite the tokens with latents"):
+        joint.run(joint_cfg(world, tmp_path / "refused", "llm.brain_input=continuous"))
+    stage2 = joint.run(joint_cfg({**world, "corpus": tmp_path / "corpus"}, tmp_path, "llm.brain_input=continuous"))
+    assert read_json(stage2 / "brainlm.json")["config"]["brain_input"] == "continuous"
+    stage3 = instruct.run(load_config(instruct.InstructStageConfig, "instruct_tiny", [
+        f"out_dir={tmp_path}", f"corpus={tmp_path / 'corpus'}", f"model={stage2}"]))
+    assert read_json(stage3 / "eval.json")["n"] > 0
+
+    model = load_brainlm(stage3)
+    store = lm_common.scan_latents(model, tmp_path / "corpus")
+    samples, _ = lm_common.read_split(tmp_path / "corpus", "train", ["caption", "temporal"], progress=False)
+    task = next(s for s in samples if s["json"]["source"] == "task")
+    rest = next(s for s in samples if s["json"]["source"] == "rest")
+    trials = [ref[1] for ref in task["json"]["scans"]]
+    tokens_ds = Dataset(paths["task_tokens"], kind="tokens")
+    np.testing.assert_array_equal(task["tokens.npy"], tokens_ds.array("tokens")[trials])
+    np.testing.assert_array_equal(store.lookup(task["json"]["scans"], "t"), tokens_ds.array("latents")[trials])
+    assert store.lookup(rest["json"]["scans"], "r") is None
+    item = {**instruct.instruction_encoder(model, [task])(task, 0), "scans": task["json"]["scans"]}
+    with_latents = collate([item], model.tokenizer.eos_token_id, None, store)
+    assert int(with_latents["brain_latent_count"][0]) == task["tokens.npy"].size
+    with torch.no_grad():
+        assert not torch.allclose(model(**with_latents)["loss"],
+                                  model(**collate([item], model.tokenizer.eos_token_id))["loss"])

@@ -55,6 +55,9 @@ Sample fields (one tar member per field, all sharing the sample's ``__key__``)
       non-negative integer, also used for age in years) or ``"class"`` (one of ``choices``).
     - ``subject``: subject id (``"sub-01"``) or null for text-only samples; ``stimulus``: stimulus
       row index in the task dataset, or null.
+    - ``scans``: where each row of ``tokens`` comes from, in order: ``["task", trial]`` or
+      ``["rest", subject, window]``, rows of the corpus's input tokens datasets (``corpus.json``
+      ``inputs``); an LM with ``brain_input: continuous`` reads their ``latents`` there.
     - ``source``: ``"task"``, ``"rest"`` or ``"text"``: where the scans come from. Extras by task:
       ``question_type`` (vqa, the stimulus table's qa "type"), ``phenotype`` (``"sex"``, ``"age"`` or
       ``"diagnosis"``), ``window`` (temporal: index of the target window in the subject's run).

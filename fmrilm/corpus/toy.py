@@ -92,11 +92,12 @@ def write_toy_rest(out, atlas: Atlas, n_subjects: int = 8, n_timepoints: int = 1
 
 
 def write_toy_tokens(out, dataset, codebook_size: int = 512, levels: int = 1, window: int = 16, seed: int = 0,
-                     tokenizer_atlas: dict | None = None, splits=None) -> Path:
+                     tokenizer_atlas: dict | None = None, splits=None, latent_dim: int = 0) -> Path:
     """Tokens dataset for `dataset` (random ids): [N, P·L] for task data, [S, T // window, P·L] for rest.
 
     `tokenizer_atlas` overrides the atlas identity the fake tokenizer claims (to test mismatches);
-    `splits` (a splits file) is the one the fake tokenizer claims to have been trained on.
+    `splits` (a splits file) is the one the fake tokenizer claims to have been trained on; a
+    `latent_dim` > 0 adds random encoder outputs (array ``latents``, [..., P, latent_dim]).
     """
     ds = Dataset(dataset)
     p = ds.atlas_info["n_parcels"]
@@ -111,15 +112,19 @@ def write_toy_tokens(out, dataset, codebook_size: int = 512, levels: int = 1, wi
                  "splits": read_splits(splits).record() if splits else None}
     with DatasetWriter(out, "tokens", ds.atlas_info, {"toy": "tokens"}, seed, overwrite=True) as w:
         w.write_array("tokens", tokens)
+        if latent_dim > 0:
+            rng = np.random.default_rng(seed + 3)
+            w.write_array("latents", rng.standard_normal(lead + (p, latent_dim)).astype(np.float16))
         return w.finish(tokenizer=tokenizer, source_dataset=str(ds.path), source_kind=ds.kind, window=window)
 
 
 def write_toy_inputs(root, atlas: Atlas, n_stimuli: int = 12, n_task_subjects: int = 2, repeats: int = 2,
                      n_rest_subjects: int = 10, n_timepoints: int = 128, seed: int = 0,
-                     split_rules: list[str] | None = None) -> dict:
+                     split_rules: list[str] | None = None, latent_dim: int = 0) -> dict:
     """All four corpus inputs and their splits file under `root`; returns the paths as CorpusConfig fields.
 
-    `split_rules` are overrides of the ``splits_tiny`` rules (e.g. ``["heldout_task_subjects=0"]``).
+    `split_rules` are overrides of the ``splits_tiny`` rules (e.g. ``["heldout_task_subjects=0"]``);
+    `latent_dim` > 0 gives the task tokens encoder outputs (rest scans then read codes).
     """
     root = Path(root)
     task = write_toy_task(root / "task", atlas, n_stimuli, n_task_subjects, repeats, seed)
@@ -128,5 +133,6 @@ def write_toy_inputs(root, atlas: Atlas, n_stimuli: int = 12, n_task_subjects: i
         f"task_dataset={task}", f"rest_dataset={rest}", f"out={root / 'splits.json'}", f"seed={seed}",
         *(split_rules or [])]), overwrite=True)
     return {"task_dataset": str(task), "rest_dataset": str(rest), "splits": str(splits),
-            "task_tokens": str(write_toy_tokens(root / "task_tokens", task, seed=seed, splits=splits)),
+            "task_tokens": str(write_toy_tokens(root / "task_tokens", task, seed=seed, splits=splits,
+                                                latent_dim=latent_dim)),
             "rest_tokens": str(write_toy_tokens(root / "rest_tokens", rest, seed=seed, splits=splits))}

@@ -25,7 +25,7 @@ from fmrilm.llm.generate import generate
 
 
 def in_context(model, items: TaskItems, shot_tokens: dict, shot_captions: dict, ks, cfg,
-               progress: bool = False) -> dict:
+               progress: bool = False, shot_latents: dict | None = None) -> dict:
     """Caption SemScore with k in-context examples, for each k in `ks`.
 
     Parameters
@@ -37,6 +37,9 @@ def in_context(model, items: TaskItems, shot_tokens: dict, shot_captions: dict, 
     shot_captions : dict
         subject → list of the reference caption of each of those stimuli.
     ks : sequence of int
+    shot_latents : dict, optional
+        subject → encoder outputs [n_train, P, d] of the same stimuli, for a model reading continuous
+        brain input (with ``items.latents``).
 
     Returns
     -------
@@ -52,24 +55,27 @@ def in_context(model, items: TaskItems, shot_tokens: dict, shot_captions: dict, 
     references = items.references()
     out = {}
     for k in ks:
-        prompts, tokens = [], []
+        prompts, tokens, latents = [], [], []
         for i, s in enumerate(items.subject):
             chosen = shots_of[i][:k]
             examples = [(CAPTION_PROMPT, shot_captions[int(s)][j]) for j in chosen]
             prompts.append(with_shots(CAPTION_PROMPT, examples) if k else CAPTION_PROMPT)
             tokens.append(np.concatenate([shot_tokens[int(s)][chosen], items.tokens[i][None]]))
+            if items.latents is not None and shot_latents is not None:
+                latents.append(np.concatenate([shot_latents[int(s)][chosen], items.latents[i][None]]))
+        scans = (tokens, latents or None)
         retrieval = model.prompt_retriever is not None
-        out[str(k)] = _score(model, tokens, prompts, references, retrieval, cfg, progress)
+        out[str(k)] = _score(model, scans, prompts, references, retrieval, cfg, progress)
         if retrieval:
-            out[str(k)]["no_retrieval"] = _score(model, tokens, prompts, references, False, cfg, progress)
+            out[str(k)]["no_retrieval"] = _score(model, scans, prompts, references, False, cfg, progress)
     return out
 
 
-def _score(model, tokens, prompts, references, retrieve: bool, cfg, progress) -> dict:
+def _score(model, scans, prompts, references, retrieve: bool, cfg, progress) -> dict:
     """SemScore of greedy captions of the prompts, or a skip reason when they do not fit the context."""
     try:
-        captions = generate(model, tokens, prompts, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
-                            progress=progress, retrieve=retrieve)
+        captions = generate(model, scans[0], prompts, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
+                            progress=progress, retrieve=retrieve, brain_latents=scans[1])
     except InputError as err:
         return {"status": "skipped", "reason": str(err), "retrieval": retrieve}
     result = semscore(captions, references)

@@ -47,12 +47,21 @@ def resolve_tokenizer_dir(path) -> Path:
 
 
 @torch.no_grad()
+def encode_betas(tokenizer, betas: np.ndarray, batch_size: int = 256,
+                 progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Vertex maps ``[N, V]`` → token ids ``[N, P·L]`` (int64) and the encoder outputs ``[N, P, d]``
+    (float32; what a model with continuous brain input reads) with a task tokenizer."""
+    tokens, latents = [], []
+    for start in tqdm(range(0, len(betas), batch_size), desc="tokenize", disable=not progress):
+        ids, z = tokenizer.encode_with_latents(tokenizer.group_vertices(betas[start:start + batch_size]))
+        tokens.append(ids.numpy())
+        latents.append(z.numpy())
+    return np.concatenate(tokens).astype(np.int64), np.concatenate(latents)
+
+
 def tokenize_betas(tokenizer, betas: np.ndarray, batch_size: int = 256, progress: bool = False) -> np.ndarray:
     """Vertex maps ``[N, V]`` → token ids ``[N, P·L]`` (int64) with a task tokenizer."""
-    out = []
-    for start in tqdm(range(0, len(betas), batch_size), desc="tokenize", disable=not progress):
-        out.append(tokenizer.encode(tokenizer.group_vertices(betas[start:start + batch_size])).numpy())
-    return np.concatenate(out).astype(np.int64)
+    return encode_betas(tokenizer, betas, batch_size, progress)[0]
 
 
 @dataclass

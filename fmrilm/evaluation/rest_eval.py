@@ -28,7 +28,7 @@ Items are the corpus's ``test``-split rest samples (zero-shot ones), so subjects
 from __future__ import annotations
 
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +60,18 @@ def _positive_probability(candidates: list[str], log_likelihoods: np.ndarray, na
     return float(probability[labels.index(max(labels))] / probability.sum())
 
 
+def _first_windows(items: list, k: int) -> list:
+    """At most `k` samples per subject (the first in corpus order); all of them when `k` is 0."""
+    if k <= 0:
+        return items
+    kept, count = [], Counter()
+    for s in items:
+        count[s["json"]["subject"]] += 1
+        if count[s["json"]["subject"]] <= k:
+            kept.append(s)
+    return kept
+
+
 def phenotype_section(model, samples: list, rest: Dataset, excluded: set, cfg) -> dict:
     """LM vs FC-baseline vs chance phenotype scores on the test subjects of `samples`."""
     rows = rest.table("subjects")
@@ -68,6 +80,7 @@ def phenotype_section(model, samples: list, rest: Dataset, excluded: set, cfg) -
     out = {}
     for name in ("sex", "diagnosis", "age"):
         items = [s for s in samples if s["json"].get("phenotype") == name and not s["json"]["shots"]]
+        items = _first_windows(items, cfg.phenotype_windows)
         if not items:
             continue
         prompts = [s["json"]["prompt"] for s in items]

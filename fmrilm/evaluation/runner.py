@@ -17,7 +17,6 @@ subject (``corpus.json`` ``task_fewshot_subjects``) appears only in the adaptati
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +58,9 @@ class EvalConfig:
         Training (subject, stimulus) items for the ridge and retrieval heads.
     n_temporal : int
         Next-scan targets evaluated.
+    phenotype_windows : int
+        Rest windows per test subject each phenotype question is asked about (the answer is the
+        majority over them); 0: every window the corpus holds.
     vqa_questions_per_item : int
         Distinct questions asked about each item's scan (more give a tighter VQA estimate; the
         intervals still resample items).
@@ -84,6 +86,7 @@ class EvalConfig:
     shots: tuple[int, ...] = (0, 1, 2)
     max_train_items: int = 3000
     n_temporal: int = 64
+    phenotype_windows: int = 0
     max_new_tokens: int = 24
     vqa_max_new_tokens: int = 6
     vqa_questions_per_item: int = 1
@@ -112,16 +115,16 @@ def _features(data, tokenizer, subjects, stimuli_of, limit=None):
     """Averaged scans of each subject's stimuli (at most `limit` per subject) → token ids, token code
     vectors, continuous encodings, vertices and caption embeddings."""
     from fmrilm.evaluation.continuous_ablation import continuous_features, token_features
-    from fmrilm.evaluation.heldout import tokenize_betas
+    from fmrilm.evaluation.heldout import encode_betas
     from fmrilm.textembed import embed_texts
 
     rows = [(s, int(m)) for s in subjects for m in list(stimuli_of(s))[:limit]]
     subject = np.array([r[0] for r in rows], np.int64)
     stimulus = np.array([r[1] for r in rows], np.int64)
     vertices = np.concatenate([data.mean_betas(s, stimulus[subject == s]) for s in subjects if (subject == s).any()])
-    tokens = tokenize_betas(tokenizer, vertices)
+    tokens, latents = encode_betas(tokenizer, vertices)
     caption = [data.stimuli[m]["captions"][0] for m in stimulus]
-    return {"subject": subject, "stimulus": stimulus, "vertices": vertices, "tokens_ids": tokens,
+    return {"subject": subject, "stimulus": stimulus, "vertices": vertices, "tokens_ids": tokens, "latents": latents,
             "tokens": token_features(tokenizer, tokens), "continuous": continuous_features(tokenizer, vertices),
             "caption": caption, "text": embed_texts(caption)}
 
@@ -245,7 +248,9 @@ def run_evaluation(cfg: EvalConfig, overwrite: bool = False, progress: bool = Tr
     item_subject, item_stimulus = _pick_items(test_stim, data.stimuli, subjects, cfg)
     row_of = {(int(s), int(m)): i for i, (s, m) in enumerate(zip(test["subject"], test["stimulus"]))}
     rows = np.array([row_of[(int(s), int(m))] for s, m in zip(item_subject, item_stimulus)], np.int64)
-    items = task_eval.TaskItems(item_subject, item_stimulus, test["tokens_ids"][rows], data.stimuli)
+    continuous = model.llm_config.brain_input == "continuous"
+    items = task_eval.TaskItems(item_subject, item_stimulus, test["tokens_ids"][rows], data.stimuli,
+                                test["latents"][rows] if continuous else None)
     captions, derangements = task_eval.caption_conditions(model, items, cfg, progress)
     captions["ridge_decoder"] = [ridge_captions[i] for i in rows]
     position = {int(m): j for j, m in enumerate(test_stim)}
@@ -273,7 +278,9 @@ def run_evaluation(cfg: EvalConfig, overwrite: bool = False, progress: bool = Tr
     shot_tokens = {s: train["tokens_ids"][train["subject"] == s] for s in subjects}
     shot_captions = {s: [data.stimuli[m]["captions"][0] for m in train["stimulus"][train["subject"] == s]]
                      for s in subjects}
-    few_shot = {"in_context": fewshot.in_context(model, few, shot_tokens, shot_captions, cfg.shots, cfg, progress)}
+    shot_latents = {s: train["latents"][train["subject"] == s] for s in subjects} if continuous else None
+    few_shot = {"in_context": fewshot.in_context(model, few, shot_tokens, shot_captions, cfg.shots, cfg, progress,
+                                                 shot_latents)}
     timings["few_shot"] = time.time() - t0
 
     t0 = time.time()
@@ -295,6 +302,9 @@ def run_evaluation(cfg: EvalConfig, overwrite: bool = False, progress: bool = Tr
                            "reporting."},
               "items": {"test_stimuli": int(test_stim.size), "subjects": len(subjects), "captioned": len(items),
                         "train_items": int(train["stimulus"].size), "repeats_averaged": n_repeats,
+                        "brain_input": "continuous encoder outputs in captioning, VQA, zero-shot and in-context "
+                                       "few-shot; codes in subject adaptation, rest and stimulation"
+                                       if continuous else "codes",
                         "retrieval_bank": None if model.prompt_retriever is None else {
                             "captions": len(model.prompt_retriever.captions),
                             "text_only": model.prompt_retriever.n_text_only}},
@@ -323,7 +333,7 @@ def run_evaluation(cfg: EvalConfig, overwrite: bool = False, progress: bool = Tr
 
 def items_subset(items, n: int):
     """The first `n` items (already in seeded random order)."""
-    return dataclasses.replace(items, subject=items.subject[:n], stimulus=items.stimulus[:n], tokens=items.tokens[:n])
+    return items.take(np.arange(min(n, len(items))))
 
 
 def _examples(model, items, captions, vqa_details, embeddings, test, row_of, cfg) -> list[dict]:

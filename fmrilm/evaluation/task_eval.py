@@ -49,12 +49,16 @@ class TaskItems:
     tokens : ndarray of int [N, P·L]
     stimuli : list of dict
         The task dataset's stimulus table (all rows; index with ``stimulus``).
+    latents : ndarray [N, P, d_code] or None
+        The tokenizer encoder's outputs of the same scans, for a model reading continuous brain input
+        (:mod:`fmrilm.llm.brain_input`); every condition then reads them in place of the codes.
     """
 
     subject: np.ndarray
     stimulus: np.ndarray
     tokens: np.ndarray
     stimuli: list
+    latents: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.stimulus.size)
@@ -62,27 +66,40 @@ class TaskItems:
     def references(self) -> list[list[str]]:
         return [self.stimuli[m]["captions"] for m in self.stimulus]
 
-    def shuffled_tokens(self, seed: int, count: int = 1) -> np.ndarray:
-        """``[count, N, P·L]``: under each of `count` derangements, each item gets the tokens of an
-        item with another stimulus."""
-        return self.tokens[derangements(len(self), count, seed, groups=self.stimulus)]
+    def take(self, index) -> TaskItems:
+        """The items at `index` (positions or a boolean mask)."""
+        return TaskItems(self.subject[index], self.stimulus[index], self.tokens[index], self.stimuli,
+                         None if self.latents is None else self.latents[index])
+
+    def shuffled_index(self, seed: int, count: int = 1) -> np.ndarray:
+        """``[count, N]``: under each of `count` derangements, each item's stand-in, an item with another
+        stimulus (whose scan it is given)."""
+        return derangements(len(self), count, seed, groups=self.stimulus)
+
+    def scans(self, index=None) -> tuple[list, list | None]:
+        """`generate`'s per-prompt scan arguments for items `index` (default: all, in order): tokens
+        ``[1, P·L]`` each, and encoder outputs ``[1, P, d]`` each when the items carry them."""
+        index = np.arange(len(self)) if index is None else np.asarray(index).reshape(-1)
+        latents = None if self.latents is None else [self.latents[i][None] for i in index]
+        return [self.tokens[i][None] for i in index], latents
 
 
-def _scan_lists(tokens: np.ndarray) -> list[np.ndarray]:
-    return [row[None] for row in tokens]
+NO_SCANS = (None, None)
 
 
-def _generate(model, tokens, prompts, max_new_tokens, batch_size, progress, retrieve=True):
-    return generate(model, tokens, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                    progress=progress, retrieve=retrieve)
+def _generate(model, scans, prompts, max_new_tokens, batch_size, progress, retrieve=True):
+    tokens, latents = scans
+    return generate(model, [None] * len(prompts) if tokens is None else tokens, prompts,
+                    max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress, retrieve=retrieve,
+                    brain_latents=latents)
 
 
-def _shuffled_generate(model, tokens: np.ndarray, prompts: list[str], max_new_tokens, cfg, progress):
-    """Answers under every derangement ``tokens [D, N, P·L]``: one batched generation of all D·N
-    prompts (batches stay full), split back into D lists."""
-    n_derangements, n = tokens.shape[:2]
-    texts = _generate(model, _scan_lists(tokens.reshape(n_derangements * n, -1)), prompts * n_derangements,
-                      max_new_tokens, cfg.batch_size, progress)
+def _shuffled_generate(model, items: TaskItems, index: np.ndarray, prompts: list[str], max_new_tokens, cfg,
+                       progress):
+    """Answers under every derangement, the items' scans at ``index [D, N]``: one batched generation of
+    all D·N prompts (batches stay full), split back into D lists."""
+    n_derangements, n = index.shape
+    texts = _generate(model, items.scans(index), prompts * n_derangements, max_new_tokens, cfg.batch_size, progress)
     return [texts[d * n:(d + 1) * n] for d in range(n_derangements)]
 
 
@@ -98,17 +115,16 @@ def caption_conditions(model, items: TaskItems, cfg, progress: bool = False) -> 
     """
     n = len(items)
     prompts = [CAPTION_PROMPT] * n
-    shuffled = _shuffled_generate(model, items.shuffled_tokens(cfg.seed, cfg.n_derangements), prompts,
+    shuffled = _shuffled_generate(model, items, items.shuffled_index(cfg.seed, cfg.n_derangements), prompts,
                                   cfg.max_new_tokens, cfg, progress)
-    out = {"model": _generate(model, _scan_lists(items.tokens), prompts, cfg.max_new_tokens, cfg.batch_size,
-                              progress),
+    out = {"model": _generate(model, items.scans(), prompts, cfg.max_new_tokens, cfg.batch_size, progress),
            "shuffled": shuffled[0]}
     # Greedy decoding of one scan-free prompt gives one caption: generate it once, use it for all.
-    (text_only,) = _generate(model, [None], [without_scan(CAPTION_PROMPT)], cfg.max_new_tokens, 1, False)
+    (text_only,) = _generate(model, NO_SCANS, [without_scan(CAPTION_PROMPT)], cfg.max_new_tokens, 1, False)
     out["text_only"] = [text_only] * n
     if model.prompt_retriever is not None:
-        out["no_retrieval"] = _generate(model, _scan_lists(items.tokens), prompts, cfg.max_new_tokens,
-                                        cfg.batch_size, progress, retrieve=False)
+        out["no_retrieval"] = _generate(model, items.scans(), prompts, cfg.max_new_tokens, cfg.batch_size,
+                                        progress, retrieve=False)
         out["retrieved_caption"] = [found[0] for found in model.prompt_retriever.neighbours(items.tokens)]
     return out, shuffled
 
@@ -196,17 +212,16 @@ def vqa_section(model, items: TaskItems, cfg, progress: bool = False) -> tuple[d
     shuffled accuracies are means over derangements (``per_derangement``: each one's overall
     accuracy). ``details["shuffled"]`` holds the first derangement's answers."""
     keep = np.array([bool(items.stimuli[m]["qa"]) for m in items.stimulus])
-    sub = TaskItems(items.subject[keep], items.stimulus[keep], items.tokens[keep], items.stimuli)
+    sub = items.take(keep)
     asked = vqa_questions(sub, cfg.seed, cfg.vqa_questions_per_item)
     row = np.asarray(asked["item"], np.int64)
     prompts = [VQA_PROMPT.format(question=q) for q in asked["question"]]
-    shuffled = _shuffled_generate(model, sub.shuffled_tokens(cfg.seed, cfg.n_derangements)[:, row], prompts,
+    shuffled = _shuffled_generate(model, sub, sub.shuffled_index(cfg.seed, cfg.n_derangements)[:, row], prompts,
                                   cfg.vqa_max_new_tokens, cfg, progress)
     given = {
-        "model": _generate(model, _scan_lists(sub.tokens[row]), prompts, cfg.vqa_max_new_tokens, cfg.batch_size,
-                           progress),
+        "model": _generate(model, sub.scans(row), prompts, cfg.vqa_max_new_tokens, cfg.batch_size, progress),
         "shuffled": shuffled[0],
-        "text_only": _generate(model, [None] * len(prompts), [without_scan(p) for p in prompts],
+        "text_only": _generate(model, NO_SCANS, [without_scan(p) for p in prompts],
                                cfg.vqa_max_new_tokens, cfg.batch_size, progress),
     }
     scores = {c: _over_derangements([vqa_accuracy(d, asked["answer"], asked["type"]) for d in shuffled], "overall")

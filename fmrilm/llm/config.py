@@ -81,7 +81,10 @@ class LLMConfig:
     LoRA or a frozen backbone (CorText's phase 1 trains the layer norms); they are saved beside the
     adapter and merged with it. ``parcel_embeddings`` adds a learned parcel-position vector to each
     brain token by its slot in the scan (``scan_condition.tokens_per_scan`` slots, CorText's region
-    embeddings; :class:`~fmrilm.llm.vocab.BrainEmbedding`).
+    embeddings; :class:`~fmrilm.llm.vocab.BrainEmbedding`). ``brain_input`` is what a brain token's input
+    embedding is made from: ``codes`` (its codebook vector) or ``continuous`` (the tokenizer encoder's
+    output for that parcel, fMRI-LM's released code; the codes stay the targets,
+    :mod:`fmrilm.llm.brain_input`).
     """
 
     backbone: str | None = None
@@ -93,5 +96,6 @@ class LLMConfig:
     freeze_backbone: bool = False
     train_norms: bool = False
     parcel_embeddings: bool = False
+    brain_input: str = "codes"
     max_length: int = 1024
     seed: int = 0

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from fmrilm.errors import InputError
+from fmrilm.llm.brain_input import ScanLatents, pad_latents
 from fmrilm.llm.config import OBJECTIVES
 from fmrilm.llm.model import IGNORE
 from fmrilm.llm.vocab import SCAN_START, BrainVocab
@@ -219,11 +220,14 @@ def encode_joint(
     return {"input_ids": ids, "labels": labels, "objective": OBJECTIVES.index(objective)}
 
 
-def collate(samples: list[dict], pad_id: int, max_length: int | None = None) -> dict[str, torch.Tensor]:
+def collate(samples: list[dict], pad_id: int, max_length: int | None = None,
+            latents: ScanLatents | None = None) -> dict[str, torch.Tensor]:
     """Right-pad encoded samples into a batch for ``BrainLM.forward(**batch)``.
 
     Sequences longer than `max_length` are an error rather than truncated: cutting would silently
-    drop answers or half a scan.
+    drop answers or half a scan. Continuous brain input (:mod:`fmrilm.llm.brain_input`): with
+    `latents`, each sample's ``scans`` references are looked up there; without, samples may carry
+    their ``brain_latents`` rows ``[n_brain, d_code]`` themselves.
     """
     if not samples:
         raise InputError("batch", "samples", "empty batch")
@@ -241,4 +245,10 @@ def collate(samples: list[dict], pad_id: int, max_length: int | None = None) -> 
         labels[row, :n] = torch.tensor(sample["labels"])
         mask[row, :n] = 1
     objective = torch.tensor([s["objective"] for s in samples], dtype=torch.long)
-    return {"input_ids": ids, "labels": labels, "attention_mask": mask, "objective": objective}
+    batch = {"input_ids": ids, "labels": labels, "attention_mask": mask, "objective": objective}
+    if latents is not None:
+        batch.update(latents.batch(samples))
+    elif any(s.get("brain_latents") is not None for s in samples):
+        rows = [s.get("brain_latents") for s in samples]
+        batch.update(pad_latents(rows, next(r for r in rows if r is not None).shape[-1]))
+    return batch

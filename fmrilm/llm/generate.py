@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from fmrilm.errors import InputError
+from fmrilm.llm.brain_input import latent_rows, pad_latents
 from fmrilm.llm.formatting import collate, encode_instruction, encode_prompt
 from fmrilm.llm.model import BrainLM
 
@@ -53,12 +54,13 @@ def _pick(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator) 
 
 def _decode(
     model: BrainLM, prompts: list[list[int]], steps: int, head, sampling: Sampling, stop_id: int | None,
-    allowed: torch.Tensor | None = None,
+    allowed: torch.Tensor | None = None, latents: dict | None = None,
 ):
     """Left-padded, KV-cached autoregressive decoding; `head` maps hidden [B, d] → (logits, id offset).
 
     `allowed` (bool over the head's logits) restricts every step's choice; the stop token is allowed
-    from the second step on, so at least one allowed token is written.
+    from the second step on, so at least one allowed token is written. `latents` (the batch fields of
+    :func:`~fmrilm.llm.brain_input.pad_latents`) are read by the prompts' brain tokens.
     """
     pad = model.tokenizer.eos_token_id
     width = max(len(p) for p in prompts)
@@ -67,7 +69,7 @@ def _decode(
     model.check_ids(ids, "prompt")
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     generator = torch.Generator().manual_seed(sampling.seed)
-    hidden, state = model.hidden_states(ids, mask, positions, use_cache=True)
+    hidden, state = model.hidden_states(ids, mask, positions, use_cache=True, **(latents or {}))
     out = torch.empty((len(prompts), 0), dtype=torch.long)
     done = torch.zeros(len(prompts), dtype=torch.bool)
     then_stop = allowed
@@ -97,10 +99,7 @@ def _as_lists(model: BrainLM, brain_tokens, prompts, retrieve=True):
     rest scans are prompted without them."""
     if isinstance(prompts, str):
         prompts, brain_tokens = [prompts], [brain_tokens]
-    if len(brain_tokens) != len(prompts):
-        raise InputError(
-            "generate", "brain_tokens", f"{len(brain_tokens)} token arrays for {len(prompts)} prompts"
-        )
+    _check_parallel(brain_tokens, prompts, "brain_tokens")
     brain_tokens, prompts = list(brain_tokens), list(prompts)
     if model.prompt_retriever is not None:
         flags = [retrieve] * len(prompts) if isinstance(retrieve, bool) else list(retrieve)
@@ -109,6 +108,27 @@ def _as_lists(model: BrainLM, brain_tokens, prompts, retrieve=True):
         prompts = model.prompt_retriever.augment(
             prompts, [t if f else None for t, f in zip(brain_tokens, flags, strict=True)])
     return brain_tokens, prompts
+
+
+def _check_parallel(values, prompts, field: str) -> None:
+    if len(values) != len(prompts):
+        raise InputError("generate", field, f"{len(values)} arrays for {len(prompts)} prompts")
+
+
+def _latent_list(brain_latents, prompts) -> list:
+    """One latent array (or None: the prompt reads codes) per prompt (:mod:`fmrilm.llm.brain_input`)."""
+    if brain_latents is None:
+        return [None] * len(prompts)
+    if isinstance(brain_latents, np.ndarray) and brain_latents.ndim == 3:
+        brain_latents = [brain_latents]
+    _check_parallel(brain_latents, prompts, "brain_latents")
+    return [None if x is None else latent_rows(x, f"prompt {i}") for i, x in enumerate(brain_latents)]
+
+
+def _latent_batch(model: BrainLM, rows: list) -> dict | None:
+    if all(r is None for r in rows):
+        return None
+    return pad_latents(rows, model.brain_embed.proj.in_features)
 
 
 def _room(model: BrainLM, prompt_length: int, wanted: int, source: str) -> int:
@@ -148,6 +168,7 @@ def generate(
     progress: bool = False,
     allowed_tokens: list[int] | None = None,
     retrieve=True,
+    brain_latents=None,
 ) -> list[str]:
     """Answers / captions for prompts that may refer to brain scans.
 
@@ -164,12 +185,16 @@ def generate(
     retrieve : bool or list of bool
         Prefix single-scan prompts with the model's retrieved captions (task scans; False for rest),
         for all prompts or per prompt.
+    brain_latents : array [n_scans, P, d_code] or None, or a list of them (one per prompt), optional
+        The tokenizer encoder's outputs of the same scans, for a model with ``brain_input:
+        continuous`` (:meth:`~fmrilm.tokenizer.model.BrainTokenizer.encode_with_latents`).
 
     Returns
     -------
     list of str
         The generated text of each prompt, up to (not including) the end-of-sequence token.
     """
+    latents = _latent_list(brain_latents, [prompts] if isinstance(prompts, str) else prompts)
     brain_tokens, prompts = _as_lists(model, brain_tokens, prompts, retrieve)
     sampling = sampling or Sampling()
     # Every prompt is encoded and checked before any generation starts.
@@ -192,7 +217,8 @@ def generate(
         for start in tqdm(range(0, len(prompts), batch_size), disable=not progress, desc="generate"):
             batch, steps = encoded[start : start + batch_size], min(room[start : start + batch_size])
             eos = model.tokenizer.eos_token_id
-            out = _decode(model, batch, steps, lambda h: (model.text_logits(h), 0), sampling, eos, allowed)
+            out = _decode(model, batch, steps, lambda h: (model.text_logits(h), 0), sampling, eos, allowed,
+                          _latent_batch(model, latents[start : start + batch_size]))
             for row in out.tolist():
                 row = row[: row.index(eos)] if eos in row else row
                 texts.append(model.tokenizer.decode(row, skip_special_tokens=True).strip())
@@ -202,7 +228,8 @@ def generate(
 
 
 @torch.no_grad()
-def choose_answer(model: BrainLM, brain_tokens, prompts, candidates, batch_size: int = 32, retrieve=True):
+def choose_answer(model: BrainLM, brain_tokens, prompts, candidates, batch_size: int = 32, retrieve=True,
+                  brain_latents=None):
     """Constrained decoding: the most likely answer among `candidates` for each prompt.
 
     Parameters
@@ -211,6 +238,8 @@ def choose_answer(model: BrainLM, brain_tokens, prompts, candidates, batch_size:
     retrieve : bool or list of bool
         Prefix single-scan prompts with the model's retrieved captions (task scans; False for rest),
         for all prompts or per prompt.
+    brain_latents : optional
+        As for :func:`generate`.
 
     Returns
     -------
@@ -218,16 +247,16 @@ def choose_answer(model: BrainLM, brain_tokens, prompts, candidates, batch_size:
     log_likelihoods : list of np.ndarray
         Summed log-probability of each candidate (answer tokens and end-of-sequence).
     """
+    latents = _latent_list(brain_latents, [prompts] if isinstance(prompts, str) else prompts)
     brain_tokens, prompts = _as_lists(model, brain_tokens, prompts, retrieve)
     if candidates and isinstance(candidates[0], str):
         candidates = [list(candidates)] * len(prompts)
     if len(candidates) != len(prompts) or any(len(c) == 0 for c in candidates):
         raise InputError("choose_answer", "candidates", "need a non-empty candidate list for every prompt")
     samples = [
-        encode_instruction(
-            model.tokenizer, model.vocab, {"prompt": p, "answer": c, "tokens": t}, f"prompt {i}"
-        )
-        for i, (p, t, cands) in enumerate(zip(prompts, brain_tokens, candidates, strict=True))
+        {**encode_instruction(model.tokenizer, model.vocab, {"prompt": p, "answer": c, "tokens": t}, f"prompt {i}"),
+         "brain_latents": x}
+        for i, (p, t, cands, x) in enumerate(zip(prompts, brain_tokens, candidates, latents, strict=True))
         for c in cands
     ]
     was_training = model.training
@@ -238,7 +267,9 @@ def choose_answer(model: BrainLM, brain_tokens, prompts, candidates, batch_size:
             batch = collate(
                 samples[start : start + batch_size], model.tokenizer.eos_token_id, model.max_length
             )
-            hidden, _ = model.hidden_states(batch["input_ids"], batch["attention_mask"])
+            hidden, _ = model.hidden_states(batch["input_ids"], batch["attention_mask"],
+                                            brain_latents=batch.get("brain_latents"),
+                                            brain_latent_count=batch.get("brain_latent_count"))
             losses, _, _ = model.token_losses(hidden, batch["labels"])
             scores.append(-losses.sum(dim=1))
     finally:

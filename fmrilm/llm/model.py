@@ -153,18 +153,23 @@ class BrainLM(nn.Module):
             )
 
     # -------------------------------------------------------------------------------- compute
-    def embed(self, input_ids: torch.Tensor, state: DecodeState | None = None):
+    def embed(self, input_ids: torch.Tensor, state: DecodeState | None = None,
+              brain_latents: torch.Tensor | None = None, brain_latent_count: torch.Tensor | None = None):
         """Input embeddings [B, T, d] and the :class:`DecodeState` carry (conditioning, slot count) after
         the last position (its ``cache`` is left None).
 
         Text ids come from the backbone table, new ids from ``brain_embed`` (plus each brain token's
         parcel-position vector when it has them); with scan conditioning, each position after a scan
         adds that scan's summary. `state` carries both from an earlier call on the same sequences.
+        With `brain_latents`, the rows they cover read their brain tokens from the encoder outputs
+        instead of the codes (:mod:`fmrilm.llm.brain_input`).
         """
         is_text = input_ids < self.vocab.n_text
         text = self.base_lm.get_input_embeddings()(input_ids.masked_fill(~is_text, 0))
         new = self.brain_embed.table().to(text.dtype)[(input_ids - self.vocab.n_text).clamp(min=0)]
         embeds = torch.where(is_text.unsqueeze(-1), text, new)
+        if brain_latents is not None:
+            embeds = self._read_latents(input_ids, embeds, brain_latents, brain_latent_count)
         condition, slot = None, None
         if self.brain_embed.slots is not None:
             added, slot = self.brain_embed.slot_embeddings(input_ids, self.vocab, state.slot if state else None)
@@ -174,12 +179,32 @@ class BrainLM(nn.Module):
             embeds = embeds + added.to(embeds.dtype)
         return embeds, DecodeState(None, condition, slot)
 
+    def _read_latents(self, input_ids, embeds, latents: torch.Tensor, count: torch.Tensor | None):
+        """`embeds` with the brain tokens of the rows `count` covers replaced by their projected latents."""
+        is_brain = (input_ids >= self.vocab.brain_offset) & (input_ids < self.vocab.scan_start)
+        if count is None:
+            raise InputError("brain_latents", "brain_latent_count", "needed beside brain_latents")
+        reads = count > 0
+        n_brain = is_brain.sum(1)
+        if (reads & (count != n_brain)).any():
+            row = int((reads & (count != n_brain)).nonzero()[0, 0])
+            raise InputError(f"batch row {row}", "brain_latents",
+                             f"{int(count[row])} encoder outputs for {int(n_brain[row])} brain tokens: continuous "
+                             "input needs one token per parcel (a tokenizer with levels: 1) and every scan's latents")
+        if latents.shape[1] == 0 or not reads.any():
+            return embeds
+        projected = self.brain_embed.project(latents).to(embeds.dtype)  # [B, n, d_model]
+        rank = (is_brain.long().cumsum(1) - 1).clamp(0, latents.shape[1] - 1)
+        read = projected.gather(1, rank.unsqueeze(-1).expand(-1, -1, projected.shape[-1]))
+        return torch.where((is_brain & reads.unsqueeze(1)).unsqueeze(-1), read, embeds)
+
     def hidden_states(
         self, input_ids, attention_mask=None, position_ids=None, state: DecodeState | None = None,
-        use_cache: bool = False
+        use_cache: bool = False, brain_latents: torch.Tensor | None = None,
+        brain_latent_count: torch.Tensor | None = None,
     ):
         """Final hidden states [B, T, d] and, when `use_cache`, the :class:`DecodeState` to continue from."""
-        embeds, carry = self.embed(input_ids, state)
+        embeds, carry = self.embed(input_ids, state, brain_latents, brain_latent_count)
         decoder = self.base_lm.get_decoder()
         key = cache_keyword(decoder)
         out = decoder(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
@@ -235,6 +260,8 @@ class BrainLM(nn.Module):
         labels: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         objective: torch.Tensor | None = None,
+        brain_latents: torch.Tensor | None = None,
+        brain_latent_count: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Loss mixture on a batch (the training engine calls ``model(**batch)``).
 
@@ -245,6 +272,8 @@ class BrainLM(nn.Module):
         attention_mask : LongTensor [B, T], optional
         objective : LongTensor [B], optional
             Index into ``OBJECTIVES`` per sample; without it every sample counts as "text".
+        brain_latents, brain_latent_count : Tensor [B, n, d_code], LongTensor [B], optional
+            Encoder outputs the brain tokens are read from (``brain_input: continuous``).
         """
         self.check_ids(input_ids)
         if labels.shape != input_ids.shape:
@@ -260,7 +289,8 @@ class BrainLM(nn.Module):
             raise InputError(
                 "objective", "values", f"expected [{input_ids.shape[0]}] indices into {OBJECTIVES}"
             )
-        hidden, _ = self.hidden_states(input_ids, attention_mask)
+        hidden, _ = self.hidden_states(input_ids, attention_mask, brain_latents=brain_latents,
+                                       brain_latent_count=brain_latent_count)
         losses, is_text, is_brain = self.token_losses(hidden, labels)
         supervised = is_text | is_brain
         if not supervised.any():

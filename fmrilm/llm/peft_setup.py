@@ -19,6 +19,7 @@ import torch
 
 from fmrilm.errors import InputError
 from fmrilm.llm.backbone import check_backbone_dir, load_causal_lm, load_tokenizer, set_offline
+from fmrilm.llm.brain_input import check_brain_input
 from fmrilm.llm.config import LLMConfig, LoraSettings
 from fmrilm.llm.model import BrainLM
 from fmrilm.llm.scan_condition import ScanCondition
@@ -190,6 +191,10 @@ def build_brainlm(
     if cfg.parcel_embeddings and n_slots < 1:
         raise InputError("llm", "parcel_embeddings", "needs scan_condition.tokens_per_scan (stage 2 sets it from "
                                                      "the tokenizer)")
+    check_brain_input(cfg.brain_input)
+    if merged and cfg.brain_input != "codes":
+        raise InputError(path, "brain_input", "a merged model's brain rows are its codes' embeddings: it reads codes "
+                                              "(train continuous input from the unmerged export)")
     if merged:
         brain_embed = BrainEmbedding.from_table(text_table[vocab.n_text : vocab.size], vocab.codebook_size, n_slots)
     else:

@@ -180,6 +180,14 @@ class BrainEmbedding(nn.Module):
             module.delimiters.copy_(table[codebook_size:])
         return module
 
+    def project(self, latents: torch.Tensor) -> torch.Tensor:
+        """Continuous scan inputs ``[..., d_code]`` (the tokenizer encoder's outputs) through the codes'
+        projection → ``[..., d_model]`` (``brain_input: continuous``, :mod:`fmrilm.llm.brain_input`)."""
+        if latents.shape[-1] != self.proj.in_features:
+            raise InputError("brain_latents", "shape", f"width {latents.shape[-1]}, the projection reads "
+                                                       f"{self.proj.in_features} (the tokenizer's code_dim)")
+        return self.proj(latents.to(self.proj.weight.dtype))
+
     def table(self) -> torch.Tensor:
         """Embeddings of all new tokens [K + 3, d_model], brain tokens first."""
         return torch.cat([self.proj(self.codes), self.delimiters], dim=0)

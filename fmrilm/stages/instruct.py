@@ -140,9 +140,11 @@ def instruction_encoder(model, samples: list[dict]):
                                                  exclude=own)
 
     def encode(sample: dict, index: int) -> dict:
-        return encode_instruction(model.tokenizer, model.vocab, {
+        item = encode_instruction(model.tokenizer, model.vocab, {
             "prompt": prompts[index], "answer": sample["json"]["answer"], "tokens": tokens[index]},
             sample["__key__"])
+        # every scan of the sample is in the sequence (continuous brain input looks their latents up)
+        return {**item, "scans": sample["json"].get("scans"), "source": sample["__key__"]}
 
     return encode
 
@@ -169,7 +171,7 @@ def setup(cfg: InstructStageConfig, train_dir: Path, joint: dict):
     samples, skipped = lm_common.read_split(cfg.corpus, cfg.split, cfg.tasks, max_skipped=cfg.engine.max_skipped_shards)
     mixture = lm_common.weight_tasks(samples, cfg.task_weights, cfg.engine.seed)
     data = lm_common.training_set(samples, instruction_encoder(model, samples), model.max_length, cfg.engine,
-                                  mixture)
+                                  mixture, latents=lm_common.scan_latents(model, cfg.corpus))
     engine = TrainEngine(model, cfg.engine, train_dir)
     if engine.is_main:
         mix = Counter(samples[i]["json"]["task"] for i in mixture)
@@ -196,9 +198,12 @@ def closed_question_accuracy(model, corpus: str, split: str, tasks, max_samples:
     meta = [s["json"] for s in closed]
     # the answer's own scans (none for closed answers) never reach the prompt
     tokens = [np.asarray(s["tokens.npy"]).astype(np.int64) for s in closed]
+    store = lm_common.scan_latents(model, corpus)
+    latents = None if store is None else [store.lookup(m.get("scans") or [], s["__key__"])
+                                          for s, m in zip(closed, meta, strict=True)]
     with torch.no_grad():
         answers, _ = choose_answer(model, tokens, [m["prompt"] for m in meta], [m["choices"] for m in meta],
-                                   retrieve=[m.get("source") == "task" for m in meta])
+                                   retrieve=[m.get("source") == "task" for m in meta], brain_latents=latents)
     hits = np.array([a == m["answer"] for a, m in zip(answers, meta, strict=True)])
     by_task = {t: float(hits[[m["task"] == t for m in meta]].mean()) for t in sorted({m["task"] for m in meta})}
     return {"n": len(closed), "accuracy": float(hits.mean()), "by_task": by_task,

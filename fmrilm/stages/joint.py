@@ -113,11 +113,15 @@ def joint_encoder(model, seed: int, text_to_brain_fraction: float, n: int):
         meta, tokens = sample["json"], np.asarray(sample["tokens.npy"]).astype(np.int64)
         objective = TASK_OBJECTIVE[meta["task"]]
         # in-context shots (stage-3 material) lead the token rows; the query's scans are the rest
-        query = tokens[len(meta.get("shots") or []):]
+        n_shots = len(meta.get("shots") or [])
+        query = tokens[n_shots:]
         if objective == "brain_to_text" and reverse[index]:
             objective = "text_to_brain"
-        return encode_joint(model.tokenizer, model.vocab, objective, text=meta["answer"] if objective != "brain"
+        item = encode_joint(model.tokenizer, model.vocab, objective, text=meta["answer"] if objective != "brain"
                             else None, tokens=query if objective != "text" else None, source=sample["__key__"])
+        # where the query's scans came from (continuous brain input looks their latents up)
+        refs = meta.get("scans")
+        return {**item, "scans": [] if objective == "text" else refs and refs[n_shots:], "source": sample["__key__"]}
 
     return encode
 
@@ -144,7 +148,8 @@ def setup(cfg: JointStageConfig, train_dir: Path, tokenizer: dict):
     model = build_model(cfg)
     samples, skipped = lm_common.read_split(cfg.corpus, cfg.split, cfg.tasks, max_skipped=cfg.engine.max_skipped_shards)
     encode = joint_encoder(model, cfg.llm.seed, cfg.text_to_brain_fraction, len(samples))
-    data = lm_common.training_set(samples, encode, model.max_length, cfg.engine)
+    data = lm_common.training_set(samples, encode, model.max_length, cfg.engine,
+                                  latents=lm_common.scan_latents(model, cfg.corpus))
     engine = TrainEngine(model, cfg.engine, train_dir)
     if engine.is_main:
         counts = trainable_parameters(model)

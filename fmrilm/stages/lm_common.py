@@ -34,6 +34,7 @@ from fmrilm.device import init_distributed
 from fmrilm.engine import EngineConfig, TrainEngine
 from fmrilm.errors import InputError
 from fmrilm.io import read_json, write_json
+from fmrilm.llm.brain_input import ScanLatents
 from fmrilm.llm.formatting import collate
 from fmrilm.seeds import micro_batch_positions, visited_positions
 
@@ -212,16 +213,22 @@ class TrainingSet:
     lengths : ndarray or None
         Approximate token counts of all positions (:func:`approx_length`) for the engine's length
         bucketing; None when bucketing is off.
+    latents : ScanLatents or None
+        Where a model with ``brain_input: continuous`` reads the items' scans from (by their ``scans``
+        references, at batch time).
     """
 
     size: int
     items: dict[int, dict]
     lengths: np.ndarray | None
+    latents: ScanLatents | None = None
 
 
 def training_set(samples: list[dict], encode: Callable[[dict, int], dict], max_length: int | None,
-                 cfg: EngineConfig, mixture: np.ndarray | None = None, progress: bool = True) -> TrainingSet:
-    """Encode what the run will visit. `mixture` maps positions to sample indices (default: identity).
+                 cfg: EngineConfig, mixture: np.ndarray | None = None, progress: bool = True,
+                 latents: ScanLatents | None = None) -> TrainingSet:
+    """Encode what the run will visit. `mixture` maps positions to sample indices (default: identity);
+    `latents` (continuous brain input) are looked up by the items' ``scans`` references at batch time.
 
     Call after :func:`prepare_run` (the visited positions depend on the world size).
     """
@@ -230,7 +237,18 @@ def training_set(samples: list[dict], encode: Callable[[dict, int], dict], max_l
     visit = visited_positions(len(mixture), cfg.max_steps * cfg.grad_accum_steps, cfg.micro_batch_size,
                               torch.distributed.get_world_size(), cfg.seed, lengths, cfg.length_bucket_batches)
     encoded = encode_samples(samples, encode, max_length, np.unique(mixture[visit]).tolist(), progress)
-    return TrainingSet(len(mixture), {int(p): encoded[int(mixture[p])] for p in visit}, lengths)
+    return TrainingSet(len(mixture), {int(p): encoded[int(mixture[p])] for p in visit}, lengths, latents)
+
+
+def scan_latents(model, corpus_dir) -> ScanLatents | None:
+    """The corpus's encoder outputs when `model` reads continuous brain input, else None."""
+    if model.llm_config.brain_input != "continuous":
+        return None
+    found = ScanLatents.from_corpus(corpus_dir)
+    if found.d_code != model.brain_embed.proj.in_features:
+        raise InputError(corpus_dir, "latents", f"width {found.d_code}, the model's projection reads "
+                                                f"{model.brain_embed.proj.in_features}")
+    return found
 
 
 def batch_for_step(data: TrainingSet, step: int, engine: TrainEngine, pad_id: int,
@@ -239,7 +257,7 @@ def batch_for_step(data: TrainingSet, step: int, engine: TrainEngine, pad_id: in
     e = engine.cfg
     positions = micro_batch_positions(data.size, step, e.micro_batch_size, engine.rank, engine.world_size,
                                       e.seed, data.lengths, e.length_bucket_batches)
-    return collate([data.items[int(i)] for i in positions], pad_id, max_length)
+    return collate([data.items[int(i)] for i in positions], pad_id, max_length, data.latents)
 
 
 # ----------------------------------------------------------------------------------- training

@@ -25,6 +25,8 @@ def register(sub) -> None:
     e.add_argument("--out", required=True, help="output tokens dataset directory")
     e.add_argument("--batch-size", type=int, default=256)
     e.add_argument("--force", action="store_true", help="replace an existing output")
+    e.add_argument("--latents", action="store_true",
+                   help="also store the encoder outputs (array 'latents'), for llm.brain_input=continuous")
     e.set_defaults(handler=_encode)
 
     i = verbs.add_parser("inspect", help="print codebook health and save a per-parcel R² surface map",
@@ -51,7 +53,8 @@ def _encode(args) -> int:
     from fmrilm.tokenizer.tokens import write_tokens_dataset
 
     tokenizer = BrainTokenizer.from_pretrained(args.tokenizer)
-    out = write_tokens_dataset(tokenizer, args.data, args.out, args.batch_size, args.force, args.tokenizer)
+    out = write_tokens_dataset(tokenizer, args.data, args.out, args.batch_size, args.force, args.tokenizer,
+                               args.latents)
     print(Dataset(out))
     return 0
 

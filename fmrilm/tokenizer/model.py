@@ -195,7 +195,14 @@ class BrainTokenizer(nn.Module):
     @torch.no_grad()
     def encode(self, x: torch.Tensor, source="batch") -> torch.Tensor:
         """Scans ``[B, P, D]`` → token ids ``[B, P·L]`` with the matmul + argmin fast path."""
-        return self.to_tokens(self.quantizer.nearest(self._embed(x, source)))
+        return self.encode_with_latents(x, source)[0]
+
+    @torch.no_grad()
+    def encode_with_latents(self, x: torch.Tensor, source="batch") -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids ``[B, P·L]`` and the encoder's pre-quantisation outputs ``[B, P, code_dim]``: what an
+        LM with ``brain_input: continuous`` reads in place of the codes (fMRI-LM's released code)."""
+        latents = self._embed(x, source)
+        return self.to_tokens(self.quantizer.nearest(latents)), latents
 
     @torch.no_grad()
     def encode_reference(self, x: torch.Tensor, source="batch") -> torch.Tensor:
