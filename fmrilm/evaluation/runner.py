@@ -137,7 +137,8 @@ def _brain_map(tokenizer_dir: Path, data, atlas, out_dir: Path) -> dict:
         values, title = np.asarray(read_json(tokenizer_dir / "eval.json")["r2_per_parcel"]), "tokenizer R² per parcel"
     else:
         values, title = atlas.parcellate(data.noise_ceiling(0)[None])[0], "noise ceiling (%) per parcel"
-    plot_parcel_map(values, atlas, out_dir / "brain_map.png", title)
+    # Headless-safe under any backend: the plot never touches pyplot (fmrilm.tokenizer.plotting).
+    plot_parcel_map(values, atlas, title=title, output_file=out_dir / "brain_map.png")
     return {"what": title, "mean": float(np.nanmean(values))}
 
 

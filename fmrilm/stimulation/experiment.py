@@ -386,8 +386,9 @@ def run_stimulation(cfg: StimulationConfig, overwrite: bool = False, progress: b
                             "control_patches": [v.tolist() for v in patches["control_patches"]]},
                "cost": {"generate_calls": len(alphas), "captions": int(n_captions), "seconds": seconds}}
     with atomic_dir(cfg.out, overwrite) as tmp:
-        plot_dose_response(summary, tmp / "dose_response.png")
-        plot_vertices(patches, atlas, cfg.target, cfg.other_category, tmp / "vertices.png")
+        # Headless-safe under any backend: the plots never touch pyplot (fmrilm.tokenizer.plotting).
+        plot_dose_response(summary, output_file=tmp / "dose_response.png")
+        plot_vertices(patches, atlas, cfg.target, cfg.other_category, output_file=tmp / "vertices.png")
         seconds["total"] = time.time() - started
         write_json(tmp / "stimulation.json", summary)
         save_config(cfg, tmp / "stimulation_config.yaml")

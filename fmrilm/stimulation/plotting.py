@@ -1,24 +1,18 @@
 """Figures of a stimulation experiment: dose-response curves of both readers, and the patches on fsaverage5.
 
-As in nilearn, each ``plot_*`` returns its :class:`matplotlib.figure.Figure` and saves it only when
-given `output_file`. Figures are built with ``Figure`` directly, never through pyplot's global
-state, so no backend has to be chosen (saving to PNG uses Agg).
+As in nilearn's surface plots, each ``plot_*`` returns its :class:`matplotlib.figure.Figure` and
+also saves it when given `output_file`. Figures are built with ``Figure`` directly, never through
+pyplot's global state, so no backend is chosen here (see :mod:`fmrilm.tokenizer.plotting`).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from fmrilm.io import atomic_path
+from fmrilm.tokenizer.plotting import save_figure, surface_halves
 
 COLOURS = {"target": "tab:red", "control_patches": "tab:green", "other_category": "tab:blue"}
 LABELS = {"target": "target patch", "control_patches": "control patches (mean)", "other_category": "other category"}
-
-
-def _save(fig, output_file) -> None:
-    if output_file is not None:
-        with atomic_path(output_file) as tmp:
-            fig.savefig(tmp, format="png", dpi=80)
 
 
 def _curves(ax, reader: dict, key: str, per_patch: bool) -> None:
@@ -41,15 +35,15 @@ def _caption(reader: dict) -> str:
     return f"specificity {ratio}; rise − control rise {diff['value']:+.2f} [{lo:+.2f}, {hi:+.2f}]"
 
 
-def plot_dose_response(summary: dict, output_file=None):
+def plot_dose_response(summary: dict, *, output_file=None):
     """Concept rate against α for the LM and the ideal observer, and the LM's probe SemScore.
 
     Parameters
     ----------
     summary : dict
         ``stimulation.json``.
-    output_file : path, optional
-        PNG written (atomically) if given.
+    output_file : str or pathlib.Path or None, default=None
+        If given, the figure is also saved there (atomically; PNG unless the extension says otherwise).
 
     Returns
     -------
@@ -74,11 +68,11 @@ def plot_dose_response(summary: dict, output_file=None):
                  f"bootstrap bands; {summary['n_scans']} scans, {summary['n_control_patches']} control patches × "
                  f"{summary['n_control_scans']} scans)", fontsize=10)
     fig.tight_layout()
-    _save(fig, output_file)
+    save_figure(fig, output_file)
     return fig
 
 
-def plot_vertices(patches: dict, atlas, target: str, other: str, output_file=None):
+def plot_vertices(patches: dict, atlas, target: str, other: str, *, output_file=None):
     """The target, other-category and control patches on the inflated fsaverage5 surface
     (ventral, lateral and medial views of both hemispheres).
 
@@ -90,14 +84,15 @@ def plot_vertices(patches: dict, atlas, target: str, other: str, output_file=Non
         An fsaverage5 atlas (the bundled meshes are fsaverage5).
     target, other : str
         Category names for the title.
-    output_file : path, optional
+    output_file : str or pathlib.Path or None, default=None
+        If given, the figure is also saved there (atomically; PNG unless the extension says otherwise).
 
     Returns
     -------
     matplotlib.figure.Figure
     """
     from matplotlib.figure import Figure
-    from nilearn import datasets, plotting
+    from nilearn import plotting
 
     # Set1 colours: 1 red (target), 2 blue (other category), 3 green (control patches).
     labels = np.zeros(atlas.n_vertices, np.float32)
@@ -105,9 +100,7 @@ def plot_vertices(patches: dict, atlas, target: str, other: str, output_file=Non
         labels[vertices] = 3
     labels[patches["other_category"]] = 2
     labels[patches["target"]] = 1
-    mesh = datasets.fetch_surf_fsaverage("fsaverage5")  # bundled with nilearn: no download
-    n_left = atlas.hemi_sizes[0]
-    halves = {"left": labels[:n_left], "right": labels[n_left:]}
+    mesh, halves = surface_halves(labels, atlas)
     views = ("ventral", "lateral", "medial")
     fig = Figure(figsize=(8, 9))
     axes = fig.subplots(len(views), 2, subplot_kw={"projection": "3d"})
@@ -119,5 +112,5 @@ def plot_vertices(patches: dict, atlas, target: str, other: str, output_file=Non
                                    cmap="Set1", vmin=1, vmax=9, threshold=0.5, colorbar=False)
     fig.suptitle(f"red: {target} patch; blue: {other} patch; green: {len(patches['control_patches'])} "
                  "control patches of the same size and shape")
-    _save(fig, output_file)
+    save_figure(fig, output_file)
     return fig

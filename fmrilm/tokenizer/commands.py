@@ -94,7 +94,8 @@ def _inspect(args) -> int:
     print(f"  per-parcel R2: median {np.median(r2):.3f}, "
           f"worst parcels {worst.tolist()} ({r2[worst].round(3).tolist()})")
     atlas = dataset_atlas(tokenizer.atlas_info, directory / "config.json")
-    out = plot_parcel_map(r2, atlas, args.out or directory / "r2_surface.png",
-                          title=f"reconstruction R² per parcel ({directory.name})", vmax=1.0)
+    out = Path(args.out or directory / "r2_surface.png")
+    # Headless-safe under any backend: the plot never touches pyplot (fmrilm.tokenizer.plotting).
+    plot_parcel_map(r2, atlas, title=f"reconstruction R² per parcel ({directory.name})", vmax=1.0, output_file=out)
     print(f"surface map: {out}")
     return 0
