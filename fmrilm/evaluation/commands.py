@@ -80,7 +80,7 @@ def answer_question(run_dir, scan_id: str, question: str, max_new_tokens: int = 
     from fmrilm.artifacts import check_compatible
     from fmrilm.brain.task_data import TaskData
     from fmrilm.errors import InputError
-    from fmrilm.evaluation.heldout import resolve_model_dir, resolve_tokenizer_dir, tokenize_betas
+    from fmrilm.evaluation.heldout import encode_betas, resolve_model_dir, resolve_tokenizer_dir
     from fmrilm.evaluation.task_eval import VQA_PROMPT
     from fmrilm.io import read_json
     from fmrilm.llm.checkpoint import load_brainlm
@@ -97,8 +97,9 @@ def answer_question(run_dir, scan_id: str, question: str, max_new_tokens: int = 
     subject, stimulus = parse_scan_id(data, scan_id)
     tokenizer = BrainTokenizer.from_pretrained(tokenizer_dir, data.atlas_info)
     model = load_brainlm(model_dir, backbone)
-    tokens = tokenize_betas(tokenizer, data.mean_betas(subject, [stimulus]))
-    (answer,) = generate(model, [tokens], [VQA_PROMPT.format(question=question)], max_new_tokens=max_new_tokens)
+    tokens, latents = encode_betas(tokenizer, data.mean_betas(subject, [stimulus]))
+    (answer,) = generate(model, [tokens], [VQA_PROMPT.format(question=question)], max_new_tokens=max_new_tokens,
+                         brain_latents=[latents] if model.llm_config.brain_input == "continuous" else None)
     return {"subject": data.subjects[subject]["subject"], "stimulus": data.stimuli[stimulus]["key"],
             "question": question, "answer": answer, "reference_captions": data.stimuli[stimulus]["captions"]}
 
