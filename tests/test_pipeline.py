@@ -35,16 +35,16 @@ def test_every_configured_stage_ran_in_order_and_left_an_artifact(tiny_run):
 
 
 def test_retrieved_captions_prefix_task_scans_only(tiny_run):
+    from fmrilm.corpus.reader import read_split
     from fmrilm.llm.checkpoint import load_brainlm
     from fmrilm.llm.generate import generate
     from fmrilm.retrieval.caption_prompts import PREFIX
-    from fmrilm.stages import lm_common
     from fmrilm.stages.instruct import instruction_encoder
 
     _, run_dir, _ = tiny_run
     state = read_state(run_dir)
     model = load_brainlm(state["instruct"])
-    samples, _ = lm_common.read_split(state["corpus"], "train", ["caption", "phenotype"], progress=False)
+    samples, _ = read_split(state["corpus"], "train", ["caption", "phenotype"], progress=False)
     task = next(s for s in samples if s["json"]["source"] == "task" and not s["json"]["shots"])
     rest = next(s for s in samples if s["json"]["source"] == "rest" and not s["json"]["shots"])
     encode = instruction_encoder(model, [task, rest])
@@ -63,8 +63,8 @@ def test_every_fitted_component_obeys_the_one_splits_file(tiny_run):
     saw no test stimulus, no held-out subject and no held-out caption."""
     from fmrilm.brain.splits import read_splits
     from fmrilm.brain.store import Dataset
-    from fmrilm.evaluation.heldout import load_heldout
-    from fmrilm.stages import lm_common
+    from fmrilm.corpus.heldout import load_heldout
+    from fmrilm.corpus.reader import read_split
 
     _, run_dir, _ = tiny_run
     state = read_state(run_dir)
@@ -85,8 +85,7 @@ def test_every_fitted_component_obeys_the_one_splits_file(tiny_run):
     # val/test caption among the training texts, which do name the novel categories (text scenes)
     corpus = json.loads((Path(state["corpus"]) / "corpus.json").read_text())
     assert corpus["run_splits"]["sha256"] == splits.sha256
-    samples, _ = lm_common.read_split(state["corpus"], "train", ("caption", "vqa", "describe", "text"),
-                                      progress=False)
+    samples, _ = read_split(state["corpus"], "train", ("caption", "vqa", "describe", "text"), progress=False)
     brain = [s["json"] for s in samples if s["json"]["task"] != "text"]
     assert brain and all(splits.stimuli[stimuli[m["stimulus"]]["key"]] == "train" for m in brain
                          if m["stimulus"] is not None)
@@ -165,7 +164,7 @@ def test_lm_records_point_into_their_run_relatively_and_follow_it_when_moved(tin
     checks, loads, searches and answers from its own artifacts."""
     from fmrilm.artifacts import check_compatible, read_corpus_record
     from fmrilm.cli import main as cli
-    from fmrilm.evaluation.heldout import load_heldout
+    from fmrilm.corpus.heldout import load_heldout
     from fmrilm.llm.checkpoint import load_brainlm
     from fmrilm.retrieval.caption_prompts import CaptionRetriever
     from fmrilm.retrieval.search import embed_scan

@@ -27,12 +27,13 @@ def _config(run, out, **extra) -> StimulationConfig:
 
 
 def test_alpha_zero_reproduces_the_unperturbed_output(tiny_run, tmp_path):
+    from fmrilm.artifacts import resolve_model_dir, resolve_tokenizer_dir
     from fmrilm.brain.task_data import TaskData
-    from fmrilm.evaluation.heldout import resolve_model_dir, resolve_tokenizer_dir, tokenize_betas
     from fmrilm.evaluation.task_eval import CAPTION_PROMPT
     from fmrilm.llm.checkpoint import load_brainlm
     from fmrilm.llm.generate import generate
     from fmrilm.stimulation.experiment import caption_scans, perturb
+    from fmrilm.tokenizer.features import tokenize_betas
     from fmrilm.tokenizer.model import BrainTokenizer
 
     cfg = _config(tiny_run, tmp_path / "unused")
@@ -85,7 +86,7 @@ def test_stimulate_cli_writes_dose_response_observer_and_surface_map(tiny_run, t
     assert all(np.isfinite(d["probe_semscore"]) for c in lm.values() for d in c["doses"])
     decoded = observer["control_patches"]["doses"][-1]["decoded_stimuli"]
     assert np.array(decoded).shape == (n_patches, n_control)
-    from fmrilm.evaluation.heldout import load_heldout
+    from fmrilm.corpus.heldout import load_heldout
 
     assert set(np.ravel(decoded)) <= set(load_heldout(tiny_run / "corpus").train_stimuli.tolist())
     assert summary["cost"]["generate_calls"] == 2

@@ -111,9 +111,8 @@ def _pick_items(test_stimuli, stimuli, subjects, cfg) -> tuple[np.ndarray, np.nd
 def _features(data, tokenizer, subjects, stimuli_of, limit=None):
     """Averaged scans of each subject's stimuli (at most `limit` per subject) → token ids, token code
     vectors, continuous encodings, vertices and caption embeddings."""
-    from fmrilm.evaluation.continuous_ablation import continuous_features, token_features
-    from fmrilm.evaluation.heldout import tokenize_betas
     from fmrilm.textembed import embed_texts
+    from fmrilm.tokenizer.features import continuous_features, token_features, tokenize_betas
 
     rows = [(s, int(m)) for s in subjects for m in list(stimuli_of(s))[:limit]]
     subject = np.array([r[0] for r in rows], np.int64)
@@ -188,12 +187,12 @@ def run_evaluation(cfg: EvalConfig, overwrite: bool = False, progress: bool = Tr
     Every input is opened and checked before anything is written; the output directory appears
     only when complete. Returns the report dict (``report.json``).
     """
-    from fmrilm.artifacts import check_compatible
+    from fmrilm.artifacts import check_compatible, resolve_model_dir, resolve_tokenizer_dir
     from fmrilm.brain.task_data import TaskData
+    from fmrilm.corpus.heldout import load_heldout
     from fmrilm.evaluation import fewshot, rest_eval, task_eval
     from fmrilm.evaluation.captions import MeteorScorer
     from fmrilm.evaluation.forgetting import forgetting_section
-    from fmrilm.evaluation.heldout import load_heldout, resolve_model_dir, resolve_tokenizer_dir
     from fmrilm.evaluation.ideal_observer import ideal_observer
     from fmrilm.evaluation.report import write_markdown
     from fmrilm.evaluation.retrieval_eval import bank_ceiling, retrieval_section

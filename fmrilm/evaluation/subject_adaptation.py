@@ -95,11 +95,10 @@ def score_condition(tokenizer, vertices, clean, text, references, model, embedde
         The first `n_items` test stimuli are captioned.
     """
     from fmrilm.evaluation.captions import semscore
-    from fmrilm.evaluation.continuous_ablation import token_features
-    from fmrilm.evaluation.heldout import tokenize_betas
     from fmrilm.evaluation.retrieval_metrics import n_way_retrieval
     from fmrilm.evaluation.task_eval import CAPTION_PROMPT
     from fmrilm.llm.generate import generate
+    from fmrilm.tokenizer.features import token_features, tokenize_betas
 
     tokens = tokenize_betas(tokenizer, vertices)
     reconstruction = tokenizer.decode(torch.from_numpy(tokens))

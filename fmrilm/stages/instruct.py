@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fmrilm.corpus.reader import read_split
 from fmrilm.engine import EngineConfig, TrainEngine, stage_main
 from fmrilm.errors import InputError
 from fmrilm.io import read_json, write_json
@@ -166,7 +167,7 @@ def setup(cfg: InstructStageConfig, train_dir: Path, joint: dict):
                        f"the search indexes {cfg.retrieval}", Path(cfg.retrieval) / SEARCH_FILE)
         model.prompt_retriever = CaptionRetriever.from_search_dir(cfg.retrieval, cfg.retrieved_captions,
                                                                   cfg.retrieval_text_only)
-    samples, skipped = lm_common.read_split(cfg.corpus, cfg.split, cfg.tasks, max_skipped=cfg.engine.max_skipped_shards)
+    samples, skipped = read_split(cfg.corpus, cfg.split, cfg.tasks, max_skipped=cfg.engine.max_skipped_shards)
     mixture = lm_common.weight_tasks(samples, cfg.task_weights, cfg.engine.seed)
     data = lm_common.training_set(samples, instruction_encoder(model, samples), model.max_length, cfg.engine,
                                   mixture)
@@ -188,7 +189,7 @@ def closed_question_accuracy(model, corpus: str, split: str, tasks, max_samples:
     """Accuracy of constrained decoding on the split's yes/no and class questions, per task."""
     from fmrilm.llm.generate import choose_answer
 
-    samples, _ = lm_common.read_split(corpus, split, tasks, progress=False)
+    samples, _ = read_split(corpus, split, tasks, progress=False)
     closed = [s for s in samples if s["json"].get("answer_type") in CLOSED_ANSWERS and s["json"].get("choices")]
     closed = closed[:max_samples]
     if not closed:

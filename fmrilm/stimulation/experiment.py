@@ -202,9 +202,9 @@ def perturb(scans: np.ndarray, vertices: np.ndarray, alpha: float, sd: np.ndarra
 
 def caption_scans(model, tokenizer, scans: np.ndarray, cfg) -> list[str]:
     """Greedy captions of `scans` [N, V], re-tokenized with the run's tokenizer: one ``generate()`` call."""
-    from fmrilm.evaluation.heldout import tokenize_betas
     from fmrilm.evaluation.task_eval import CAPTION_PROMPT
     from fmrilm.llm.generate import generate
+    from fmrilm.tokenizer.features import tokenize_betas
 
     tokens = tokenize_betas(tokenizer, scans)
     return generate(model, [t[None] for t in tokens], [CAPTION_PROMPT] * len(tokens),
@@ -303,10 +303,10 @@ def _reader_results(readouts, blocks, alphas, cfg, names, candidates, candidate_
 
 def run_stimulation(cfg: StimulationConfig, overwrite: bool = False, progress: bool = True) -> dict:
     """Run the experiment; write ``stimulation.json``, ``dose_response.png`` and ``vertices.png``."""
-    from fmrilm.artifacts import check_compatible
+    from fmrilm.artifacts import check_compatible, resolve_model_dir, resolve_tokenizer_dir
     from fmrilm.brain.task_data import TaskData
     from fmrilm.config import save_config
-    from fmrilm.evaluation.heldout import load_heldout, resolve_model_dir, resolve_tokenizer_dir
+    from fmrilm.corpus.heldout import load_heldout
     from fmrilm.io import atomic_dir, write_json
     from fmrilm.llm.checkpoint import load_brainlm
     from fmrilm.stimulation.patches import describe_patch, select_patches
