@@ -56,6 +56,7 @@ def answer_question(run_dir, scan_id: str, question: str, max_new_tokens: int = 
     """Answer `question` about scan `scan_id` of the run in `run_dir` (VQA prompt of the corpus).
 
     `backbone` re-points a LoRA model at its base checkpoint (:func:`fmrilm.llm.checkpoint.load_brainlm`).
+    The run's captioner answers: the model, prompted through its retriever as in training.
     """
     from pathlib import Path
 
@@ -64,8 +65,7 @@ def answer_question(run_dir, scan_id: str, question: str, max_new_tokens: int = 
     from fmrilm.errors import InputError
     from fmrilm.evaluation.task_eval import VQA_PROMPT
     from fmrilm.io import read_json
-    from fmrilm.llm.checkpoint import load_brainlm
-    from fmrilm.llm.generate import generate
+    from fmrilm.retrieval.captioner import Captioner
     from fmrilm.retrieval.search import parse_scan_id
     from fmrilm.tokenizer.features import tokenize_betas
     from fmrilm.tokenizer.model import BrainTokenizer
@@ -79,9 +79,9 @@ def answer_question(run_dir, scan_id: str, question: str, max_new_tokens: int = 
     data = TaskData(run / "task_world")
     subject, stimulus = parse_scan_id(data, scan_id)
     tokenizer = BrainTokenizer.from_pretrained(tokenizer_dir, data.atlas_info)
-    model = load_brainlm(model_dir, backbone)
+    captioner = Captioner.load(model_dir, backbone)
     tokens = tokenize_betas(tokenizer, data.mean_betas(subject, [stimulus]))
-    (answer,) = generate(model, [tokens], [VQA_PROMPT.format(question=question)], max_new_tokens=max_new_tokens)
+    (answer,) = captioner.generate([tokens], [VQA_PROMPT.format(question=question)], max_new_tokens=max_new_tokens)
     return {"subject": data.subjects[subject]["subject"], "stimulus": data.stimuli[stimulus]["key"],
             "question": question, "answer": answer, "reference_captions": data.stimuli[stimulus]["captions"]}
 

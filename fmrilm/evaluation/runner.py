@@ -197,7 +197,7 @@ def run_evaluation(cfg: EvalConfig, overwrite: bool = False, progress: bool = Tr
     from fmrilm.evaluation.report import write_markdown
     from fmrilm.evaluation.retrieval_eval import bank_ceiling, retrieval_section
     from fmrilm.evaluation.subject_adaptation import subject_adaptation_section
-    from fmrilm.llm.checkpoint import load_brainlm
+    from fmrilm.retrieval.captioner import Captioner
     from fmrilm.tokenizer.data import dataset_atlas
     from fmrilm.tokenizer.model import BrainTokenizer
 
@@ -215,7 +215,7 @@ def run_evaluation(cfg: EvalConfig, overwrite: bool = False, progress: bool = Tr
         raise InputError(task_path, "clean", "the ideal observer needs simulator ground truth (synthetic data)")
     data.noise_covariance(0)  # the observer's full covariance: a dataset without it is refused before any compute
     tokenizer = BrainTokenizer.from_pretrained(tokenizer_dir, data.atlas_info)
-    model = load_brainlm(model_dir, cfg.backbone or None)
+    captioner = Captioner.load(model_dir, cfg.backbone or None)
     atlas = dataset_atlas(data.atlas_info, task_path)
     # Held-out task subjects are for the adaptation section only: no head is trained or scored on them.
     subjects = [int(i) for i in heldout.splits.task_subject_indices(data.dataset, "train")]
@@ -245,7 +245,7 @@ def run_evaluation(cfg: EvalConfig, overwrite: bool = False, progress: bool = Tr
     row_of = {(int(s), int(m)): i for i, (s, m) in enumerate(zip(test["subject"], test["stimulus"]))}
     rows = np.array([row_of[(int(s), int(m))] for s, m in zip(item_subject, item_stimulus)], np.int64)
     items = task_eval.TaskItems(item_subject, item_stimulus, test["tokens_ids"][rows], data.stimuli)
-    captions, derangements = task_eval.caption_conditions(model, items, cfg, progress)
+    captions, derangements = task_eval.caption_conditions(captioner, items, cfg, progress)
     captions["ridge_decoder"] = [ridge_captions[i] for i in rows]
     position = {int(m): j for j, m in enumerate(test_stim)}
     observed = [observer["choice"][int(s)][position[int(m)]] for s, m in zip(item_subject, item_stimulus)]
@@ -264,7 +264,7 @@ def run_evaluation(cfg: EvalConfig, overwrite: bool = False, progress: bool = Tr
     timings["captioning"] = time.time() - t0
 
     t0 = time.time()
-    vqa, vqa_details = task_eval.vqa_section(model, items, cfg, progress)
+    vqa, vqa_details = task_eval.vqa_section(captioner, items, cfg, progress)
     timings["vqa"] = time.time() - t0
 
     t0 = time.time()
@@ -272,20 +272,21 @@ def run_evaluation(cfg: EvalConfig, overwrite: bool = False, progress: bool = Tr
     shot_tokens = {s: train["tokens_ids"][train["subject"] == s] for s in subjects}
     shot_captions = {s: [data.stimuli[m]["captions"][0] for m in train["stimulus"][train["subject"] == s]]
                      for s in subjects}
-    few_shot = {"in_context": fewshot.in_context(model, few, shot_tokens, shot_captions, cfg.shots, cfg, progress)}
+    few_shot = {"in_context": fewshot.in_context(captioner, few, shot_tokens, shot_captions, cfg.shots, cfg, progress)}
     timings["few_shot"] = time.time() - t0
 
     t0 = time.time()
-    few_shot["subject_adaptation"] = subject_adaptation_section(data, tokenizer, model, heldout, subjects[0],
+    few_shot["subject_adaptation"] = subject_adaptation_section(data, tokenizer, captioner, heldout, subjects[0],
                                                                 heads["brain_embedder_tokens"], cfg, progress)
     timings["subject_adaptation"] = time.time() - t0
 
     t0 = time.time()
-    rest = rest_eval.rest_section(model, tokenizer, heldout, cfg)
+    # rest scans and text-only questions are asked without retrieval: the model alone
+    rest = rest_eval.rest_section(captioner.model, tokenizer, heldout, cfg)
     timings["rest"] = time.time() - t0
 
     t0 = time.time()
-    forgetting = forgetting_section(model)
+    forgetting = forgetting_section(captioner.model)
     timings["forgetting"] = time.time() - t0
 
     report = {"protocol": {"scored_split": heldout.split, "splits": heldout.splits.record(),
@@ -294,9 +295,9 @@ def run_evaluation(cfg: EvalConfig, overwrite: bool = False, progress: bool = Tr
                            "reporting."},
               "items": {"test_stimuli": int(test_stim.size), "subjects": len(subjects), "captioned": len(items),
                         "train_items": int(train["stimulus"].size), "repeats_averaged": n_repeats,
-                        "retrieval_bank": None if model.prompt_retriever is None else {
-                            "captions": len(model.prompt_retriever.captions),
-                            "text_only": model.prompt_retriever.n_text_only}},
+                        "retrieval_bank": None if captioner.retriever is None else {
+                            "captions": len(captioner.retriever.captions),
+                            "text_only": captioner.retriever.n_text_only}},
               "captioning": {k: ({kk: vv for kk, vv in v.items() if kk != "per_item_semscore"}
                                  if isinstance(v, dict) else v) for k, v in captioning.items()},
               "vqa": vqa, "retrieval": retrieval, "zero_shot": zero_shot, "few_shot": few_shot, "rest": rest,
@@ -307,7 +308,7 @@ def run_evaluation(cfg: EvalConfig, overwrite: bool = False, progress: bool = Tr
     vqa_stimulus = np.asarray(vqa_details["stimulus"])[np.unique(vqa_details["item"], return_index=True)[1]]
     report["targets"] = _targets(report, {c: captioning[c]["per_item_semscore"] for c in captioning
                                           if isinstance(captioning[c], dict)}, vqa_hits, item_stimulus, vqa_stimulus)
-    report["examples"] = _examples(model, items, captions, vqa_details, embeddings, test, row_of, cfg)
+    report["examples"] = _examples(captioner, items, captions, vqa_details, embeddings, test, row_of, cfg)
     report["timings_s"] = {k: round(v, 2) for k, v in timings.items()}
     report["brain_map"] = "brain_map.png"
     with atomic_dir(cfg.out, overwrite) as tmp:
@@ -325,7 +326,7 @@ def items_subset(items, n: int):
     return dataclasses.replace(items, subject=items.subject[:n], stimulus=items.stimulus[:n], tokens=items.tokens[:n])
 
 
-def _examples(model, items, captions, vqa_details, embeddings, test, row_of, cfg) -> list[dict]:
+def _examples(captioner, items, captions, vqa_details, embeddings, test, row_of, cfg) -> list[dict]:
     """Worked examples: reference, generated and shuffled captions, one QA, the training captions the
     model's prompt retrieved for the scan (what the LM read), and the scan's nearest test captions in
     the retrieval benchmark (its candidates are the test stimuli)."""
@@ -337,7 +338,7 @@ def _examples(model, items, captions, vqa_details, embeddings, test, row_of, cfg
     for i, key in enumerate(zip(vqa_details["subject"], vqa_details["stimulus"])):
         qa_row.setdefault(key, i)  # an item's first question
     n = min(cfg.n_examples, len(items))
-    prompted = (model.prompt_retriever.neighbours(items.tokens[:n]) if model.prompt_retriever is not None
+    prompted = (captioner.retriever.neighbours(items.tokens[:n]) if captioner.retriever is not None
                 else [None] * n)
     out = []
     for i in range(n):

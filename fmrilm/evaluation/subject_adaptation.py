@@ -73,7 +73,7 @@ def _r2(tokenizer, reconstruction: torch.Tensor, target: np.ndarray) -> float:
     return acc.result()[0]
 
 
-def score_condition(tokenizer, vertices, clean, text, references, model, embedder, cfg, n_items: int) -> dict:
+def score_condition(tokenizer, vertices, clean, text, references, captioner, embedder, cfg, n_items: int) -> dict:
     """Every figure of one (subject, encoders) condition on the test stimuli.
 
     Parameters
@@ -86,7 +86,8 @@ def score_condition(tokenizer, vertices, clean, text, references, model, embedde
         MiniLM embedding of each test stimulus's first caption.
     references : list of list of str
         Reference captions of each test stimulus.
-    model : BrainLM
+    captioner : Captioner
+        The frozen language model and its retriever.
     embedder : BrainEmbedder or None
         The run's brain embedder over token code vectors.
     cfg : EvalConfig
@@ -97,7 +98,6 @@ def score_condition(tokenizer, vertices, clean, text, references, model, embedde
     from fmrilm.evaluation.captions import semscore
     from fmrilm.evaluation.retrieval_metrics import n_way_retrieval
     from fmrilm.evaluation.task_eval import CAPTION_PROMPT
-    from fmrilm.llm.generate import generate
     from fmrilm.tokenizer.features import token_features, tokenize_betas
 
     tokens = tokenize_betas(tokenizer, vertices)
@@ -115,8 +115,8 @@ def score_condition(tokenizer, vertices, clean, text, references, model, embedde
         out[f"top1_{name}"] = result["brain_to_caption"]["top1"]
     out["n_way"], out["chance_top1"] = n_way, 1.0 / n_way
     n = min(n_items, len(tokens))
-    captions = generate(model, [row[None] for row in tokens[:n]], [CAPTION_PROMPT] * n,
-                        max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
+    captions = captioner.generate([row[None] for row in tokens[:n]], [CAPTION_PROMPT] * n,
+                                  max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
     out["semscore"] = semscore(captions, references[:n])["semscore"]
     out["example"] = captions[0]
     return out
@@ -131,7 +131,7 @@ def check_ks(ks, n_available: int, source: str = "adaptation.ks") -> list[int]:
     return ks
 
 
-def subject_adaptation_section(data, tokenizer, model, heldout, reference_subject: int, embedder, cfg,
+def subject_adaptation_section(data, tokenizer, captioner, heldout, reference_subject: int, embedder, cfg,
                                progress: bool = False) -> dict:
     """The adaptation table: k = 0, each adapted k, and a training subject as reference.
 
@@ -140,8 +140,8 @@ def subject_adaptation_section(data, tokenizer, model, heldout, reference_subjec
     data : TaskData
     tokenizer : BrainTokenizer
         The run's shared tokenizer (not modified).
-    model : BrainLM
-        The frozen language model.
+    captioner : Captioner
+        The frozen language model and its retriever.
     heldout : HeldOut
         The corpus splits (train/test stimuli, ``corpus.json``).
     reference_subject : int
@@ -178,7 +178,7 @@ def subject_adaptation_section(data, tokenizer, model, heldout, reference_subjec
                 np.asarray(data.clean(who)[test_stim]) if data.has_ground_truth else None)
 
     def score(tok, test_scans):
-        return score_condition(tok, *test_scans, text, references, model, embedder, cfg, acfg.n_items)
+        return score_condition(tok, *test_scans, text, references, captioner, embedder, cfg, acfg.n_items)
 
     held_scans = scans(subject)
     conditions = {"k=0": score(tokenizer, held_scans)}

@@ -200,15 +200,15 @@ def perturb(scans: np.ndarray, vertices: np.ndarray, alpha: float, sd: np.ndarra
     return out
 
 
-def caption_scans(model, tokenizer, scans: np.ndarray, cfg) -> list[str]:
-    """Greedy captions of `scans` [N, V], re-tokenized with the run's tokenizer: one ``generate()`` call."""
+def caption_scans(captioner, tokenizer, scans: np.ndarray, cfg) -> list[str]:
+    """Greedy captions of `scans` [N, V], re-tokenized with the run's tokenizer: one ``generate()`` call
+    of the run's captioner (its retriever, if any, retrieves from the perturbed scans' tokens too)."""
     from fmrilm.evaluation.task_eval import CAPTION_PROMPT
-    from fmrilm.llm.generate import generate
     from fmrilm.tokenizer.features import tokenize_betas
 
     tokens = tokenize_betas(tokenizer, scans)
-    return generate(model, [t[None] for t in tokens], [CAPTION_PROMPT] * len(tokens),
-                    max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
+    return captioner.generate([t[None] for t in tokens], [CAPTION_PROMPT] * len(tokens),
+                              max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
 
 
 def observer_choice(scans: np.ndarray, clean: np.ndarray, variance: np.ndarray, factor: np.ndarray | None,
@@ -308,7 +308,7 @@ def run_stimulation(cfg: StimulationConfig, overwrite: bool = False, progress: b
     from fmrilm.config import save_config
     from fmrilm.corpus.heldout import load_heldout
     from fmrilm.io import atomic_dir, write_json
-    from fmrilm.llm.checkpoint import load_brainlm
+    from fmrilm.retrieval.captioner import Captioner
     from fmrilm.stimulation.patches import describe_patch, select_patches
     from fmrilm.stimulation.plotting import plot_dose_response, plot_vertices
     from fmrilm.stimulation.statistics import CONFIDENCE
@@ -345,7 +345,7 @@ def run_stimulation(cfg: StimulationConfig, overwrite: bool = False, progress: b
     n_repeats = int(data.trial_repeat.max()) + 1
     candidate_names = np.array([concept_rate(data.stimuli[m]["captions"], words) > 0 for m in candidates])
     tokenizer = BrainTokenizer.from_pretrained(tokenizer_dir, data.atlas_info)
-    model = load_brainlm(model_dir, cfg.backbone or None)
+    captioner = Captioner.load(model_dir, cfg.backbone or None)
     stimuli = scan_rng.permutation(pool)[: cfg.n_scans]
     scans = data.mean_betas(cfg.subject, stimuli)
     sd = scans.std(0)
@@ -360,7 +360,7 @@ def run_stimulation(cfg: StimulationConfig, overwrite: bool = False, progress: b
     alphas = sorted({float(a) for a in cfg.alphas})
 
     readouts, seconds = _read_out(
-        scans, sd, blocks, alphas, caption=lambda batch: caption_scans(model, tokenizer, batch, cfg),
+        scans, sd, blocks, alphas, caption=lambda batch: caption_scans(captioner, tokenizer, batch, cfg),
         decode=lambda batch: observer_choice(batch, clean, variance, factor, n_repeats),
         score=lambda captions: embed_texts(captions) @ probe, progress=progress)
 
