@@ -41,6 +41,7 @@ import torch
 from fmrilm.brain.atlas import Atlas
 from fmrilm.config import load_config
 from fmrilm.corpus.build import CorpusConfig, build_corpus
+from fmrilm.corpus.reader import read_split
 from fmrilm.corpus.toy import write_toy_inputs
 from fmrilm.engine import EngineConfig, TrainEngine, cosine_with_warmup
 from fmrilm.llm.formatting import collate
@@ -88,7 +89,7 @@ def build(world: dict, phase: int = 1, quantize: bool = False):
         cfg.llm.lora = load_config(InstructStageConfig, "instruct_demo").add_lora
         cfg.llm.lora.quantize_4bit = quantize
     model = joint.build_model(cfg)
-    samples, _ = lm_common.read_split(cfg.corpus, "train", cfg.tasks, progress=False)
+    samples, _ = read_split(cfg.corpus, "train", cfg.tasks, progress=False)
     encoded = lm_common.encode_samples(samples, joint.joint_encoder(model, 0, cfg.text_to_brain_fraction,
                                                                     len(samples)), model.max_length, progress=False)
     return model, encoded, cfg
@@ -178,7 +179,7 @@ def generation_latency(world: dict, n: int = 8, new_tokens: int = 24) -> dict:
     from fmrilm.llm.generate import generate
 
     model, _, cfg = build(world, phase=2)
-    samples, _ = lm_common.read_split(cfg.corpus, "val", ["caption"], progress=False)
+    samples, _ = read_split(cfg.corpus, "val", ["caption"], progress=False)
     samples = samples[:n]
     prompts = [s["json"]["prompt"] for s in samples]
     tokens = [np.asarray(s["tokens.npy"]).astype(np.int64) for s in samples]

@@ -23,6 +23,10 @@ sides, e.g. ``runs/x/instruct/…/stage.json: field 'tokenizer.fingerprint': mod
 of tokenizer runs/x/tokenizer/… (fingerprint 3f2a…); the tokenizer given is runs/y/… (fingerprint
 9c01…)``. A record an artifact does not have (a model saved by hand has no ``stage.json``) is not
 compared.
+
+Artifact directories may be given directly or as a stage's parent directory (``runs/demo/instruct``
+holding one ``stage3_instruct-*`` export; ``runs/demo/tokenizer`` holding one ``tokenizer_*``):
+:func:`resolve_model_dir`, :func:`resolve_tokenizer_dir`.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from fmrilm.errors import InputError
 from fmrilm.io import portable_path, read_json, recorded_path
 
 TOKENIZER_FORMAT = "fmrilm-brain-tokenizer"
+RETRIEVER_DIR = "retriever"  # a captioner's retriever, inside the model export it prompts for
 STAGE_FILE = "stage.json"  # written last into every LM stage export: its presence marks a finished stage
 # The keys of stage.json that hold paths: the backbone a stage 0 recorded, the export a stage
 # started from, the search indexes its retriever came from, its tokenizer and splits files.
@@ -253,7 +258,7 @@ class _ModelRecord:
     def read(cls, model_dir) -> _ModelRecord:
         path = Path(model_dir)
         stage = read_stage_record(path) if (path / STAGE_FILE).is_file() else {}
-        retriever = path / "retriever" / "retriever.json"
+        retriever = path / RETRIEVER_DIR / "retriever.json"
         return cls(path, read_json(path / "brainlm.json"), stage, read_json(retriever) if retriever.is_file() else None)
 
     def _trained_on(self) -> str:
@@ -271,7 +276,7 @@ class _ModelRecord:
                              f"model reads and writes {codebook} brain token ids; the tokenizer given is {tokenizer} "
                              f"with {tokenizer.vocab_size}: a model of another tokenizer")
         if self.retriever is not None and self.retriever.get("tokens_per_scan") != tokenizer.tokens_per_scan:
-            raise InputError(self.path / "retriever" / "retriever.json", "tokens_per_scan",
+            raise InputError(self.path / RETRIEVER_DIR / "retriever.json", "tokens_per_scan",
                              f"the model's retriever reads {self.retriever.get('tokens_per_scan')} tokens per scan; "
                              f"the tokenizer given is {tokenizer} with {tokenizer.tokens_per_scan}")
 
@@ -291,3 +296,26 @@ class _ModelRecord:
         if search is not None and search.is_file():
             out.append((read_json(search).get("splits"), f"the model's retriever {search.parent}", search, "splits"))
         return out
+
+
+# ------------------------------------------------------------------ finding an artifact
+def resolve_artifact(path, marker: str, pattern: str, what: str) -> Path:
+    """`path` itself if it holds `marker`, else its single newest child matching `pattern` that does."""
+    path = Path(path)
+    if (path / marker).is_file():
+        return path
+    found = sorted(p for p in path.glob(pattern) if (p / marker).is_file()) if path.is_dir() else []
+    if not found:
+        raise InputError(path, what, f"no {marker} here nor in a {pattern} subdirectory")
+    # Export names end in the step number (step000300), so the last in sorted order is the newest.
+    return found[-1]
+
+
+def resolve_model_dir(path) -> Path:
+    """A BrainLM directory (``brainlm.json``), given it or the stage directory holding exports."""
+    return resolve_artifact(path, "brainlm.json", "stage3_instruct-*", "model")
+
+
+def resolve_tokenizer_dir(path) -> Path:
+    """A brain tokenizer directory (``config.json`` + weights), given it or its stage directory."""
+    return resolve_artifact(path, "model.safetensors", "tokenizer_*", "tokenizer")

@@ -221,7 +221,7 @@ def test_ask_answers_about_one_scan(tiny_run, capsys):
     assert result["subject"] == "sub-01" and result["stimulus"] == "stim-000003"
     assert isinstance(result["answer"], str)
     from fmrilm.brain.task_data import TaskData
-    from fmrilm.evaluation.commands import parse_scan_id
+    from fmrilm.retrieval.search import parse_scan_id
 
     data = TaskData(tiny_run / "task_world")
     assert parse_scan_id(data, "1/5") == (1, 5)

@@ -28,34 +28,37 @@ def test_every_configured_stage_ran_in_order_and_left_an_artifact(tiny_run):
     corpus = json.loads((run_dir / "corpus" / "corpus.json").read_text())
     assert corpus["tokenizer"]["fingerprint"]  # one tokenizer for task and rest tokens
     # stage 3 trained with retrieval-augmented prompts; its export carries the retriever, which
-    # load_brainlm restores, so the evaluation also scores the ablation without it
+    # Captioner.load restores beside the model, so the evaluation also scores the ablation without it
     assert (Path(state["instruct"]) / "retriever" / "retriever.json").is_file()
     report = json.loads((Path(state["evaluation"]) / "report.json").read_text())
     assert {"no_retrieval", "retrieved_caption"} <= set(report["captioning"]["conditions"])
 
 
 def test_retrieved_captions_prefix_task_scans_only(tiny_run):
-    from fmrilm.llm.checkpoint import load_brainlm
+    from fmrilm.corpus.reader import read_split
     from fmrilm.llm.generate import generate
     from fmrilm.retrieval.caption_prompts import PREFIX
-    from fmrilm.stages import lm_common
+    from fmrilm.retrieval.captioner import Captioner
     from fmrilm.stages.instruct import instruction_encoder
 
     _, run_dir, _ = tiny_run
     state = read_state(run_dir)
-    model = load_brainlm(state["instruct"])
-    samples, _ = lm_common.read_split(state["corpus"], "train", ["caption", "phenotype"], progress=False)
+    captioner = Captioner.load(state["instruct"])
+    model = captioner.model
+    assert not hasattr(model, "prompt_retriever")  # the LM knows nothing of retrieval
+    samples, _ = read_split(state["corpus"], "train", ["caption", "phenotype"], progress=False)
     task = next(s for s in samples if s["json"]["source"] == "task" and not s["json"]["shots"])
     rest = next(s for s in samples if s["json"]["source"] == "rest" and not s["json"]["shots"])
-    encode = instruction_encoder(model, [task, rest])
+    encode = instruction_encoder(captioner, [task, rest])
     prompts = [model.tokenizer.decode([t for t in encode(s, i)["input_ids"] if t < model.vocab.n_text])
                for i, s in enumerate([task, rest])]
     assert PREFIX.strip() in prompts[0] and PREFIX.strip() not in prompts[1]
-    # generation: retrieve=False prompts exactly as a model without a retriever does
-    scan = [task["tokens.npy"]]
-    plain = generate(model, scan, [task["json"]["prompt"]], max_new_tokens=5, retrieve=False)
-    model.prompt_retriever = None
-    assert plain == generate(model, scan, [task["json"]["prompt"]], max_new_tokens=5)
+    # generation: retrieve=False prompts exactly as the model alone does, retrieve=True with the prefix
+    scan, prompt = [task["tokens.npy"]], task["json"]["prompt"]
+    plain = captioner.generate(scan, [prompt], retrieve=False, max_new_tokens=5)
+    assert plain == generate(model, scan, [prompt], max_new_tokens=5)
+    (augmented,) = captioner.prompts(scan, [prompt])[1]
+    assert augmented.startswith(PREFIX) and captioner.prompts(scan, [prompt], retrieve=False)[1] == [prompt]
 
 
 def test_every_fitted_component_obeys_the_one_splits_file(tiny_run):
@@ -63,8 +66,8 @@ def test_every_fitted_component_obeys_the_one_splits_file(tiny_run):
     saw no test stimulus, no held-out subject and no held-out caption."""
     from fmrilm.brain.splits import read_splits
     from fmrilm.brain.store import Dataset
-    from fmrilm.evaluation.heldout import load_heldout
-    from fmrilm.stages import lm_common
+    from fmrilm.corpus.heldout import load_heldout
+    from fmrilm.corpus.reader import read_split
 
     _, run_dir, _ = tiny_run
     state = read_state(run_dir)
@@ -85,8 +88,7 @@ def test_every_fitted_component_obeys_the_one_splits_file(tiny_run):
     # val/test caption among the training texts, which do name the novel categories (text scenes)
     corpus = json.loads((Path(state["corpus"]) / "corpus.json").read_text())
     assert corpus["run_splits"]["sha256"] == splits.sha256
-    samples, _ = lm_common.read_split(state["corpus"], "train", ("caption", "vqa", "describe", "text"),
-                                      progress=False)
+    samples, _ = read_split(state["corpus"], "train", ("caption", "vqa", "describe", "text"), progress=False)
     brain = [s["json"] for s in samples if s["json"]["task"] != "text"]
     assert brain and all(splits.stimuli[stimuli[m["stimulus"]]["key"]] == "train" for m in brain
                          if m["stimulus"] is not None)
@@ -165,9 +167,9 @@ def test_lm_records_point_into_their_run_relatively_and_follow_it_when_moved(tin
     checks, loads, searches and answers from its own artifacts."""
     from fmrilm.artifacts import check_compatible, read_corpus_record
     from fmrilm.cli import main as cli
-    from fmrilm.evaluation.heldout import load_heldout
-    from fmrilm.llm.checkpoint import load_brainlm
+    from fmrilm.corpus.heldout import load_heldout
     from fmrilm.retrieval.caption_prompts import CaptionRetriever
+    from fmrilm.retrieval.captioner import Captioner
     from fmrilm.retrieval.search import embed_scan
     from fmrilm.stages import lm_common
 
@@ -200,9 +202,9 @@ def test_lm_records_point_into_their_run_relatively_and_follow_it_when_moved(tin
         assert list(load_heldout(at["corpus"]).test_stimuli)  # its recorded splits and task world
         assert embed_scan(at["retrieval"], "0/0").shape == (1, 384)
         assert CaptionRetriever.from_search_dir(at["retrieval"]).source == str(at["retrieval"].resolve())
-        model = load_brainlm(at["instruct"])
-        assert Path(model.base_identity["path"]) == at["backbone"].resolve()
-        assert Path(model.prompt_retriever.source) == at["retrieval"].resolve()
+        captioner = Captioner.load(at["instruct"])
+        assert Path(captioner.model.base_identity["path"]) == at["backbone"].resolve()
+        assert Path(captioner.retriever.source) == at["retrieval"].resolve()
         assert cli(["ask", "--run", str(moved), "--scan", "0/0", "--max-new-tokens", "2", "--json", "What?"]) == 0
         assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["answer"] is not None
     finally:

@@ -10,8 +10,9 @@ from types import SimpleNamespace
 import pytest
 from test_evaluation_runner import build_tiny_run
 
+from fmrilm.artifacts import resolve_model_dir, resolve_tokenizer_dir
+from fmrilm.corpus.heldout import load_heldout
 from fmrilm.errors import InputError
-from fmrilm.evaluation.heldout import load_heldout, resolve_model_dir, resolve_tokenizer_dir
 from fmrilm.evaluation.rest_eval import phenotype_section, real_run_temporal, real_run_tokens, rest_section
 from fmrilm.io import write_json
 from fmrilm.pipeline import STAGES, load_pipeline_config

@@ -287,8 +287,10 @@ def test_continuous_brain_input_reads_the_corpus_latents_in_stages_2_and_3(world
     """fMRI-LM's input: stages 2 and 3 feed the tokens datasets' encoder outputs, looked up by each sample's
     scan references (rest tokens without latents read codes); a corpus without any latents is refused."""
     from fmrilm.brain.store import Dataset
+    from fmrilm.corpus.reader import read_split
     from fmrilm.llm.checkpoint import load_brainlm
     from fmrilm.llm.formatting import collate
+    from fmrilm.retrieval.captioner import Captioner
 
     paths = write_toy_inputs(tmp_path / "inputs", Atlas.schaefer(100), latent_dim=16)  # the fake tokenizer's width
     build_corpus(load_config(CorpusConfig, "corpus_tiny", [f"{k}={v}" for k, v in paths.items()]),
@@ -303,7 +305,7 @@ def test_continuous_brain_input_reads_the_corpus_latents_in_stages_2_and_3(world
 
     model = load_brainlm(stage3)
     store = lm_common.scan_latents(model, tmp_path / "corpus")
-    samples, _ = lm_common.read_split(tmp_path / "corpus", "train", ["caption", "temporal"], progress=False)
+    samples, _ = read_split(tmp_path / "corpus", "train", ["caption", "temporal"], progress=False)
     task = next(s for s in samples if s["json"]["source"] == "task")
     rest = next(s for s in samples if s["json"]["source"] == "rest")
     trials = [ref[1] for ref in task["json"]["scans"]]
@@ -311,7 +313,7 @@ def test_continuous_brain_input_reads_the_corpus_latents_in_stages_2_and_3(world
     np.testing.assert_array_equal(task["tokens.npy"], tokens_ds.array("tokens")[trials])
     np.testing.assert_array_equal(store.lookup(task["json"]["scans"], "t"), tokens_ds.array("latents")[trials])
     assert store.lookup(rest["json"]["scans"], "r") is None
-    item = {**instruct.instruction_encoder(model, [task])(task, 0), "scans": task["json"]["scans"]}
+    item = {**instruct.instruction_encoder(Captioner(model), [task])(task, 0), "scans": task["json"]["scans"]}
     with_latents = collate([item], model.tokenizer.eos_token_id, None, store)
     assert int(with_latents["brain_latent_count"][0]) == task["tokens.npy"].size
     with torch.no_grad():

@@ -27,23 +27,23 @@ def _config(run, out, **extra) -> StimulationConfig:
 
 
 def test_alpha_zero_reproduces_the_unperturbed_output(tiny_run, tmp_path):
+    from fmrilm.artifacts import resolve_model_dir, resolve_tokenizer_dir
     from fmrilm.brain.task_data import TaskData
-    from fmrilm.evaluation.heldout import resolve_model_dir, resolve_tokenizer_dir, tokenize_betas
     from fmrilm.evaluation.task_eval import CAPTION_PROMPT
-    from fmrilm.llm.checkpoint import load_brainlm
-    from fmrilm.llm.generate import generate
+    from fmrilm.retrieval.captioner import Captioner
     from fmrilm.stimulation.experiment import caption_scans, perturb
+    from fmrilm.tokenizer.features import tokenize_betas
     from fmrilm.tokenizer.model import BrainTokenizer
 
     cfg = _config(tiny_run, tmp_path / "unused")
     data = TaskData(tiny_run / "task_world")
     tokenizer = BrainTokenizer.from_pretrained(resolve_tokenizer_dir(tiny_run / "tokenizer"))
-    model = load_brainlm(resolve_model_dir(tiny_run / "instruct"))
+    captioner = Captioner.load(resolve_model_dir(tiny_run / "instruct"))
     scans = data.mean_betas(0, [1, 4, 7])
-    plain = generate(model, [t[None] for t in tokenize_betas(tokenizer, scans)], [CAPTION_PROMPT] * 3,
-                     max_new_tokens=cfg.max_new_tokens)
+    plain = captioner.generate([t[None] for t in tokenize_betas(tokenizer, scans)], [CAPTION_PROMPT] * 3,
+                               max_new_tokens=cfg.max_new_tokens)
     vertices, sd = np.arange(0, 2000, 7), scans.std(0)
-    assert caption_scans(model, tokenizer, perturb(scans, vertices, 0.0, sd), cfg) == plain
+    assert caption_scans(captioner, tokenizer, perturb(scans, vertices, 0.0, sd), cfg) == plain
     # A large perturbation changes only the patch, and does change what the tokenizer sees.
     big = perturb(scans, vertices, 50.0, sd)
     outside = np.setdiff1d(np.arange(scans.shape[1]), vertices)
@@ -85,7 +85,7 @@ def test_stimulate_cli_writes_dose_response_observer_and_surface_map(tiny_run, t
     assert all(np.isfinite(d["probe_semscore"]) for c in lm.values() for d in c["doses"])
     decoded = observer["control_patches"]["doses"][-1]["decoded_stimuli"]
     assert np.array(decoded).shape == (n_patches, n_control)
-    from fmrilm.evaluation.heldout import load_heldout
+    from fmrilm.corpus.heldout import load_heldout
 
     assert set(np.ravel(decoded)) <= set(load_heldout(tiny_run / "corpus").train_stimuli.tolist())
     assert summary["cost"]["generate_calls"] == 2

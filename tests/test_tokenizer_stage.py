@@ -52,6 +52,15 @@ def cli(argv) -> int:
         fmrilm.cli.COMMAND_MODULES = modules
 
 
+def test_tokenizer_train_verb_runs_stage_1_in_this_process():
+    """`fmrilm tokenizer train` is wired by the stages' command module (the tokenizer package sits below it)."""
+    from fmrilm.stages import commands
+
+    args = fmrilm.cli.build_parser().parse_args(["tokenizer", "train", "--config", "tokenizer_tiny", "--set", "a=1"])
+    assert args.handler is commands._train_tokenizer and (args.config, args.set) == ("tokenizer_tiny", ["a=1"])
+    assert fmrilm.cli.build_parser().parse_args(["tokenizer", "train"]).config == "tokenizer_demo"
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("stage")

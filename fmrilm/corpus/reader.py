@@ -17,6 +17,9 @@ Stages (``webdataset.DataPipeline``):
 >>> for batch in corpus_loader(stream, num_workers=2, batch_size=32):
 ...     batch[0]["tokens.npy"], batch[0]["json"]["prompt"]
 >>> stream.skipped.shards   # log this
+
+:func:`read_split` reads a whole split into memory through the same shard reader and decoder (the LM
+stages, whose every rank holds its split, and the held-out set of the evaluation).
 """
 
 from __future__ import annotations
@@ -32,11 +35,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import webdataset as wds
+from tqdm import tqdm
 from webdataset.gopen import gopen
 from webdataset.tariterators import group_by_keys
 from webdataset.utils import pytorch_worker_info
 
 from fmrilm.corpus.shards import decode_tokens, load_manifest, tar_members
+from fmrilm.engine import EngineConfig
 from fmrilm.errors import InputError
 
 TAR_BLOCK = 512
@@ -247,3 +252,29 @@ def corpus_stream(corpus_dir, split: str, *, shuffle_buffer: int = 1000, resampl
     if epoch_length:
         stages.append(TakePerRank(epoch_length))
     return CorpusStream(wds.DataPipeline(*stages), manifest, counter, order)
+
+
+def read_split(corpus_dir, split: str, tasks, verify: bool = True, progress: bool = True,
+               max_skipped: float = EngineConfig.max_skipped_shards) -> tuple[list[dict], SkipCounter]:
+    """All samples of `split` whose task is in `tasks`, in manifest order, plus the skip counter.
+
+    Uses the corpus reader's shard reader and decoder, so a corrupt or truncated shard is skipped
+    whole with a warning and counted (log ``counter.shards``), exactly as in streaming mode; more
+    than the fraction `max_skipped` of the split's shards skipped is an InputError.
+    """
+    corpus_dir = Path(corpus_dir)
+    manifest = load_manifest(corpus_dir, split)
+    counter = SkipCounter()
+    reader = ShardReader({s["name"]: s["sha256"] for s in manifest["shards"]}, counter, verify)
+    urls = tqdm([{"url": str(corpus_dir / s["name"])} for s in manifest["shards"]], desc=f"reading {split}",
+                unit="shard", disable=not progress)
+    tasks = set(tasks)
+    samples = [s for s in Decode(counter)(reader(iter(urls))) if s["json"]["task"] in tasks]
+    n_shards = len(manifest["shards"])
+    if counter.shards > max_skipped * n_shards:
+        raise InputError(corpus_dir, split, f"{counter.shards} of {n_shards} shards unreadable (corrupt, truncated "
+                                            f"or missing), more than engine.max_skipped_shards={max_skipped}: "
+                                            f"rebuild the corpus, or raise the limit")
+    if not samples:
+        raise InputError(corpus_dir, split, f"no readable samples of tasks {sorted(tasks)}")
+    return samples, counter

@@ -52,39 +52,22 @@ def _eval(args) -> int:
     return 0
 
 
-def parse_scan_id(data, scan_id: str) -> tuple[int, int]:
-    """(subject row, stimulus row) of ``SUBJECT/STIMULUS`` in a TaskData (see module docstring)."""
-    from fmrilm.errors import InputError
-
-    parts = scan_id.split("/")
-    if len(parts) != 2:
-        raise InputError("--scan", "format", f"{scan_id!r}; expected SUBJECT/STIMULUS, e.g. sub-01/stim-000012")
-    subject_text, stimulus_text = parts
-    subject = data.subject_index(int(subject_text) if subject_text.isdigit() else subject_text)
-    keys = {row["key"]: i for i, row in enumerate(data.stimuli)}
-    if stimulus_text.isdigit() and int(stimulus_text) < len(data.stimuli):
-        return subject, int(stimulus_text)
-    if stimulus_text not in keys:
-        raise InputError("--scan", "stimulus", f"{stimulus_text!r} is neither a stimulus key nor a row "
-                         f"(0..{len(data.stimuli) - 1})")
-    return subject, keys[stimulus_text]
-
-
 def answer_question(run_dir, scan_id: str, question: str, max_new_tokens: int = 32, backbone=None) -> dict:
     """Answer `question` about scan `scan_id` of the run in `run_dir` (VQA prompt of the corpus).
 
     `backbone` re-points a LoRA model at its base checkpoint (:func:`fmrilm.llm.checkpoint.load_brainlm`).
+    The run's captioner answers: the model, prompted through its retriever as in training.
     """
     from pathlib import Path
 
-    from fmrilm.artifacts import check_compatible
+    from fmrilm.artifacts import check_compatible, resolve_model_dir, resolve_tokenizer_dir
     from fmrilm.brain.task_data import TaskData
     from fmrilm.errors import InputError
-    from fmrilm.evaluation.heldout import encode_betas, resolve_model_dir, resolve_tokenizer_dir
     from fmrilm.evaluation.task_eval import VQA_PROMPT
     from fmrilm.io import read_json
-    from fmrilm.llm.checkpoint import load_brainlm
-    from fmrilm.llm.generate import generate
+    from fmrilm.retrieval.captioner import Captioner
+    from fmrilm.retrieval.search import parse_scan_id
+    from fmrilm.tokenizer.features import encode_betas
     from fmrilm.tokenizer.model import BrainTokenizer
 
     run = Path(run_dir)
@@ -96,10 +79,10 @@ def answer_question(run_dir, scan_id: str, question: str, max_new_tokens: int = 
     data = TaskData(run / "task_world")
     subject, stimulus = parse_scan_id(data, scan_id)
     tokenizer = BrainTokenizer.from_pretrained(tokenizer_dir, data.atlas_info)
-    model = load_brainlm(model_dir, backbone)
+    captioner = Captioner.load(model_dir, backbone)
     tokens, latents = encode_betas(tokenizer, data.mean_betas(subject, [stimulus]))
-    (answer,) = generate(model, [tokens], [VQA_PROMPT.format(question=question)], max_new_tokens=max_new_tokens,
-                         brain_latents=[latents] if model.llm_config.brain_input == "continuous" else None)
+    (answer,) = captioner.generate([tokens], [VQA_PROMPT.format(question=question)], max_new_tokens=max_new_tokens,
+                                   brain_latents=[latents] if captioner.reads_latents else None)
     return {"subject": data.subjects[subject]["subject"], "stimulus": data.stimuli[stimulus]["key"],
             "question": question, "answer": answer, "reference_captions": data.stimuli[stimulus]["captions"]}
 

@@ -7,10 +7,11 @@ In-context: each query item's prompt is prefixed with k examples (scan + referen
 zero-shot score on the same items. A k whose prompts do not fit the model's context is reported as
 such rather than truncated.
 
-A model with a prompt retriever prefixes the query of every prompt, k-shot or not, with its scan's
-retrieved captions (:mod:`fmrilm.retrieval.caption_prompts`), so every k is scored twice: with
-retrieval (the model as deployed) and without it, and the change from k = 0 to k ≥ 1 is the
-examples' effect under either, not a lost prefix.
+A captioner with a retriever (:class:`~fmrilm.retrieval.captioner.Captioner`) prefixes the query of
+every prompt, k-shot or not, with its scan's retrieved captions
+(:mod:`fmrilm.retrieval.caption_prompts`), so every k is scored twice: with retrieval (the model as
+deployed) and without it, and the change from k = 0 to k ≥ 1 is the examples' effect under either,
+not a lost prefix.
 """
 
 from __future__ import annotations
@@ -21,10 +22,9 @@ from fmrilm.corpus.phrasing import with_shots
 from fmrilm.errors import InputError
 from fmrilm.evaluation.captions import semscore
 from fmrilm.evaluation.task_eval import CAPTION_PROMPT, TaskItems
-from fmrilm.llm.generate import generate
 
 
-def in_context(model, items: TaskItems, shot_tokens: dict, shot_captions: dict, ks, cfg,
+def in_context(captioner, items: TaskItems, shot_tokens: dict, shot_captions: dict, ks, cfg,
                progress: bool = False, shot_latents: dict | None = None) -> dict:
     """Caption SemScore with k in-context examples, for each k in `ks`.
 
@@ -64,18 +64,18 @@ def in_context(model, items: TaskItems, shot_tokens: dict, shot_captions: dict, 
             if items.latents is not None and shot_latents is not None:
                 latents.append(np.concatenate([shot_latents[int(s)][chosen], items.latents[i][None]]))
         scans = (tokens, latents or None)
-        retrieval = model.prompt_retriever is not None
-        out[str(k)] = _score(model, scans, prompts, references, retrieval, cfg, progress)
+        retrieval = captioner.retriever is not None
+        out[str(k)] = _score(captioner, scans, prompts, references, retrieval, cfg, progress)
         if retrieval:
-            out[str(k)]["no_retrieval"] = _score(model, scans, prompts, references, False, cfg, progress)
+            out[str(k)]["no_retrieval"] = _score(captioner, scans, prompts, references, False, cfg, progress)
     return out
 
 
-def _score(model, scans, prompts, references, retrieve: bool, cfg, progress) -> dict:
+def _score(captioner, scans, prompts, references, retrieve: bool, cfg, progress) -> dict:
     """SemScore of greedy captions of the prompts, or a skip reason when they do not fit the context."""
     try:
-        captions = generate(model, scans[0], prompts, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
-                            progress=progress, retrieve=retrieve, brain_latents=scans[1])
+        captions = captioner.generate(scans[0], prompts, retrieve, max_new_tokens=cfg.max_new_tokens,
+                                      batch_size=cfg.batch_size, progress=progress, brain_latents=scans[1])
     except InputError as err:
         return {"status": "skipped", "reason": str(err), "retrieval": retrieve}
     result = semscore(captions, references)

@@ -89,7 +89,7 @@ def forgetting_section(model, max_new_tokens: int = 16) -> dict:
         nll, count = text_nll(lambda ids: model.text_logits(model.hidden_states(ids)[0]), model.tokenizer,
                               data["texts"])
         answers = generate(model, [None] * len(data["prompts"]), [p["question"] for p in data["prompts"]],
-                           max_new_tokens=max_new_tokens, retrieve=False)
+                           max_new_tokens=max_new_tokens)
     finally:
         model.train(was_training)
     out["adapted"] = {"perplexity": math.exp(nll / count), "tokens": count, "answers": answers,

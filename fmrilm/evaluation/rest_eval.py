@@ -90,14 +90,14 @@ def phenotype_section(model, samples: list, rest: Dataset, excluded: set, cfg) -
             # a whole number of years below 100: at most two single-digit pieces (the numeric analogue
             # of choose_answer; free text made the compact LM run on, "755", "7777")
             answers = generate(model, tokens, prompts, max_new_tokens=2, batch_size=cfg.batch_size,
-                               allowed_tokens=number_tokens(model.tokenizer), retrieve=False)
+                               allowed_tokens=number_tokens(model.tokenizer))
             fallback = float(np.median([r["age"] for r in rows if r.get("age") is not None]))
             parsed = [_number(a) for a in answers]
             for s, value in zip(items, parsed):
                 per_subject[s["json"]["subject"]].append(fallback if value is None else value)
         else:
             choices = [s["json"]["choices"] for s in items]
-            answers, log_likelihoods = choose_answer(model, tokens, prompts, choices, retrieve=False)
+            answers, log_likelihoods = choose_answer(model, tokens, prompts, choices)
             for s, a, c, ll in zip(items, answers, choices, log_likelihoods):
                 per_subject[s["json"]["subject"]].append(a)
                 positive[s["json"]["subject"]].append(_positive_probability(c, ll, name))

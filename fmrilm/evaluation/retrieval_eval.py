@@ -5,7 +5,7 @@ Heads trained on the training stimuli (every subject, repeats averaged), scored 
 - ``brain_embedder_tokens``: :func:`~fmrilm.retrieval.brain_embedder.train_brain_embedder` on the
   code vectors of the discrete brain tokens;
 - ``continuous_tokens``: the same head on the pre-quantization encodings (the CorText-style
-  ablation, :mod:`fmrilm.evaluation.continuous_ablation`);
+  ablation, :func:`fmrilm.tokenizer.features.continuous_features`);
 - ``ridge``: the field's linear decoder, ridge from vertex activity to MiniLM caption embeddings
   (:class:`~fmrilm.evaluation.baselines.RidgeCaptionDecoder`), which also gives the ridge captions
   (nearest caption of the training bank).

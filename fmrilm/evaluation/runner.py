@@ -114,9 +114,8 @@ def _pick_items(test_stimuli, stimuli, subjects, cfg) -> tuple[np.ndarray, np.nd
 def _features(data, tokenizer, subjects, stimuli_of, limit=None):
     """Averaged scans of each subject's stimuli (at most `limit` per subject) → token ids, token code
     vectors, continuous encodings, vertices and caption embeddings."""
-    from fmrilm.evaluation.continuous_ablation import continuous_features, token_features
-    from fmrilm.evaluation.heldout import encode_betas
     from fmrilm.textembed import embed_texts
+    from fmrilm.tokenizer.features import continuous_features, encode_betas, token_features
 
     rows = [(s, int(m)) for s in subjects for m in list(stimuli_of(s))[:limit]]
     subject = np.array([r[0] for r in rows], np.int64)
@@ -192,17 +191,17 @@ def run_evaluation(cfg: EvalConfig, overwrite: bool = False, progress: bool = Tr
     Every input is opened and checked before anything is written; the output directory appears
     only when complete. Returns the report dict (``report.json``).
     """
-    from fmrilm.artifacts import check_compatible
+    from fmrilm.artifacts import check_compatible, resolve_model_dir, resolve_tokenizer_dir
     from fmrilm.brain.task_data import TaskData
+    from fmrilm.corpus.heldout import load_heldout
     from fmrilm.evaluation import fewshot, rest_eval, task_eval
     from fmrilm.evaluation.captions import MeteorScorer
     from fmrilm.evaluation.forgetting import forgetting_section
-    from fmrilm.evaluation.heldout import load_heldout, resolve_model_dir, resolve_tokenizer_dir
     from fmrilm.evaluation.ideal_observer import ideal_observer
     from fmrilm.evaluation.report import write_markdown
     from fmrilm.evaluation.retrieval_eval import bank_ceiling, retrieval_section
     from fmrilm.evaluation.subject_adaptation import subject_adaptation_section
-    from fmrilm.llm.checkpoint import load_brainlm
+    from fmrilm.retrieval.captioner import Captioner
     from fmrilm.tokenizer.data import dataset_atlas
     from fmrilm.tokenizer.model import BrainTokenizer
 
@@ -220,7 +219,7 @@ def run_evaluation(cfg: EvalConfig, overwrite: bool = False, progress: bool = Tr
         raise InputError(task_path, "clean", "the ideal observer needs simulator ground truth (synthetic data)")
     data.noise_covariance(0)  # the observer's full covariance: a dataset without it is refused before any compute
     tokenizer = BrainTokenizer.from_pretrained(tokenizer_dir, data.atlas_info)
-    model = load_brainlm(model_dir, cfg.backbone or None)
+    captioner = Captioner.load(model_dir, cfg.backbone or None)
     atlas = dataset_atlas(data.atlas_info, task_path)
     # Held-out task subjects are for the adaptation section only: no head is trained or scored on them.
     subjects = [int(i) for i in heldout.splits.task_subject_indices(data.dataset, "train")]
@@ -249,10 +248,10 @@ def run_evaluation(cfg: EvalConfig, overwrite: bool = False, progress: bool = Tr
     item_subject, item_stimulus = _pick_items(test_stim, data.stimuli, subjects, cfg)
     row_of = {(int(s), int(m)): i for i, (s, m) in enumerate(zip(test["subject"], test["stimulus"]))}
     rows = np.array([row_of[(int(s), int(m))] for s, m in zip(item_subject, item_stimulus)], np.int64)
-    continuous = model.llm_config.brain_input == "continuous"
+    continuous = captioner.reads_latents
     items = task_eval.TaskItems(item_subject, item_stimulus, test["tokens_ids"][rows], data.stimuli,
                                 test["latents"][rows] if continuous else None)
-    captions, derangements = task_eval.caption_conditions(model, items, cfg, progress)
+    captions, derangements = task_eval.caption_conditions(captioner, items, cfg, progress)
     captions["ridge_decoder"] = [ridge_captions[i] for i in rows]
     position = {int(m): j for j, m in enumerate(test_stim)}
     observed = [observer["choice"][int(s)][position[int(m)]] for s, m in zip(item_subject, item_stimulus)]
@@ -271,7 +270,7 @@ def run_evaluation(cfg: EvalConfig, overwrite: bool = False, progress: bool = Tr
     timings["captioning"] = time.time() - t0
 
     t0 = time.time()
-    vqa, vqa_details = task_eval.vqa_section(model, items, cfg, progress)
+    vqa, vqa_details = task_eval.vqa_section(captioner, items, cfg, progress)
     timings["vqa"] = time.time() - t0
 
     t0 = time.time()
@@ -280,21 +279,22 @@ def run_evaluation(cfg: EvalConfig, overwrite: bool = False, progress: bool = Tr
     shot_captions = {s: [data.stimuli[m]["captions"][0] for m in train["stimulus"][train["subject"] == s]]
                      for s in subjects}
     shot_latents = {s: train["latents"][train["subject"] == s] for s in subjects} if continuous else None
-    few_shot = {"in_context": fewshot.in_context(model, few, shot_tokens, shot_captions, cfg.shots, cfg, progress,
+    few_shot = {"in_context": fewshot.in_context(captioner, few, shot_tokens, shot_captions, cfg.shots, cfg, progress,
                                                  shot_latents)}
     timings["few_shot"] = time.time() - t0
 
     t0 = time.time()
-    few_shot["subject_adaptation"] = subject_adaptation_section(data, tokenizer, model, heldout, subjects[0],
+    few_shot["subject_adaptation"] = subject_adaptation_section(data, tokenizer, captioner, heldout, subjects[0],
                                                                 heads["brain_embedder_tokens"], cfg, progress)
     timings["subject_adaptation"] = time.time() - t0
 
     t0 = time.time()
-    rest = rest_eval.rest_section(model, tokenizer, heldout, cfg)
+    # rest scans and text-only questions are asked without retrieval: the model alone
+    rest = rest_eval.rest_section(captioner.model, tokenizer, heldout, cfg)
     timings["rest"] = time.time() - t0
 
     t0 = time.time()
-    forgetting = forgetting_section(model)
+    forgetting = forgetting_section(captioner.model)
     timings["forgetting"] = time.time() - t0
 
     report = {"protocol": {"scored_split": heldout.split, "splits": heldout.splits.record(),
@@ -303,12 +303,11 @@ def run_evaluation(cfg: EvalConfig, overwrite: bool = False, progress: bool = Tr
                            "reporting."},
               "items": {"test_stimuli": int(test_stim.size), "subjects": len(subjects), "captioned": len(items),
                         "train_items": int(train["stimulus"].size), "repeats_averaged": n_repeats,
-                        "brain_input": "continuous encoder outputs in captioning, VQA, zero-shot and in-context "
-                                       "few-shot; codes in subject adaptation, rest and stimulation"
-                                       if continuous else "codes",
-                        "retrieval_bank": None if model.prompt_retriever is None else {
-                            "captions": len(model.prompt_retriever.captions),
-                            "text_only": model.prompt_retriever.n_text_only}},
+                        "brain_input": "continuous: the tokenizer encoder's outputs for task scans (rest scans: "
+                                       "codes)" if continuous else "codes",
+                        "retrieval_bank": None if captioner.retriever is None else {
+                            "captions": len(captioner.retriever.captions),
+                            "text_only": captioner.retriever.n_text_only}},
               "captioning": {k: ({kk: vv for kk, vv in v.items() if kk != "per_item_semscore"}
                                  if isinstance(v, dict) else v) for k, v in captioning.items()},
               "vqa": vqa, "retrieval": retrieval, "zero_shot": zero_shot, "few_shot": few_shot, "rest": rest,
@@ -319,7 +318,7 @@ def run_evaluation(cfg: EvalConfig, overwrite: bool = False, progress: bool = Tr
     vqa_stimulus = np.asarray(vqa_details["stimulus"])[np.unique(vqa_details["item"], return_index=True)[1]]
     report["targets"] = _targets(report, {c: captioning[c]["per_item_semscore"] for c in captioning
                                           if isinstance(captioning[c], dict)}, vqa_hits, item_stimulus, vqa_stimulus)
-    report["examples"] = _examples(model, items, captions, vqa_details, embeddings, test, row_of, cfg)
+    report["examples"] = _examples(captioner, items, captions, vqa_details, embeddings, test, row_of, cfg)
     report["timings_s"] = {k: round(v, 2) for k, v in timings.items()}
     report["brain_map"] = "brain_map.png"
     with atomic_dir(cfg.out, overwrite) as tmp:
@@ -337,7 +336,7 @@ def items_subset(items, n: int):
     return items.take(np.arange(min(n, len(items))))
 
 
-def _examples(model, items, captions, vqa_details, embeddings, test, row_of, cfg) -> list[dict]:
+def _examples(captioner, items, captions, vqa_details, embeddings, test, row_of, cfg) -> list[dict]:
     """Worked examples: reference, generated and shuffled captions, one QA, the training captions the
     model's prompt retrieved for the scan (what the LM read), and the scan's nearest test captions in
     the retrieval benchmark (its candidates are the test stimuli)."""
@@ -349,7 +348,7 @@ def _examples(model, items, captions, vqa_details, embeddings, test, row_of, cfg
     for i, key in enumerate(zip(vqa_details["subject"], vqa_details["stimulus"])):
         qa_row.setdefault(key, i)  # an item's first question
     n = min(cfg.n_examples, len(items))
-    prompted = (model.prompt_retriever.neighbours(items.tokens[:n]) if model.prompt_retriever is not None
+    prompted = (captioner.retriever.neighbours(items.tokens[:n]) if captioner.retriever is not None
                 else [None] * n)
     out = []
     for i in range(n):

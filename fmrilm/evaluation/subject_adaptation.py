@@ -73,7 +73,7 @@ def _r2(tokenizer, reconstruction: torch.Tensor, target: np.ndarray) -> float:
     return acc.result()[0]
 
 
-def score_condition(tokenizer, vertices, clean, text, references, model, embedder, cfg, n_items: int) -> dict:
+def score_condition(tokenizer, vertices, clean, text, references, captioner, embedder, cfg, n_items: int) -> dict:
     """Every figure of one (subject, encoders) condition on the test stimuli.
 
     Parameters
@@ -86,7 +86,8 @@ def score_condition(tokenizer, vertices, clean, text, references, model, embedde
         MiniLM embedding of each test stimulus's first caption.
     references : list of list of str
         Reference captions of each test stimulus.
-    model : BrainLM
+    captioner : Captioner
+        The frozen language model and its retriever.
     embedder : BrainEmbedder or None
         The run's brain embedder over token code vectors.
     cfg : EvalConfig
@@ -95,13 +96,11 @@ def score_condition(tokenizer, vertices, clean, text, references, model, embedde
         The first `n_items` test stimuli are captioned.
     """
     from fmrilm.evaluation.captions import semscore
-    from fmrilm.evaluation.continuous_ablation import token_features
-    from fmrilm.evaluation.heldout import tokenize_betas
     from fmrilm.evaluation.retrieval_metrics import n_way_retrieval
     from fmrilm.evaluation.task_eval import CAPTION_PROMPT
-    from fmrilm.llm.generate import generate
+    from fmrilm.tokenizer.features import encode_betas, token_features
 
-    tokens = tokenize_betas(tokenizer, vertices)
+    tokens, latents = encode_betas(tokenizer, vertices)
     reconstruction = tokenizer.decode(torch.from_numpy(tokens))
     out = {"r2": _r2(tokenizer, reconstruction, vertices),
            "r2_clean": _r2(tokenizer, reconstruction, clean) if clean is not None else None}
@@ -116,8 +115,9 @@ def score_condition(tokenizer, vertices, clean, text, references, model, embedde
         out[f"top1_{name}"] = result["brain_to_caption"]["top1"]
     out["n_way"], out["chance_top1"] = n_way, 1.0 / n_way
     n = min(n_items, len(tokens))
-    captions = generate(model, [row[None] for row in tokens[:n]], [CAPTION_PROMPT] * n,
-                        max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
+    captions = captioner.generate([row[None] for row in tokens[:n]], [CAPTION_PROMPT] * n,
+                                  max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
+                                  brain_latents=[z[None] for z in latents[:n]] if captioner.reads_latents else None)
     out["semscore"] = semscore(captions, references[:n])["semscore"]
     out["example"] = captions[0]
     return out
@@ -132,7 +132,7 @@ def check_ks(ks, n_available: int, source: str = "adaptation.ks") -> list[int]:
     return ks
 
 
-def subject_adaptation_section(data, tokenizer, model, heldout, reference_subject: int, embedder, cfg,
+def subject_adaptation_section(data, tokenizer, captioner, heldout, reference_subject: int, embedder, cfg,
                                progress: bool = False) -> dict:
     """The adaptation table: k = 0, each adapted k, and a training subject as reference.
 
@@ -141,8 +141,8 @@ def subject_adaptation_section(data, tokenizer, model, heldout, reference_subjec
     data : TaskData
     tokenizer : BrainTokenizer
         The run's shared tokenizer (not modified).
-    model : BrainLM
-        The frozen language model.
+    captioner : Captioner
+        The frozen language model and its retriever.
     heldout : HeldOut
         The corpus splits (train/test stimuli, ``corpus.json``).
     reference_subject : int
@@ -179,7 +179,7 @@ def subject_adaptation_section(data, tokenizer, model, heldout, reference_subjec
                 np.asarray(data.clean(who)[test_stim]) if data.has_ground_truth else None)
 
     def score(tok, test_scans):
-        return score_condition(tok, *test_scans, text, references, model, embedder, cfg, acfg.n_items)
+        return score_condition(tok, *test_scans, text, references, captioner, embedder, cfg, acfg.n_items)
 
     held_scans = scans(subject)
     conditions = {"k=0": score(tokenizer, held_scans)}

@@ -1,4 +1,6 @@
-"""Task-scan evaluation of a BrainLM: captions, VQA and zero-shot naming, each beside its controls.
+"""Task-scan evaluation of a captioner: captions, VQA and zero-shot naming, each beside its controls.
+
+The captioner (:class:`~fmrilm.retrieval.captioner.Captioner`) is the run's BrainLM with its retriever.
 
 Every score is computed on the same items under three conditions:
 
@@ -10,7 +12,8 @@ Every score is computed on the same items under three conditions:
   beside the mean (``per_derangement``), and the shuffled captions shown are the first derangement's;
 - ``text_only``: the same instruction with no scan at all (what the LM says from priors alone).
 
-A model trained with retrieval-augmented prompts (:mod:`fmrilm.retrieval.caption_prompts`) also gets
+A captioner with a retriever (a model trained with retrieval-augmented prompts,
+:mod:`fmrilm.retrieval.caption_prompts`) also gets
 the captioning ablation ``no_retrieval``: its own scans with plain prompts, i.e. what the brain tokens
 and scan conditioning give without the retrieved captions; and ``retrieved_caption``: the retriever's
 nearest training caption verbatim, i.e. what the prompt offers the LM to copy (a retrieval-only
@@ -32,7 +35,6 @@ from fmrilm.evaluation.captions import MeteorScorer, caption_metrics, semscore
 from fmrilm.evaluation.controls import derangements
 from fmrilm.evaluation.naming import zero_shot_naming
 from fmrilm.evaluation.vqa import vqa_accuracy
-from fmrilm.llm.generate import generate
 
 CONDITIONS = ("model", "shuffled", "text_only")
 CAPTION_PROMPT = PROMPTS["caption"][0]
@@ -87,23 +89,24 @@ class TaskItems:
 NO_SCANS = (None, None)
 
 
-def _generate(model, scans, prompts, max_new_tokens, batch_size, progress, retrieve=True):
+def _generate(captioner, scans, prompts, max_new_tokens, batch_size, progress, retrieve=True):
     tokens, latents = scans
-    return generate(model, [None] * len(prompts) if tokens is None else tokens, prompts,
-                    max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress, retrieve=retrieve,
-                    brain_latents=latents)
+    return captioner.generate([None] * len(prompts) if tokens is None else tokens, prompts, retrieve,
+                              max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress,
+                              brain_latents=latents)
 
 
-def _shuffled_generate(model, items: TaskItems, index: np.ndarray, prompts: list[str], max_new_tokens, cfg,
+def _shuffled_generate(captioner, items: TaskItems, index: np.ndarray, prompts: list[str], max_new_tokens, cfg,
                        progress):
     """Answers under every derangement, the items' scans at ``index [D, N]``: one batched generation of
     all D·N prompts (batches stay full), split back into D lists."""
     n_derangements, n = index.shape
-    texts = _generate(model, items.scans(index), prompts * n_derangements, max_new_tokens, cfg.batch_size, progress)
+    texts = _generate(captioner, items.scans(index), prompts * n_derangements, max_new_tokens, cfg.batch_size,
+                      progress)
     return [texts[d * n:(d + 1) * n] for d in range(n_derangements)]
 
 
-def caption_conditions(model, items: TaskItems, cfg, progress: bool = False) -> tuple[dict, list[list[str]]]:
+def caption_conditions(captioner, items: TaskItems, cfg, progress: bool = False) -> tuple[dict, list[list[str]]]:
     """Generated captions of every item under each condition (greedy).
 
     Returns
@@ -115,17 +118,17 @@ def caption_conditions(model, items: TaskItems, cfg, progress: bool = False) -> 
     """
     n = len(items)
     prompts = [CAPTION_PROMPT] * n
-    shuffled = _shuffled_generate(model, items, items.shuffled_index(cfg.seed, cfg.n_derangements), prompts,
+    shuffled = _shuffled_generate(captioner, items, items.shuffled_index(cfg.seed, cfg.n_derangements), prompts,
                                   cfg.max_new_tokens, cfg, progress)
-    out = {"model": _generate(model, items.scans(), prompts, cfg.max_new_tokens, cfg.batch_size, progress),
+    out = {"model": _generate(captioner, items.scans(), prompts, cfg.max_new_tokens, cfg.batch_size, progress),
            "shuffled": shuffled[0]}
     # Greedy decoding of one scan-free prompt gives one caption: generate it once, use it for all.
-    (text_only,) = _generate(model, NO_SCANS, [without_scan(CAPTION_PROMPT)], cfg.max_new_tokens, 1, False)
+    (text_only,) = _generate(captioner, NO_SCANS, [without_scan(CAPTION_PROMPT)], cfg.max_new_tokens, 1, False)
     out["text_only"] = [text_only] * n
-    if model.prompt_retriever is not None:
-        out["no_retrieval"] = _generate(model, items.scans(), prompts, cfg.max_new_tokens, cfg.batch_size,
+    if captioner.retriever is not None:
+        out["no_retrieval"] = _generate(captioner, items.scans(), prompts, cfg.max_new_tokens, cfg.batch_size,
                                         progress, retrieve=False)
-        out["retrieved_caption"] = [found[0] for found in model.prompt_retriever.neighbours(items.tokens)]
+        out["retrieved_caption"] = [found[0] for found in captioner.retriever.neighbours(items.tokens)]
     return out, shuffled
 
 
@@ -201,7 +204,7 @@ def vqa_questions(items: TaskItems, seed: int, per_item: int = 1) -> dict[str, l
     return out
 
 
-def vqa_section(model, items: TaskItems, cfg, progress: bool = False) -> tuple[dict, dict]:
+def vqa_section(captioner, items: TaskItems, cfg, progress: bool = False) -> tuple[dict, dict]:
     """VQA exact-match accuracy by question type for each condition, and the answers given.
 
     Each item is asked ``cfg.vqa_questions_per_item`` questions about the same scan (the shuffled
@@ -216,12 +219,12 @@ def vqa_section(model, items: TaskItems, cfg, progress: bool = False) -> tuple[d
     asked = vqa_questions(sub, cfg.seed, cfg.vqa_questions_per_item)
     row = np.asarray(asked["item"], np.int64)
     prompts = [VQA_PROMPT.format(question=q) for q in asked["question"]]
-    shuffled = _shuffled_generate(model, sub, sub.shuffled_index(cfg.seed, cfg.n_derangements)[:, row], prompts,
-                                  cfg.vqa_max_new_tokens, cfg, progress)
+    shuffled = _shuffled_generate(captioner, sub, sub.shuffled_index(cfg.seed, cfg.n_derangements)[:, row],
+                                  prompts, cfg.vqa_max_new_tokens, cfg, progress)
     given = {
-        "model": _generate(model, sub.scans(row), prompts, cfg.vqa_max_new_tokens, cfg.batch_size, progress),
+        "model": _generate(captioner, sub.scans(row), prompts, cfg.vqa_max_new_tokens, cfg.batch_size, progress),
         "shuffled": shuffled[0],
-        "text_only": _generate(model, NO_SCANS, [without_scan(p) for p in prompts],
+        "text_only": _generate(captioner, NO_SCANS, [without_scan(p) for p in prompts],
                                cfg.vqa_max_new_tokens, cfg.batch_size, progress),
     }
     scores = {c: _over_derangements([vqa_accuracy(d, asked["answer"], asked["type"]) for d in shuffled], "overall")

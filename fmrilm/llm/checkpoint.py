@@ -19,9 +19,9 @@ standalone HF checkpoint: LoRA merged into full-precision base weights, the voca
 embeddings written into the input table and the brain head into the output rows of the brain tokens.
 A plain HF model has no place for the scan conditioning, so its weights go beside the merged model in
 ``scan_condition.safetensors``, which :func:`load_brainlm` applies (a consumer that loads the merged
-directory with transformers alone gets the model without it). A model trained with retrieval-augmented
-prompts keeps its retriever in ``retriever/`` (both layouts), loaded with it, so generation prompts the
-way training did (:mod:`fmrilm.retrieval.caption_prompts`).
+directory with transformers alone gets the model without it). Both writers take ``write_extra``: further
+files written into the scratch directory before the export is complete (a captioner's retriever is
+saved that way, by the layer that composes model and retriever).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import copy
 import dataclasses
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -48,7 +49,6 @@ FORMAT_VERSION = 1
 BRAIN_PARTS = "brain_parts.safetensors"
 BACKBONE_PARTS = "backbone_parts.safetensors"
 SCAN_CONDITION_FILE = "scan_condition.safetensors"
-RETRIEVER_DIR = "retriever"
 CONDITION_PREFIX = "scan_condition."
 SLOTS_KEY = "brain_embed.slots"  # parcel-position embeddings: like the conditioning, no place in a plain HF model
 
@@ -64,21 +64,12 @@ def _weights_kind(model: BrainLM) -> str:
     return "frozen" if model.llm_config.freeze_backbone else "backbone"
 
 
-def _save_retriever(model: BrainLM, out_dir: Path) -> None:
-    if model.prompt_retriever is not None:
-        model.prompt_retriever.save(out_dir / RETRIEVER_DIR)
+def save_brainlm(model: BrainLM, out_dir: str | Path, overwrite: bool = False,
+                 write_extra: Callable[[Path], None] | None = None) -> Path:
+    """Save the trainable state of `model` (adapter or whole backbone, plus brain parts) atomically.
 
-
-def _with_retriever(model: BrainLM, model_dir: Path) -> BrainLM:
-    if (model_dir / RETRIEVER_DIR).is_dir():
-        from fmrilm.retrieval.caption_prompts import CaptionRetriever
-
-        model.prompt_retriever = CaptionRetriever.load(model_dir / RETRIEVER_DIR)
-    return model
-
-
-def save_brainlm(model: BrainLM, out_dir: str | Path, overwrite: bool = False) -> Path:
-    """Save the trainable state of `model` (adapter or whole backbone, plus brain parts) atomically."""
+    `write_extra(directory)`, if given, writes further files into the export before it is complete.
+    """
     kind = _weights_kind(model)
     with atomic_dir(out_dir, overwrite) as tmp:
         if kind == "adapter":
@@ -93,7 +84,8 @@ def save_brainlm(model: BrainLM, out_dir: str | Path, overwrite: bool = False) -
         extra = backbone_parts(model)
         if extra:
             save_file(extra, tmp / BACKBONE_PARTS)
-        _save_retriever(model, tmp)
+        if write_extra is not None:
+            write_extra(tmp)
         write_json(
             tmp / META_FILE,
             {
@@ -152,7 +144,7 @@ def load_brainlm(model_dir: str | Path, backbone: str | Path | None = None,
         model = build_brainlm(cfg, None, model_dir, parts.get(f"{CONDITION_PREFIX}readout"),
                               parts.get(f"{CONDITION_PREFIX}codes"))
         # brain embedding and head are already rows of the merged tables; only the conditioning loads
-        return _with_retriever(_load_parts(model, parts, path, (CONDITION_PREFIX, SLOTS_KEY)), model_dir)
+        return _load_parts(model, parts, path, (CONDITION_PREFIX, SLOTS_KEY))
     cfg = from_dict(LLMConfig, meta["config"], str(model_dir / META_FILE))
     if add_lora is not None and add_lora.enabled:
         if meta["weights"] != "frozen":
@@ -189,7 +181,7 @@ def load_brainlm(model_dir: str | Path, backbone: str | Path | None = None,
                 raise InputError(
                     model_dir / "adapter", "weights", f"unexpected adapter keys {result.unexpected_keys[:3]}"
                 )
-    return _with_retriever(_load_parts(model, parts, model_dir / BRAIN_PARTS), model_dir)
+    return _load_parts(model, parts, model_dir / BRAIN_PARTS)
 
 
 def _recorded_base(model_dir: Path, base: dict) -> Path | str:
@@ -223,12 +215,14 @@ def _load_parts(model: BrainLM, parts: dict, source: Path, prefixes=BRAIN_PARTS_
 
 
 def merge_to_hf(
-    model: BrainLM, out_dir: str | Path, overwrite: bool = False, dtype: torch.dtype = torch.float32
+    model: BrainLM, out_dir: str | Path, overwrite: bool = False, dtype: torch.dtype = torch.float32,
+    write_extra: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write `model` as a standalone HF causal-LM directory over the extended vocabulary.
 
     LoRA is merged into a full-precision reload of the base rather than into the live model, so the
     model being trained is untouched and a QLoRA adapter is not merged into lossy 4-bit weights.
+    `write_extra(directory)`, if given, writes further files into it before it is complete.
     """
     with atomic_dir(out_dir, overwrite) as tmp:
         if _is_peft(model):
@@ -260,7 +254,8 @@ def merge_to_hf(
                      if k.startswith((CONDITION_PREFIX, SLOTS_KEY))}
         if condition:
             save_file(condition, tmp / SCAN_CONDITION_FILE)
-        _save_retriever(model, tmp)
+        if write_extra is not None:
+            write_extra(tmp)
         write_json(
             tmp / META_FILE,
             {

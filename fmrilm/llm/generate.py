@@ -93,21 +93,12 @@ def _decode(
     return out
 
 
-def _as_lists(model: BrainLM, brain_tokens, prompts, retrieve=True):
-    """(token arrays, prompts) as lists; prompts rewritten by the model's retriever if it has one,
-    where `retrieve` (one bool, or one per prompt) says so: its captions describe task stimuli, so
-    rest scans are prompted without them."""
+def prompt_lists(brain_tokens, prompts) -> tuple[list, list[str]]:
+    """(token arrays, prompts) as lists of equal length, from one prompt or lists."""
     if isinstance(prompts, str):
         prompts, brain_tokens = [prompts], [brain_tokens]
     _check_parallel(brain_tokens, prompts, "brain_tokens")
-    brain_tokens, prompts = list(brain_tokens), list(prompts)
-    if model.prompt_retriever is not None:
-        flags = [retrieve] * len(prompts) if isinstance(retrieve, bool) else list(retrieve)
-        if len(flags) != len(prompts):
-            raise InputError("generate", "retrieve", f"{len(flags)} flags for {len(prompts)} prompts")
-        prompts = model.prompt_retriever.augment(
-            prompts, [t if f else None for t, f in zip(brain_tokens, flags, strict=True)])
-    return brain_tokens, prompts
+    return list(brain_tokens), list(prompts)
 
 
 def _check_parallel(values, prompts, field: str) -> None:
@@ -167,7 +158,6 @@ def generate(
     batch_size: int = 16,
     progress: bool = False,
     allowed_tokens: list[int] | None = None,
-    retrieve=True,
     brain_latents=None,
 ) -> list[str]:
     """Answers / captions for prompts that may refer to brain scans.
@@ -182,9 +172,6 @@ def generate(
     allowed_tokens : list of int, optional
         Text token ids the answer may use (end-of-sequence too, after the first token), e.g.
         :func:`number_tokens` for a numeric answer.
-    retrieve : bool or list of bool
-        Prefix single-scan prompts with the model's retrieved captions (task scans; False for rest),
-        for all prompts or per prompt.
     brain_latents : array [n_scans, P, d_code] or None, or a list of them (one per prompt), optional
         The tokenizer encoder's outputs of the same scans, for a model with ``brain_input:
         continuous`` (:meth:`~fmrilm.tokenizer.model.BrainTokenizer.encode_with_latents`).
@@ -195,7 +182,7 @@ def generate(
         The generated text of each prompt, up to (not including) the end-of-sequence token.
     """
     latents = _latent_list(brain_latents, [prompts] if isinstance(prompts, str) else prompts)
-    brain_tokens, prompts = _as_lists(model, brain_tokens, prompts, retrieve)
+    brain_tokens, prompts = prompt_lists(brain_tokens, prompts)
     sampling = sampling or Sampling()
     # Every prompt is encoded and checked before any generation starts.
     encoded = [
@@ -228,16 +215,12 @@ def generate(
 
 
 @torch.no_grad()
-def choose_answer(model: BrainLM, brain_tokens, prompts, candidates, batch_size: int = 32, retrieve=True,
-                  brain_latents=None):
+def choose_answer(model: BrainLM, brain_tokens, prompts, candidates, batch_size: int = 32, brain_latents=None):
     """Constrained decoding: the most likely answer among `candidates` for each prompt.
 
     Parameters
     ----------
     candidates : list of str, or list of lists of str (one candidate set per prompt)
-    retrieve : bool or list of bool
-        Prefix single-scan prompts with the model's retrieved captions (task scans; False for rest),
-        for all prompts or per prompt.
     brain_latents : optional
         As for :func:`generate`.
 
@@ -248,7 +231,7 @@ def choose_answer(model: BrainLM, brain_tokens, prompts, candidates, batch_size:
         Summed log-probability of each candidate (answer tokens and end-of-sequence).
     """
     latents = _latent_list(brain_latents, [prompts] if isinstance(prompts, str) else prompts)
-    brain_tokens, prompts = _as_lists(model, brain_tokens, prompts, retrieve)
+    brain_tokens, prompts = prompt_lists(brain_tokens, prompts)
     if candidates and isinstance(candidates[0], str):
         candidates = [list(candidates)] * len(prompts)
     if len(candidates) != len(prompts) or any(len(c) == 0 for c in candidates):

@@ -92,9 +92,6 @@ class BrainLM(nn.Module):
         self.vocab = vocab
         self.brain_embed = brain_embed
         self.scan_condition = scan_condition
-        # Retrieval-augmented prompting (fmrilm.retrieval.caption_prompts.CaptionRetriever), set by stage 3
-        # when it trains with it; not a torch module: it rewrites prompts, it has no trainable weights.
-        self.prompt_retriever = None
         hidden = self.base_lm.config.hidden_size
         self.brain_head = nn.Linear(hidden, vocab.codebook_size, bias=False)
         with torch.no_grad():

@@ -25,11 +25,12 @@ in-context k ≥ 1 is compared with k = 0 under the same retrieval::
 
 A prompt whose query refers to no scan or to several (temporal runs) is left as it is, and so are
 rest scans (the captions describe viewed scenes; callers pass ``None`` tokens, or ``retrieve=False``
-to generation).
+to :class:`~fmrilm.retrieval.captioner.Captioner`).
 
-A retriever is saved inside the stage-3 export (``retriever/``) and loaded with the model, so every
-caller of :func:`fmrilm.llm.generate.generate` (evaluation, ``fmrilm ask``, stimulation) prompts the
-way training did::
+A retriever is saved inside the stage-3 export (``retriever/``) by the
+:class:`~fmrilm.retrieval.captioner.Captioner` that composes it with the model, and loaded with it,
+so everything that asks the trained model (evaluation, ``fmrilm ask``, stimulation) prompts the way
+training did::
 
     DIR/retriever.json        k, prefix, tokens per scan, source search directory
     DIR/codes.safetensors     code vectors of the brain tokens [K, C] (the embedder's input features)

@@ -68,8 +68,7 @@ class SearchIndexConfig:
 
 def scan_features(data, tokenizer, subject: int, stimuli) -> np.ndarray:
     """Token-code features ``[n, P·L·C]`` of one subject's averaged scans of `stimuli`."""
-    from fmrilm.evaluation.continuous_ablation import token_features
-    from fmrilm.evaluation.heldout import tokenize_betas
+    from fmrilm.tokenizer.features import token_features, tokenize_betas
 
     return token_features(tokenizer, tokenize_betas(tokenizer, data.mean_betas(subject, list(stimuli))))
 
@@ -89,6 +88,26 @@ def scan_id(data, subject: int, stimulus: int) -> str:
     return f"{data.subjects[subject]['subject']}/{data.stimuli[stimulus]['key']}"
 
 
+def parse_scan_id(data, text: str) -> tuple[int, int]:
+    """(subject row, stimulus row) of a scan id in a TaskData: the inverse of :func:`scan_id`.
+
+    ``SUBJECT/STIMULUS``, where SUBJECT is a subject id (``sub-01``) or row, and STIMULUS a stimulus
+    key (``stim-000012``) or row (``fmrilm ask --scan`` and ``fmrilm search --scan`` take it).
+    """
+    parts = text.split("/")
+    if len(parts) != 2:
+        raise InputError("--scan", "format", f"{text!r}; expected SUBJECT/STIMULUS, e.g. sub-01/stim-000012")
+    subject_text, stimulus_text = parts
+    subject = data.subject_index(int(subject_text) if subject_text.isdigit() else subject_text)
+    keys = {row["key"]: i for i, row in enumerate(data.stimuli)}
+    if stimulus_text.isdigit() and int(stimulus_text) < len(data.stimuli):
+        return subject, int(stimulus_text)
+    if stimulus_text not in keys:
+        raise InputError("--scan", "stimulus", f"{stimulus_text!r} is neither a stimulus key nor a row "
+                         f"(0..{len(data.stimuli) - 1})")
+    return subject, keys[stimulus_text]
+
+
 def build_search_indexes(cfg: SearchIndexConfig, overwrite: bool = False, progress: bool = True) -> Path:
     """Train the embedder on training scans, index captions and test scans, write ``cfg.out``.
 
@@ -99,9 +118,9 @@ def build_search_indexes(cfg: SearchIndexConfig, overwrite: bool = False, progre
         scans, a tokenizer of another atlas or other than the corpus's, an existing output without
         `overwrite`.
     """
-    from fmrilm.artifacts import check_compatible
+    from fmrilm.artifacts import check_compatible, resolve_tokenizer_dir
     from fmrilm.brain.task_data import TaskData
-    from fmrilm.evaluation.heldout import load_heldout, resolve_tokenizer_dir
+    from fmrilm.corpus.heldout import load_heldout
     from fmrilm.textembed import embed_texts
     from fmrilm.tokenizer.model import BrainTokenizer
 
@@ -169,7 +188,6 @@ def embed_scan(search_dir, scan: str) -> np.ndarray:
     """
     from fmrilm.artifacts import check_compatible
     from fmrilm.brain.task_data import TaskData
-    from fmrilm.evaluation.commands import parse_scan_id
     from fmrilm.tokenizer.model import BrainTokenizer
 
     search_dir = Path(search_dir)

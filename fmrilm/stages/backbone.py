@@ -49,6 +49,7 @@ from torch import nn
 
 from fmrilm.artifacts import stage_record
 from fmrilm.config import save_config
+from fmrilm.corpus.reader import read_split
 from fmrilm.engine import EngineConfig, TrainEngine, stage_main
 from fmrilm.errors import InputError
 from fmrilm.io import atomic_dir, write_json
@@ -199,7 +200,7 @@ def setup(cfg: BackboneStageConfig, train_dir: Path):
         raise InputError("config", "corpus", "no corpus given (--set corpus=DIR), and no backbone to record "
                                              "(--set backbone=PATH to a local HF causal-LM directory)")
     tasks = ["text", "caption", "vqa"] if cfg.caption_neighbours > 0 else ["text"]
-    read, skipped = lm_common.read_split(cfg.corpus, "train", tasks, max_skipped=cfg.engine.max_skipped_shards)
+    read, skipped = read_split(cfg.corpus, "train", tasks, max_skipped=cfg.engine.max_skipped_shards)
     samples = [s for s in read if s["json"]["task"] == "text"]
     texts = [s["json"]["answer"] for s in samples]
     init = train_dir / "init"

@@ -9,6 +9,9 @@ The wrapper builds and runs exactly the launch line in each stage module's docst
 
 Without a GPU it sets ``DS_ACCELERATOR=cpu`` (and each of ``--nproc`` ranks is a CPU process);
 ``--dry-run`` prints the command instead of running it.
+
+It also adds ``fmrilm tokenizer train`` (stage 1 in this process) to the ``fmrilm tokenizer`` command
+of :mod:`fmrilm.tokenizer.commands`: the stage sits above the tokenizer package, which must not import it.
 """
 
 from __future__ import annotations
@@ -111,8 +114,31 @@ def register(sub) -> None:
     p.add_argument("--master-port", type=int, help="rendezvous port (default: the launcher's)")
     p.add_argument("--dry-run", action="store_true", help="print the launch command without running it")
     p.set_defaults(handler=_train)
+    if "tokenizer" in sub.choices:  # fmrilm/tokenizer/commands.py registered `fmrilm tokenizer` first
+        _register_tokenizer_train(sub.choices["tokenizer"].verbs)
+
+
+def _register_tokenizer_train(verbs) -> None:
+    """`fmrilm tokenizer train`: stage 1 in this process (``fmrilm train tokenizer`` launches ranks)."""
+    t = verbs.add_parser("train", help="train a tokenizer (one process; use the deepspeed launcher for more)",
+                         description="Train a tokenizer in this process. For several ranks: "
+                                     "DS_ACCELERATOR=cpu deepspeed --num_gpus 2 "
+                                     "--module fmrilm.stages.tokenizer --config ...")
+    t.add_argument("--config", default="tokenizer_demo",
+                   help="YAML path or shipped config name (default: %(default)s)")
+    t.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="config overrides, e.g. data.dataset=DIR")
+    t.set_defaults(handler=_train_tokenizer)
 
 
 def _train(args) -> int:
     return run_stage(args.stage, args.config, args.set, args.nproc, args.hostfile, args.num_nodes,
                      args.master_port, args.dry_run)
+
+
+def _train_tokenizer(args) -> int:
+    from fmrilm.config import load_config
+    from fmrilm.stages.tokenizer import TokenizerStageConfig, run
+
+    run(load_config(TokenizerStageConfig, args.config, args.set))
+    return 0

@@ -28,7 +28,8 @@ accuracy is stored in the export's ``eval.json``.
 answers the retrieved captions carry). With ``retrieved_captions`` > 0 and ``retrieval``
 (the run's search indexes; the pipeline passes them) every single-task-scan prompt is prefixed with the
 captions its scan retrieves from the training stimuli (:mod:`fmrilm.retrieval.caption_prompts`,
-SmallCap-style), and the export keeps the retriever so that generation prompts the same way.
+SmallCap-style), and the export is a :class:`~fmrilm.retrieval.captioner.Captioner`'s: the model with
+its retriever beside it, so that generation prompts the same way.
 
 Output: ``OUT/stage3_instruct-<backbone>-<tokenizer>-step<N>/`` (``save_brainlm`` layout, optional
 ``merged/``), ``stage.json`` last; training state in ``OUT/train-stage3_instruct-<backbone>-<tokenizer>/``.
@@ -44,6 +45,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fmrilm.corpus.reader import read_split
 from fmrilm.engine import EngineConfig, TrainEngine, stage_main
 from fmrilm.errors import InputError
 from fmrilm.io import read_json, write_json
@@ -123,21 +125,18 @@ def names(cfg: InstructStageConfig) -> tuple[Path, Path, dict]:
     return out / f"{base}-step{cfg.engine.max_steps:06d}", out / f"train-{base}", joint
 
 
-def instruction_encoder(model, samples: list[dict]):
+def instruction_encoder(captioner, samples: list[dict]):
     """`encode(sample, index)` for stage 3 over `samples`: the chat template, loss on the answer, masking
-    checked; with the model's retriever, single-task-scan prompts carry their neighbours' captions
+    checked; with the captioner's retriever, single-task-scan prompts carry their neighbours' captions
     (never the sample's own stimulus)."""
     from fmrilm.llm.formatting import encode_instruction
 
-    tokens = [np.asarray(s["tokens.npy"]).astype(np.int64) for s in samples]
-    prompts = [s["json"]["prompt"] for s in samples]
-    if model.prompt_retriever is not None:
-        # the retrieved captions describe task stimuli: rest scans keep their plain prompts
-        task = [s["json"].get("source") == "task" for s in samples]
-        own = [s["json"].get("stimulus") if t else None for s, t in zip(samples, task, strict=True)]
-        prompts = model.prompt_retriever.augment(prompts, [t if is_task else None
-                                                           for t, is_task in zip(tokens, task, strict=True)],
-                                                 exclude=own)
+    model = captioner.model
+    # the retrieved captions describe task stimuli: rest scans keep their plain prompts
+    task = [s["json"].get("source") == "task" for s in samples]
+    own = [s["json"].get("stimulus") if t else None for s, t in zip(samples, task, strict=True)]
+    tokens, prompts = captioner.prompts([np.asarray(s["tokens.npy"]).astype(np.int64) for s in samples],
+                                        [s["json"]["prompt"] for s in samples], retrieve=task, exclude=own)
 
     def encode(sample: dict, index: int) -> dict:
         item = encode_instruction(model.tokenizer, model.vocab, {
@@ -150,12 +149,15 @@ def instruction_encoder(model, samples: list[dict]):
 
 
 def setup(cfg: InstructStageConfig, train_dir: Path, joint: dict):
-    """Load the stage-2 model, encode the instruction mixture, build the engine."""
+    """Load the stage-2 model and the retriever its prompts will use, encode the instruction mixture,
+    build the engine. Returns (engine, data, skipped, retriever or None)."""
     from fmrilm.llm.checkpoint import load_brainlm
+    from fmrilm.retrieval.captioner import Captioner
 
     for split in filter(None, (cfg.split, cfg.eval_split)):
         lm_common.check_corpus_tokenizer(cfg.corpus, split, joint["tokenizer"])
     model = load_brainlm(cfg.model, add_lora=cfg.add_lora)
+    retriever = None
     if cfg.retrieval and cfg.retrieved_captions > 0:
         from fmrilm.artifacts import check_recorded, read_corpus_record
         from fmrilm.brain.splits import read_splits
@@ -166,18 +168,18 @@ def setup(cfg: InstructStageConfig, train_dir: Path, joint: dict):
         corpus_splits = read_corpus_record(cfg.corpus).get("run_splits") or {}
         check_recorded(read_json(Path(cfg.retrieval) / SEARCH_FILE).get("splits"), read_splits(corpus_splits["path"]),
                        f"the search indexes {cfg.retrieval}", Path(cfg.retrieval) / SEARCH_FILE)
-        model.prompt_retriever = CaptionRetriever.from_search_dir(cfg.retrieval, cfg.retrieved_captions,
-                                                                  cfg.retrieval_text_only)
-    samples, skipped = lm_common.read_split(cfg.corpus, cfg.split, cfg.tasks, max_skipped=cfg.engine.max_skipped_shards)
+        retriever = CaptionRetriever.from_search_dir(cfg.retrieval, cfg.retrieved_captions, cfg.retrieval_text_only)
+    samples, skipped = read_split(cfg.corpus, cfg.split, cfg.tasks, max_skipped=cfg.engine.max_skipped_shards)
     mixture = lm_common.weight_tasks(samples, cfg.task_weights, cfg.engine.seed)
-    data = lm_common.training_set(samples, instruction_encoder(model, samples), model.max_length, cfg.engine,
-                                  mixture, latents=lm_common.scan_latents(model, cfg.corpus))
+    data = lm_common.training_set(samples, instruction_encoder(Captioner(model, retriever), samples),
+                                  model.max_length, cfg.engine, mixture,
+                                  latents=lm_common.scan_latents(model, cfg.corpus))
     engine = TrainEngine(model, cfg.engine, train_dir)
     if engine.is_main:
         mix = Counter(samples[i]["json"]["task"] for i in mixture)
         print(f"instruct: {data.size} samples ({dict(mix)}), {len(data.items)} visited by this run, answer-only "
               f"loss checked on each", flush=True)
-    return engine, data, skipped
+    return engine, data, skipped, retriever
 
 
 def train(engine: TrainEngine, data: lm_common.TrainingSet, skipped) -> int:
@@ -186,11 +188,10 @@ def train(engine: TrainEngine, data: lm_common.TrainingSet, skipped) -> int:
     return lm_common.train_loop(engine, data, model.tokenizer.eos_token_id, model.max_length, STAGE, skipped)
 
 
-def closed_question_accuracy(model, corpus: str, split: str, tasks, max_samples: int) -> dict:
-    """Accuracy of constrained decoding on the split's yes/no and class questions, per task."""
-    from fmrilm.llm.generate import choose_answer
-
-    samples, _ = lm_common.read_split(corpus, split, tasks, progress=False)
+def closed_question_accuracy(captioner, corpus: str, split: str, tasks, max_samples: int) -> dict:
+    """Accuracy of constrained decoding on the split's yes/no and class questions, per task (task-scan
+    prompts retrieve as in training)."""
+    samples, _ = read_split(corpus, split, tasks, progress=False)
     closed = [s for s in samples if s["json"].get("answer_type") in CLOSED_ANSWERS and s["json"].get("choices")]
     closed = closed[:max_samples]
     if not closed:
@@ -198,12 +199,12 @@ def closed_question_accuracy(model, corpus: str, split: str, tasks, max_samples:
     meta = [s["json"] for s in closed]
     # the answer's own scans (none for closed answers) never reach the prompt
     tokens = [np.asarray(s["tokens.npy"]).astype(np.int64) for s in closed]
-    store = lm_common.scan_latents(model, corpus)
+    store = lm_common.scan_latents(captioner.model, corpus)
     latents = None if store is None else [store.lookup(m.get("scans") or [], s["__key__"])
                                           for s, m in zip(closed, meta, strict=True)]
     with torch.no_grad():
-        answers, _ = choose_answer(model, tokens, [m["prompt"] for m in meta], [m["choices"] for m in meta],
-                                   retrieve=[m.get("source") == "task" for m in meta], brain_latents=latents)
+        answers, _ = captioner.choose_answer(tokens, [m["prompt"] for m in meta], [m["choices"] for m in meta],
+                                             retrieve=[m.get("source") == "task" for m in meta], brain_latents=latents)
     hits = np.array([a == m["answer"] for a, m in zip(answers, meta, strict=True)])
     by_task = {t: float(hits[[m["task"] == t for m in meta]].mean()) for t in sorted({m["task"] for m in meta})}
     return {"n": len(closed), "accuracy": float(hits.mean()), "by_task": by_task,
@@ -211,24 +212,25 @@ def closed_question_accuracy(model, corpus: str, split: str, tasks, max_samples:
 
 
 def save_checkpoint(engine: TrainEngine, export_dir: Path, cfg: InstructStageConfig, step: int,
-                    joint: dict) -> Path | None:
-    """Export with ``save_brainlm`` (+ ``merged/`` if asked) and the closed-question accuracy."""
-    from fmrilm.llm.checkpoint import merge_to_hf, save_brainlm
+                    joint: dict, retriever=None) -> Path | None:
+    """Export the trained model with its `retriever` as a captioner (+ ``merged/`` if asked) and the
+    closed-question accuracy."""
+    from fmrilm.retrieval.captioner import Captioner
 
     def save(out: Path) -> None:
-        model = engine.module
-        save_brainlm(model, out, overwrite=True)
+        captioner = Captioner(engine.module, retriever)
+        captioner.save(out, overwrite=True)
         if cfg.merge:
-            merge_to_hf(model, out / "merged", overwrite=True)
+            captioner.merge_to_hf(out / "merged", overwrite=True)
         if cfg.eval_split:
-            report = closed_question_accuracy(model, cfg.corpus, cfg.eval_split, cfg.tasks, cfg.eval_max_samples)
+            report = closed_question_accuracy(captioner, cfg.corpus, cfg.eval_split, cfg.tasks, cfg.eval_max_samples)
             write_json(out / "eval.json", report)
             print(f"instruct: closed questions on {cfg.eval_split}: {report}", flush=True)
 
     return lm_common.export(engine, export_dir, save, cfg, {
         "stage": STAGE, "backbone_tag": joint["backbone_tag"], "tokenizer_tag": joint["tokenizer_tag"],
         "tokenizer": joint["tokenizer"], "from": str(Path(cfg.model).resolve()), "steps": step,
-        "retrieval": engine.module.prompt_retriever.source if engine.module.prompt_retriever else None,
+        "retrieval": retriever.source if retriever is not None else None,
         "world_size": engine.world_size, "merged": cfg.merge})
 
 
@@ -242,10 +244,10 @@ def run(cfg: InstructStageConfig) -> Path | None:
     if lm_common.skip_finished(export_dir, cfg.force):
         return export_dir
     lm_common.prepare_run(train_dir, export_dir, cfg.force)
-    engine, data, skipped = setup(cfg, train_dir, joint)
+    engine, data, skipped, retriever = setup(cfg, train_dir, joint)
     try:
         step = train(engine, data, skipped)
-        return save_checkpoint(engine, export_dir, cfg, step, joint)
+        return save_checkpoint(engine, export_dir, cfg, step, joint, retriever)
     finally:
         cleanup(engine)
 

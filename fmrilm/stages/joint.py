@@ -41,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fmrilm.corpus.reader import read_split
 from fmrilm.engine import EngineConfig, TrainEngine, stage_main
 from fmrilm.errors import InputError
 from fmrilm.llm.config import LLMConfig
@@ -146,7 +147,7 @@ def setup(cfg: JointStageConfig, train_dir: Path, tokenizer: dict):
 
     lm_common.check_corpus_tokenizer(cfg.corpus, cfg.split, tokenizer)
     model = build_model(cfg)
-    samples, skipped = lm_common.read_split(cfg.corpus, cfg.split, cfg.tasks, max_skipped=cfg.engine.max_skipped_shards)
+    samples, skipped = read_split(cfg.corpus, cfg.split, cfg.tasks, max_skipped=cfg.engine.max_skipped_shards)
     encode = joint_encoder(model, cfg.llm.seed, cfg.text_to_brain_fraction, len(samples))
     data = lm_common.training_set(samples, encode, model.max_length, cfg.engine,
                                   latents=lm_common.scan_latents(model, cfg.corpus))

@@ -1,7 +1,7 @@
 """Shared machinery of the language-model stages (0 backbone, 2 joint, 3 instruct).
 
-- reading a corpus split into memory through the corpus reader's checked shard reader (corrupt
-  shards are skipped and counted, never silently lost);
+- a corpus split read into memory by :func:`fmrilm.corpus.reader.read_split` (corrupt shards are
+  skipped and counted, never silently lost);
 - encoding, up front, every sample the run will visit (a run shorter than an epoch visits a
   fraction of the corpus), so a sample that does not fit the context is an error before the first
   step, naming the sample;
@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from fmrilm.artifacts import STAGE_FILE, read_corpus_record, read_stage_record, stage_record
 from fmrilm.config import save_config
-from fmrilm.corpus.reader import Decode, ShardReader, SkipCounter
+from fmrilm.corpus.reader import SkipCounter
 from fmrilm.corpus.shards import load_manifest
 from fmrilm.device import init_distributed
 from fmrilm.engine import EngineConfig, TrainEngine
@@ -128,32 +128,6 @@ def check_corpus_tokenizer(corpus_dir: str | Path, split: str, tokenizer: dict) 
 
 
 # ------------------------------------------------------------------------------------- data
-def read_split(corpus_dir: str | Path, split: str, tasks, verify: bool = True, progress: bool = True,
-               max_skipped: float = EngineConfig.max_skipped_shards) -> tuple[list[dict], SkipCounter]:
-    """All samples of `split` whose task is in `tasks`, in manifest order, plus the skip counter.
-
-    Uses the corpus reader's shard reader and decoder, so a corrupt or truncated shard is skipped
-    whole with a warning and counted (log ``counter.shards``), exactly as in streaming mode; more
-    than the fraction `max_skipped` of the split's shards skipped is an InputError.
-    """
-    corpus_dir = Path(corpus_dir)
-    manifest = load_manifest(corpus_dir, split)
-    counter = SkipCounter()
-    reader = ShardReader({s["name"]: s["sha256"] for s in manifest["shards"]}, counter, verify)
-    urls = tqdm([{"url": str(corpus_dir / s["name"])} for s in manifest["shards"]], desc=f"reading {split}",
-                unit="shard", disable=not progress)
-    tasks = set(tasks)
-    samples = [s for s in Decode(counter)(reader(iter(urls))) if s["json"]["task"] in tasks]
-    n_shards = len(manifest["shards"])
-    if counter.shards > max_skipped * n_shards:
-        raise InputError(corpus_dir, split, f"{counter.shards} of {n_shards} shards unreadable (corrupt, truncated "
-                                            f"or missing), more than engine.max_skipped_shards={max_skipped}: "
-                                            f"rebuild the corpus, or raise the limit")
-    if not samples:
-        raise InputError(corpus_dir, split, f"no readable samples of tasks {sorted(tasks)}")
-    return samples, counter
-
-
 def weight_tasks(samples: list[dict], weights: dict[str, float], seed: int) -> np.ndarray:
     """Positions of `samples` resampled by task: weight w keeps each sample of its task ⌊w⌋ times, plus
     once more with probability w − ⌊w⌋ (seeded); tasks not named keep weight 1.

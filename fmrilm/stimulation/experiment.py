@@ -200,15 +200,16 @@ def perturb(scans: np.ndarray, vertices: np.ndarray, alpha: float, sd: np.ndarra
     return out
 
 
-def caption_scans(model, tokenizer, scans: np.ndarray, cfg) -> list[str]:
-    """Greedy captions of `scans` [N, V], re-tokenized with the run's tokenizer: one ``generate()`` call."""
-    from fmrilm.evaluation.heldout import tokenize_betas
+def caption_scans(captioner, tokenizer, scans: np.ndarray, cfg) -> list[str]:
+    """Greedy captions of `scans` [N, V], re-tokenized with the run's tokenizer: one ``generate()`` call
+    of the run's captioner (its retriever, if any, retrieves from the perturbed scans' tokens too)."""
     from fmrilm.evaluation.task_eval import CAPTION_PROMPT
-    from fmrilm.llm.generate import generate
+    from fmrilm.tokenizer.features import encode_betas
 
-    tokens = tokenize_betas(tokenizer, scans)
-    return generate(model, [t[None] for t in tokens], [CAPTION_PROMPT] * len(tokens),
-                    max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size)
+    tokens, latents = encode_betas(tokenizer, scans)
+    return captioner.generate([t[None] for t in tokens], [CAPTION_PROMPT] * len(tokens),
+                              max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
+                              brain_latents=[z[None] for z in latents] if captioner.reads_latents else None)
 
 
 def observer_choice(scans: np.ndarray, clean: np.ndarray, variance: np.ndarray, factor: np.ndarray | None,
@@ -303,12 +304,12 @@ def _reader_results(readouts, blocks, alphas, cfg, names, candidates, candidate_
 
 def run_stimulation(cfg: StimulationConfig, overwrite: bool = False, progress: bool = True) -> dict:
     """Run the experiment; write ``stimulation.json``, ``dose_response.png`` and ``vertices.png``."""
-    from fmrilm.artifacts import check_compatible
+    from fmrilm.artifacts import check_compatible, resolve_model_dir, resolve_tokenizer_dir
     from fmrilm.brain.task_data import TaskData
     from fmrilm.config import save_config
-    from fmrilm.evaluation.heldout import load_heldout, resolve_model_dir, resolve_tokenizer_dir
+    from fmrilm.corpus.heldout import load_heldout
     from fmrilm.io import atomic_dir, write_json
-    from fmrilm.llm.checkpoint import load_brainlm
+    from fmrilm.retrieval.captioner import Captioner
     from fmrilm.stimulation.patches import describe_patch, select_patches
     from fmrilm.stimulation.plotting import plot_dose_response, plot_vertices
     from fmrilm.stimulation.statistics import CONFIDENCE
@@ -345,7 +346,7 @@ def run_stimulation(cfg: StimulationConfig, overwrite: bool = False, progress: b
     n_repeats = int(data.trial_repeat.max()) + 1
     candidate_names = np.array([concept_rate(data.stimuli[m]["captions"], words) > 0 for m in candidates])
     tokenizer = BrainTokenizer.from_pretrained(tokenizer_dir, data.atlas_info)
-    model = load_brainlm(model_dir, cfg.backbone or None)
+    captioner = Captioner.load(model_dir, cfg.backbone or None)
     stimuli = scan_rng.permutation(pool)[: cfg.n_scans]
     scans = data.mean_betas(cfg.subject, stimuli)
     sd = scans.std(0)
@@ -360,7 +361,7 @@ def run_stimulation(cfg: StimulationConfig, overwrite: bool = False, progress: b
     alphas = sorted({float(a) for a in cfg.alphas})
 
     readouts, seconds = _read_out(
-        scans, sd, blocks, alphas, caption=lambda batch: caption_scans(model, tokenizer, batch, cfg),
+        scans, sd, blocks, alphas, caption=lambda batch: caption_scans(captioner, tokenizer, batch, cfg),
         decode=lambda batch: observer_choice(batch, clean, variance, factor, n_repeats),
         score=lambda captions: embed_texts(captions) @ probe, progress=progress)
 

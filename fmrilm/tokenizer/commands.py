@@ -1,4 +1,8 @@
-"""`fmrilm tokenizer train | encode | inspect` (registered by fmrilm/cli.py)."""
+"""`fmrilm tokenizer encode | inspect` (registered by fmrilm/cli.py).
+
+`fmrilm tokenizer train` runs stage 1, which sits above this package, so its verb is added to the
+parser's ``verbs`` by :mod:`fmrilm.stages.commands` (registered after this module).
+"""
 
 from __future__ import annotations
 
@@ -6,17 +10,7 @@ from __future__ import annotations
 def register(sub) -> None:
     p = sub.add_parser("tokenizer", help="stage 1: train, apply and inspect the VQ brain tokenizer",
                        description="Stage 1: the region-wise VQ brain tokenizer.")
-    verbs = p.add_subparsers(dest="verb", required=True, metavar="VERB")
-
-    t = verbs.add_parser("train", help="train a tokenizer (one process; use the deepspeed launcher for more)",
-                         description="Train a tokenizer in this process. For several ranks: "
-                                     "DS_ACCELERATOR=cpu deepspeed --num_gpus 2 "
-                                     "--module fmrilm.stages.tokenizer --config ...")
-    t.add_argument("--config", default="tokenizer_demo",
-                   help="YAML path or shipped config name (default: %(default)s)")
-    t.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="config overrides, e.g. data.dataset=DIR")
-    t.set_defaults(handler=_train)
+    p.verbs = verbs = p.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     e = verbs.add_parser("encode", help="tokenize a task or rest dataset into a tokens dataset",
                          description="Write a tokens dataset (manifest kind 'tokens', array 'tokens').")
@@ -37,14 +31,6 @@ def register(sub) -> None:
     i.add_argument("--out", help="PNG path of the surface map (default: TOKENIZER/r2_surface.png)")
     i.add_argument("--batch-size", type=int, default=256)
     i.set_defaults(handler=_inspect)
-
-
-def _train(args) -> int:
-    from fmrilm.config import load_config
-    from fmrilm.stages.tokenizer import TokenizerStageConfig, run
-
-    run(load_config(TokenizerStageConfig, args.config, args.set))
-    return 0
 
 
 def _encode(args) -> int:

@@ -1,15 +1,13 @@
-"""The held-out evaluation set of a run and the artifacts that score it.
+"""The held-out set of a run: its splits as the corpus was built on them, and the scored split's samples.
 
 Evaluation must only use what training never saw, so the test set comes from the run's splits file
 (:mod:`fmrilm.brain.splits`), the one the corpus was built on (its sha256 is checked): the ``test``
 stimuli (novel-category stimuli are all there) and, for rest data, the corpus's ``test``-split
-samples. Training items for the linear baselines and the retrieval head are the ``train`` stimuli
+samples. Training items for the linear baselines and the retrieval heads are the ``train`` stimuli
 of the ``train`` task subjects; held-out subjects are scored only where a section says so. Task
-items follow the NSD convention: one item per
-(subject, stimulus), the repeats averaged (:meth:`fmrilm.brain.task_data.TaskData.mean_betas`).
-
-Artifact directories may be given directly or as a stage's parent directory (``runs/demo/instruct``
-holding one ``stage3_instruct-*`` export; ``runs/demo/tokenizer`` holding one ``tokenizer_*``).
+items follow the NSD convention: one item per (subject, stimulus), the repeats averaged
+(:meth:`fmrilm.brain.task_data.TaskData.mean_betas`). Read by the evaluation, the retrieval stage's
+search indexes and the stimulation experiment.
 """
 
 from __future__ import annotations
@@ -18,55 +16,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-from tqdm.auto import tqdm
 
+from fmrilm.artifacts import check_recorded, read_corpus_record
+from fmrilm.brain.splits import read_splits
+from fmrilm.brain.store import Dataset
+from fmrilm.corpus.reader import read_split
 from fmrilm.errors import InputError
-
-
-def resolve_artifact(path, marker: str, pattern: str, what: str) -> Path:
-    """`path` itself if it holds `marker`, else its single newest child matching `pattern` that does."""
-    path = Path(path)
-    if (path / marker).is_file():
-        return path
-    found = sorted(p for p in path.glob(pattern) if (p / marker).is_file()) if path.is_dir() else []
-    if not found:
-        raise InputError(path, what, f"no {marker} here nor in a {pattern} subdirectory")
-    # Export names end in the step number (step000300), so the last in sorted order is the newest.
-    return found[-1]
-
-
-def resolve_model_dir(path) -> Path:
-    """A BrainLM directory (``brainlm.json``), given it or the stage directory holding exports."""
-    return resolve_artifact(path, "brainlm.json", "stage3_instruct-*", "model")
-
-
-def resolve_tokenizer_dir(path) -> Path:
-    """A brain tokenizer directory (``config.json`` + weights), given it or its stage directory."""
-    return resolve_artifact(path, "model.safetensors", "tokenizer_*", "tokenizer")
-
-
-@torch.no_grad()
-def encode_betas(tokenizer, betas: np.ndarray, batch_size: int = 256,
-                 progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Vertex maps ``[N, V]`` → token ids ``[N, P·L]`` (int64) and the encoder outputs ``[N, P, d]``
-    (float32; what a model with continuous brain input reads) with a task tokenizer."""
-    tokens, latents = [], []
-    for start in tqdm(range(0, len(betas), batch_size), desc="tokenize", disable=not progress):
-        ids, z = tokenizer.encode_with_latents(tokenizer.group_vertices(betas[start:start + batch_size]))
-        tokens.append(ids.numpy())
-        latents.append(z.numpy())
-    return np.concatenate(tokens).astype(np.int64), np.concatenate(latents)
-
-
-def tokenize_betas(tokenizer, betas: np.ndarray, batch_size: int = 256, progress: bool = False) -> np.ndarray:
-    """Vertex maps ``[N, V]`` → token ids ``[N, P·L]`` (int64) with a task tokenizer."""
-    return encode_betas(tokenizer, betas, batch_size, progress)[0]
 
 
 @dataclass
 class HeldOut:
-    """Splits of a corpus, as the evaluation needs them.
+    """Splits of a corpus, as the evaluation (and everything scored or fitted on its splits) needs them.
 
     Attributes
     ----------
@@ -101,8 +61,6 @@ class HeldOut:
 
 
 def _split_samples(corpus: Path, split: str) -> list[dict]:
-    from fmrilm.stages.lm_common import read_split
-
     if not (corpus / f"{split}.manifest.json").is_file():
         return []
     samples, counter = read_split(corpus, split, ("caption", "vqa", "describe", "phenotype", "temporal"),
@@ -124,10 +82,6 @@ def load_heldout(corpus, splits=None, split: str = "test") -> HeldOut:
     split : {"test", "val"}
         What is scored: recipes are chosen on ``val``; ``test`` is scored once per run.
     """
-    from fmrilm.artifacts import check_recorded, read_corpus_record
-    from fmrilm.brain.splits import read_splits
-    from fmrilm.brain.store import Dataset
-
     corpus = Path(corpus)
     summary = read_corpus_record(corpus)
     recorded = summary.get("run_splits")
