@@ -31,6 +31,7 @@ class StageSpec:
     config: str = ""  # shipped config name or path for that stage
     set: list[str] = field(default_factory=list)  # overrides for the stage config
     enabled: bool = True
+    nproc: int = 1  # ranks of an LM stage (joint, instruct) under the deepspeed launcher; 1: in this process
 
 
 @dataclass
@@ -144,18 +145,40 @@ def _backbone(ctx: StageContext) -> Path:
                         [f"out_dir={ctx.out_dir}", f"corpus={ctx.artifact('corpus')}"]))
 
 
-def _joint(ctx: StageContext) -> Path:
-    from fmrilm.stages.joint import JointStageConfig, run
+def _launch(ctx: StageContext, stage: str, module, cfg) -> Path:
+    """Run an LM stage in this process, or with ``nproc`` > 1 on that many ranks under the deepspeed launcher
+    (CPU processes here, GPUs where there are): the resolved config is written beside the stage's output
+    and the launched ranks read it, so both ways train the same recipe."""
+    if ctx.spec.nproc < 1:
+        raise InputError(ctx.run / RUN_MARKER, f"stages.{ctx.name}.nproc", f"must be >= 1, got {ctx.spec.nproc}")
+    if ctx.spec.nproc == 1:
+        return module.run(cfg)
+    from fmrilm.stages import lm_common
+    from fmrilm.stages.commands import run_stage
 
-    return run(ctx.load(JointStageConfig, "engine.seed", [
+    ctx.out_dir.mkdir(parents=True, exist_ok=True)
+    config = ctx.out_dir / f"{stage}_launch_config.yaml"
+    save_config(cfg, config)
+    status = run_stage(stage, str(config), nproc=ctx.spec.nproc)
+    export = module.names(cfg)[0]
+    if status != 0 or not lm_common.is_finished(export):
+        raise RuntimeError(f"stage {stage} on {ctx.spec.nproc} ranks exited with status {status} without "
+                           f"finishing {export} (its ranks' output is above)")
+    return export
+
+
+def _joint(ctx: StageContext) -> Path:
+    from fmrilm.stages import joint
+
+    return _launch(ctx, "joint", joint, ctx.load(joint.JointStageConfig, "engine.seed", [
         f"out_dir={ctx.out_dir}", f"corpus={ctx.artifact('corpus')}",
         f"tokenizer={ctx.artifact('tokenizer')}", f"llm.backbone={ctx.artifact('backbone')}"]))
 
 
 def _instruct(ctx: StageContext) -> Path:
-    from fmrilm.stages.instruct import InstructStageConfig, run
+    from fmrilm.stages import instruct
 
-    return run(ctx.load(InstructStageConfig, "engine.seed", [
+    return _launch(ctx, "instruct", instruct, ctx.load(instruct.InstructStageConfig, "engine.seed", [
         f"out_dir={ctx.out_dir}", f"corpus={ctx.artifact('corpus')}",
         f"model={ctx.artifact('joint')}", f"retrieval={ctx.artifact('retrieval')}"]))
 

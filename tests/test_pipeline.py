@@ -276,3 +276,20 @@ def test_stages_json_of_older_versions_is_still_read(tmp_path, monkeypatch):
     write_state(run, read_state(run))  # rewritten relative to the run
     assert json.loads((run / "stages.json").read_text()) == {"corpus": "corpus"}
     assert read_state(run) == {"corpus": str(run / "corpus")}
+
+
+@pytest.mark.slow
+def test_lm_stages_run_on_two_cpu_ranks_under_the_launcher(tiny_run, tmp_path, capfd):
+    _, run_dir, _ = tiny_run
+    copy = tmp_path / "ranks"
+    shutil.copytree(run_dir, copy)
+    later = ("real_rest", "real_rest_tokens", "evaluation", "stimulation")
+    cfg = load_pipeline_config("pipeline_tiny", [f"run_dir={copy}", "stages.joint.nproc=2", "stages.instruct.nproc=2",
+                                                 *[f"stages.{s}.enabled=false" for s in later]])
+    report = run_pipeline(cfg, force=["joint"])
+    assert set(report["timings_s"]) == {"joint", "retrieval", "instruct"}
+    launched = [line for line in capfd.readouterr().out.splitlines() if "--num_gpus 2 --module fmrilm.stages" in line]
+    assert len(launched) == 2 and all("_launch_config.yaml" in line for line in launched)
+    for stage in ("joint", "instruct"):
+        assert (copy / stage / f"{stage}_launch_config.yaml").is_file()
+        assert (copy / read_state(copy)[stage] / "stage.json").is_file()
