@@ -128,7 +128,7 @@ def build_deepspeed_ops() -> None:
     get_accelerator().create_op_builder("ShareMemCommBuilder").load()
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -147,9 +147,9 @@ def share_cpu_threads() -> None:
     # deepspeed's launcher exports LOCAL_SIZE (and OMP_NUM_THREADS only with --bind_cores_to_rank),
     # torchrun LOCAL_WORLD_SIZE
     env = os.environ
-    local = int(env.get("LOCAL_SIZE") or env.get("LOCAL_WORLD_SIZE") or env.get("WORLD_SIZE") or 1)
-    if os.environ["DS_ACCELERATOR"] == "cpu" and local > 1 and "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
+    local = int(env.get("LOCAL_SIZE") or env.get("LOCAL_WORLD_SIZE") or 1)
+    if env["DS_ACCELERATOR"] == "cpu" and local > 1 and "OMP_NUM_THREADS" not in env:
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // local))  # the cores this process may use
 
 
 def init_distributed() -> None:
@@ -160,7 +160,7 @@ def init_distributed() -> None:
     if torch.distributed.is_initialized():
         return
     if _plain_process():  # plain `python -m ...`: a world of one, kept for the process's life
-        port = str(_free_port())
+        port = str(free_port())
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=port,
                           FMRILM_OWN_GROUP_PORT=port)
     backend = "nccl" if torch.cuda.is_available() and os.environ["DS_ACCELERATOR"] == "cuda" else "gloo"

@@ -149,22 +149,30 @@ def _launch(ctx: StageContext, stage: str, module, cfg) -> Path:
     """Run an LM stage in this process, or with ``nproc`` > 1 on that many ranks under the deepspeed launcher
     (CPU processes here, GPUs where there are): the resolved config is written beside the stage's output
     and the launched ranks read it, so both ways train the same recipe."""
-    if ctx.spec.nproc < 1:
-        raise InputError(ctx.run / RUN_MARKER, f"stages.{ctx.name}.nproc", f"must be >= 1, got {ctx.spec.nproc}")
+    import torch
+
     if ctx.spec.nproc == 1:
         return module.run(cfg)
+    if torch.cuda.is_available() and ctx.spec.nproc > torch.cuda.device_count():
+        raise InputError(ctx.run / RUN_MARKER, f"stages.{ctx.name}.nproc",
+                         f"{ctx.spec.nproc} ranks for {torch.cuda.device_count()} visible GPU(s)")
+    from fmrilm.device import free_port
     from fmrilm.stages import lm_common
     from fmrilm.stages.commands import run_stage
 
     ctx.out_dir.mkdir(parents=True, exist_ok=True)
     config = ctx.out_dir / f"{stage}_launch_config.yaml"
     save_config(cfg, config)
-    status = run_stage(stage, str(config), nproc=ctx.spec.nproc)
+    # a free rendezvous port: the launcher's default would collide with another run on this node
+    status = run_stage(stage, str(config), nproc=ctx.spec.nproc, master_port=free_port())
     export = module.names(cfg)[0]
     if status != 0 or not lm_common.is_finished(export):
         raise RuntimeError(f"stage {stage} on {ctx.spec.nproc} ranks exited with status {status} without "
                            f"finishing {export} (its ranks' output is above)")
     return export
+
+
+LAUNCHED = {"joint", "instruct"}  # the stages `nproc` applies to
 
 
 def _joint(ctx: StageContext) -> Path:
@@ -267,6 +275,10 @@ def run_pipeline(cfg: PipelineConfig, force: list[str] | None = None) -> dict:
     unknown = sorted(set(force) - set(STAGES) - {"all"})
     if unknown:
         raise InputError("--force", ", ".join(unknown), f"unknown stage(s); known: {list(STAGES)}")
+    for name, spec in cfg.stages.items():
+        if spec.nproc != 1 and (name not in LAUNCHED or spec.nproc < 1):
+            raise InputError("pipeline config", f"stages.{name}.nproc",
+                             f"{spec.nproc}: only {sorted(LAUNCHED)} run on several ranks (nproc >= 1)")
     run = Path(cfg.run_dir)
     run.mkdir(parents=True, exist_ok=True)
     for leftover in sweep_dead_partials(run):

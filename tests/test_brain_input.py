@@ -50,8 +50,9 @@ def test_generation_and_constrained_answers_read_the_latents(model):
     prompts = ["Describe it. <scan>", "What is this? <scan>"]
     tokens = [SCANS[:1], SCANS[1:2]]
     exact = [_code_vectors(model, t) for t in tokens]
-    assert generate(model, tokens, prompts, max_new_tokens=6, brain_latents=exact) == \
-        generate(model, tokens, prompts, max_new_tokens=6)
+    codes_text = generate(model, tokens, prompts, max_new_tokens=6)
+    assert generate(model, tokens, prompts, max_new_tokens=6, brain_latents=exact) == codes_text
+    assert generate(model, tokens, prompts, max_new_tokens=6, brain_latents=[x * 0 + 50.0 for x in exact]) != codes_text
     _, with_codes = choose_answer(model, tokens, prompts, ["yes", "no"])
     _, with_latents = choose_answer(model, tokens, prompts, ["yes", "no"], brain_latents=exact)
     _, shifted = choose_answer(model, tokens, prompts, ["yes", "no"], brain_latents=[x + 2.0 for x in exact])

@@ -270,3 +270,14 @@ def test_ideal_observer_log_likelihood_prefers_the_true_candidate():
     assert np.allclose(ll, direct)
     result = n_way_from_scores(ll, n_way=5, n_draws=4, seed=0)
     assert result["brain_to_caption"]["top1"] == 1.0 and result["n_way"] == 5
+
+
+def test_phenotype_questions_keep_the_first_windows_of_each_subject():
+    from fmrilm.errors import InputError
+    from fmrilm.evaluation.rest_eval import _first_windows
+
+    items = [{"json": {"subject": s, "window": w}} for s, w in (("a", 0), ("b", 0), ("a", 1), ("a", 2), ("b", 1))]
+    assert [(i["json"]["subject"], i["json"]["window"]) for i in _first_windows(items, 1)] == [("a", 0), ("b", 0)]
+    assert len(_first_windows(items, 2)) == 4 and _first_windows(items, 0) == items
+    with pytest.raises(InputError, match="phenotype_windows"):
+        _first_windows(items, -1)

@@ -293,3 +293,11 @@ def test_lm_stages_run_on_two_cpu_ranks_under_the_launcher(tiny_run, tmp_path, c
     for stage in ("joint", "instruct"):
         assert (copy / stage / f"{stage}_launch_config.yaml").is_file()
         assert (copy / read_state(copy)[stage] / "stage.json").is_file()
+
+
+def test_ranks_are_refused_for_stages_that_run_in_process_before_any_work(tmp_path):
+    for bad in ("stages.corpus.nproc=2", "stages.joint.nproc=0"):
+        cfg = load_pipeline_config("pipeline_tiny", [f"run_dir={tmp_path / 'run'}", bad])
+        with pytest.raises(InputError, match="nproc"):
+            run_pipeline(cfg)
+        assert not (tmp_path / "run" / "task_world").exists()

@@ -295,7 +295,7 @@ def test_continuous_brain_input_reads_the_corpus_latents_in_stages_2_and_3(world
     paths = write_toy_inputs(tmp_path / "inputs", Atlas.schaefer(100), latent_dim=16)  # the fake tokenizer's width
     build_corpus(load_config(CorpusConfig, "corpus_tiny", [f"{k}={v}" for k, v in paths.items()]),
                  tmp_path / "corpus", progress=False)
-    with pytest.raises(InputError, match="none has them: rewrite the tokens with latents"):
+    with pytest.raises(InputError, match="they have none: rewrite the tokens with latents"):
         joint.run(joint_cfg(world, tmp_path / "refused", "llm.brain_input=continuous"))
     stage2 = joint.run(joint_cfg({**world, "corpus": tmp_path / "corpus"}, tmp_path, "llm.brain_input=continuous"))
     assert read_json(stage2 / "brainlm.json")["config"]["brain_input"] == "continuous"
@@ -313,7 +313,8 @@ def test_continuous_brain_input_reads_the_corpus_latents_in_stages_2_and_3(world
     np.testing.assert_array_equal(task["tokens.npy"], tokens_ds.array("tokens")[trials])
     np.testing.assert_array_equal(store.lookup(task["json"]["scans"], "t"), tokens_ds.array("latents")[trials])
     assert store.lookup(rest["json"]["scans"], "r") is None
-    item = {**instruct.instruction_encoder(Captioner(model), [task])(task, 0), "scans": task["json"]["scans"]}
+    item = instruct.instruction_encoder(Captioner(model), [task])(task, 0)
+    assert item["scans"] == task["json"]["scans"]
     with_latents = collate([item], model.tokenizer.eos_token_id, None, store)
     assert int(with_latents["brain_latent_count"][0]) == task["tokens.npy"].size
     with torch.no_grad():

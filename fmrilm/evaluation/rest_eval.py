@@ -62,7 +62,9 @@ def _positive_probability(candidates: list[str], log_likelihoods: np.ndarray, na
 
 def _first_windows(items: list, k: int) -> list:
     """At most `k` samples per subject (the first in corpus order); all of them when `k` is 0."""
-    if k <= 0:
+    if k < 0:
+        raise InputError("eval config", "phenotype_windows", f"{k}: windows per subject, >= 0 (0: all)")
+    if k == 0:
         return items
     kept, count = [], Counter()
     for s in items:

@@ -111,9 +111,10 @@ def _pick_items(test_stimuli, stimuli, subjects, cfg) -> tuple[np.ndarray, np.nd
     return chosen[:, 0], chosen[:, 1]
 
 
-def _features(data, tokenizer, subjects, stimuli_of, limit=None):
+def _features(data, tokenizer, subjects, stimuli_of, limit=None, latents: bool = False):
     """Averaged scans of each subject's stimuli (at most `limit` per subject) → token ids, token code
-    vectors, continuous encodings, vertices and caption embeddings."""
+    vectors, continuous encodings, vertices and caption embeddings; with `latents` also the encoder
+    outputs an LM reading continuous brain input is given (else None)."""
     from fmrilm.textembed import embed_texts
     from fmrilm.tokenizer.features import continuous_features, encode_betas, token_features
 
@@ -121,9 +122,10 @@ def _features(data, tokenizer, subjects, stimuli_of, limit=None):
     subject = np.array([r[0] for r in rows], np.int64)
     stimulus = np.array([r[1] for r in rows], np.int64)
     vertices = np.concatenate([data.mean_betas(s, stimulus[subject == s]) for s in subjects if (subject == s).any()])
-    tokens, latents = encode_betas(tokenizer, vertices)
+    tokens, encoded = encode_betas(tokenizer, vertices)
     caption = [data.stimuli[m]["captions"][0] for m in stimulus]
-    return {"subject": subject, "stimulus": stimulus, "vertices": vertices, "tokens_ids": tokens, "latents": latents,
+    return {"subject": subject, "stimulus": stimulus, "vertices": vertices, "tokens_ids": tokens,
+            "latents": encoded if latents else None,
             "tokens": token_features(tokenizer, tokens), "continuous": continuous_features(tokenizer, vertices),
             "caption": caption, "text": embed_texts(caption)}
 
@@ -227,9 +229,10 @@ def run_evaluation(cfg: EvalConfig, overwrite: bool = False, progress: bool = Tr
     timings["load"] = time.time() - t0
 
     t0 = time.time()
-    test = _features(data, tokenizer, subjects, lambda s: test_stim)
+    continuous = captioner.reads_latents
+    test = _features(data, tokenizer, subjects, lambda s: test_stim, latents=continuous)
     train = _features(data, tokenizer, subjects, lambda s: heldout.train_stimuli,
-                      max(1, cfg.max_train_items // len(subjects)))
+                      max(1, cfg.max_train_items // len(subjects)), latents=continuous)
     train_captions = [data.stimuli[m]["captions"][0] for m in train["stimulus"]]
     timings["features"] = time.time() - t0
 
@@ -248,7 +251,6 @@ def run_evaluation(cfg: EvalConfig, overwrite: bool = False, progress: bool = Tr
     item_subject, item_stimulus = _pick_items(test_stim, data.stimuli, subjects, cfg)
     row_of = {(int(s), int(m)): i for i, (s, m) in enumerate(zip(test["subject"], test["stimulus"]))}
     rows = np.array([row_of[(int(s), int(m))] for s, m in zip(item_subject, item_stimulus)], np.int64)
-    continuous = captioner.reads_latents
     items = task_eval.TaskItems(item_subject, item_stimulus, test["tokens_ids"][rows], data.stimuli,
                                 test["latents"][rows] if continuous else None)
     captions, derangements = task_eval.caption_conditions(captioner, items, cfg, progress)

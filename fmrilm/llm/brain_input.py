@@ -4,14 +4,16 @@
 (:class:`~fmrilm.llm.vocab.BrainEmbedding`). ``brain_input: continuous`` — what fMRI-LM's released
 code does — feeds the encoder's pre-quantisation output of that parcel through the same projection
 instead. The codes stay everything else: the ids in the sequence (delimiters, parcel slots, labels),
-the brain head's targets, what retrieval and the scan conditioning read, and the input of a scan the
-model writes itself (temporal prediction has no encoder output to read back).
+the brain head's targets, what retrieval and the scan conditioning read, and the input of rest scans:
+those are what temporal prediction writes and reads back, and the model has no encoder output of a
+scan it predicts. In training every task scan of a sequence reads its latents, a text→brain target
+too (teacher forcing, as fMRI-LM).
 
 Latents travel beside the ids as ``brain_latents`` ``[B, n, d_code]`` — the encoder outputs of a
-row's brain tokens in reading order (scan by scan, parcel-major) — and ``brain_latent_count`` ``[B]``,
-how many of the row's first brain tokens they cover (0: the row reads codes). Where they come from:
+row's brain tokens in reading order (scan by scan, parcel-major) — and ``brain_latent_count`` ``[B]``:
+each row's count, all of its brain tokens or 0 (the row reads codes). Where they come from:
 
-- training: the corpus's input tokens datasets, written with ``latents: true``
+- training: the corpus's input task tokens dataset, written with ``latents: true``
   (:mod:`fmrilm.tokenizer.tokens`), looked up by each sample's ``scans`` references at batch time
   (:class:`ScanLatents`), so a large corpus never holds them in memory;
 - evaluation, stimulation, ``ask``: :meth:`fmrilm.tokenizer.model.BrainTokenizer.encode_with_latents`
@@ -60,12 +62,12 @@ def pad_latents(rows: list, d_code: int) -> dict[str, torch.Tensor]:
 
 
 class ScanLatents:
-    """The encoder outputs of a corpus's scans: its input tokens datasets' ``latents`` arrays, memory-mapped.
+    """The encoder outputs of a corpus's task scans: its input task tokens dataset's ``latents``, memory-mapped.
 
     Parameters
     ----------
     arrays : dict
-        ``{"task": [N_trials, P, d] array, "rest": [S, n_windows, P, d] array}`` (either may be missing).
+        ``{"task": [N_trials, P, d] array}``: scans of other sources read codes.
     source : str
         Named in errors.
     """
@@ -79,21 +81,23 @@ class ScanLatents:
 
     @classmethod
     def from_corpus(cls, corpus_dir) -> ScanLatents:
-        """Open the latents of the tokens datasets `corpus_dir` was built from (``corpus.json`` inputs);
-        InputError naming the fix when none has them."""
+        """Open the latents of the task tokens `corpus_dir` was built from (``corpus.json`` inputs);
+        InputError naming the fix when they have none."""
         from fmrilm.artifacts import read_corpus_record
         from fmrilm.brain.store import Dataset
 
         inputs = read_corpus_record(corpus_dir).get("inputs") or {}
         arrays = {}
-        for kind in ("task", "rest"):
-            path = inputs.get(f"{kind}_tokens")
-            if path and "latents" in Dataset(path, kind="tokens").manifest["arrays"]:
-                arrays[kind] = Dataset(path, kind="tokens").array("latents")
+        # task scans only: rest scans are what temporal prediction writes and reads back, as codes (the
+        # model has no encoder outputs of the scans it predicts), so rest latents would train an input
+        # that next-scan generation never gives it
+        path = inputs.get("task_tokens")
+        if path and "latents" in Dataset(path, kind="tokens").manifest["arrays"]:
+            arrays["task"] = Dataset(path, kind="tokens").array("latents")
         if not arrays:
             raise InputError(Path(corpus_dir) / "corpus.json", "inputs",
-                             "brain_input: continuous reads the encoder outputs of the corpus's tokens datasets, and "
-                             "none has them: rewrite the tokens with latents (`fmrilm tokenizer encode --latents`, or "
+                             "brain_input: continuous reads the encoder outputs of the corpus's task tokens, and "
+                             "they have none: rewrite the tokens with latents (`fmrilm tokenizer encode --latents`, or "
                              "the pipeline's `task_tokens: {set: [latents=true]}`)")
         return cls(arrays, str(corpus_dir))
 

@@ -222,8 +222,13 @@ def merge_to_hf(
 
     LoRA is merged into a full-precision reload of the base rather than into the live model, so the
     model being trained is untouched and a QLoRA adapter is not merged into lossy 4-bit weights.
-    `write_extra(directory)`, if given, writes further files into it before it is complete.
+    `write_extra(directory)`, if given, writes further files into it before it is complete. A model
+    reading continuous brain input is refused: the merged rows are its codes' embeddings, so the
+    checkpoint would be another model.
     """
+    if model.llm_config.brain_input != "codes":
+        raise InputError("merge", "brain_input", f"{model.llm_config.brain_input!r}: a merged checkpoint's brain rows "
+                         "are code embeddings, it cannot read encoder outputs (set merge=false)")
     with atomic_dir(out_dir, overwrite) as tmp:
         if _is_peft(model):
             from peft import PeftModel

@@ -157,6 +157,9 @@ def setup(cfg: InstructStageConfig, train_dir: Path, joint: dict):
     for split in filter(None, (cfg.split, cfg.eval_split)):
         lm_common.check_corpus_tokenizer(cfg.corpus, split, joint["tokenizer"])
     model = load_brainlm(cfg.model, add_lora=cfg.add_lora)
+    if cfg.merge and model.llm_config.brain_input != "codes":
+        raise InputError(cfg.model, "merge", "a model reading continuous brain input has no merged form (its merged "
+                                             "brain rows would be code embeddings): set merge=false")
     retriever = None
     if cfg.retrieval and cfg.retrieved_captions > 0:
         from fmrilm.artifacts import check_recorded, read_corpus_record
