@@ -46,7 +46,7 @@ def test_write_read_equality(built):
         read = _read_all(corpus_stream(corpus, split, shuffle_buffer=16))
         manifest = load_manifest(corpus, split)
         assert len(read) == manifest["n_samples"] == summary["splits"][split]["n_samples"]
-        expected = sorted(_fingerprint(gather_tokens(inputs, s.scans), s.meta)
+        expected = sorted(_fingerprint(gather_tokens(inputs, s.scans), s.record)
                           for s in plan.samples if s.split == split)
         got = sorted(_fingerprint(s["tokens.npy"], s["json"]) for s in read)
         assert got == expected

@@ -176,8 +176,7 @@ def build_corpus(cfg: CorpusConfig, out, overwrite: bool = False, progress: bool
         writer = SplitWriter(out, split, cfg.shards.maxcount, cfg.shards.maxsize, extra)
         for n, i in enumerate(order):
             sample = samples[i]
-            writer.write(f"{split}-{sample.task}-{n:08d}", gather_tokens(inputs, sample.scans),
-                         {**sample.meta, "scans": [[ref[0], *map(int, ref[1:])] for ref in sample.scans]})
+            writer.write(f"{split}-{sample.task}-{n:08d}", gather_tokens(inputs, sample.scans), sample.record)
             bar.update()
         manifests[split] = writer.close()
     bar.close()

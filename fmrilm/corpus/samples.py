@@ -80,6 +80,11 @@ class Sample:
         return self.meta["task"]
 
     @property
+    def record(self) -> dict:
+        """The json written to the shard: `meta` plus its scans' references (``scans``)."""
+        return {**self.meta, "scans": [[ref[0], *map(int, ref[1:])] for ref in self.scans]}
+
+    @property
     def split(self) -> str:
         return self.meta["split"]
 
