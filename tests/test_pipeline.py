@@ -288,7 +288,8 @@ def test_lm_stages_run_on_two_cpu_ranks_under_the_launcher(tiny_run, tmp_path, c
                                                  *[f"stages.{s}.enabled=false" for s in later]])
     report = run_pipeline(cfg, force=["joint"])
     assert set(report["timings_s"]) == {"joint", "retrieval", "instruct"}
-    launched = [line for line in capfd.readouterr().out.splitlines() if "--num_gpus 2 --module fmrilm.stages" in line]
+    launched = [line for line in capfd.readouterr().out.splitlines()
+                if "deepspeed --num_gpus 2 --master_port" in line and "--module fmrilm.stages." in line]
     assert len(launched) == 2 and all("_launch_config.yaml" in line for line in launched)
     for stage in ("joint", "instruct"):
         assert (copy / stage / f"{stage}_launch_config.yaml").is_file()

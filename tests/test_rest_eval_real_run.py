@@ -17,7 +17,7 @@ from fmrilm.evaluation.rest_eval import phenotype_section, real_run_temporal, re
 from fmrilm.io import write_json
 from fmrilm.pipeline import STAGES, load_pipeline_config
 
-CFG = SimpleNamespace(n_temporal=8, batch_size=16, seed=0)
+CFG = SimpleNamespace(n_temporal=8, batch_size=16, seed=0, phenotype_windows=0)
 SCORES = ("model", "persistence", "linear_ar", "tokenizer_ceiling")
 
 
