@@ -31,11 +31,13 @@ holding one ``stage3_instruct-*`` export; ``runs/demo/tokenizer`` holding one ``
 
 from __future__ import annotations
 
+import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from fmrilm.errors import InputError
-from fmrilm.io import portable_path, read_json, recorded_path
+from fmrilm.io import portable_path, read_json, recorded_path, write_json
 
 TOKENIZER_FORMAT = "fmrilm-brain-tokenizer"
 RETRIEVER_DIR = "retriever"  # a captioner's retriever, inside the model export it prompts for
@@ -319,3 +321,56 @@ def resolve_model_dir(path) -> Path:
 def resolve_tokenizer_dir(path) -> Path:
     """A brain tokenizer directory (``config.json`` + weights), given it or its stage directory."""
     return resolve_artifact(path, "model.safetensors", "tokenizer_*", "tokenizer")
+
+
+# ------------------------------------------------------------------ a pipeline run's stages
+STAGES_FILE = "stages.json"  # finished stage → its artifact, relative to the run (fmrilm.pipeline writes it)
+
+
+def read_state(run: Path) -> dict[str, str]:
+    """Finished stages → artifact paths under `run` (only those whose artifact still exists).
+
+    A recorded path outside the run (a ``stages.json`` written before paths were relative, then
+    moved or copied) is used but warned about: it is another run's artifact. A path that older
+    versions wrote relative to the working directory is still found while it lies inside the run.
+    """
+    path = run / STAGES_FILE
+    state = {}
+    for stage, recorded in (read_json(path) if path.is_file() else {}).items():
+        artifact = run / recorded  # an absolute `recorded` stays as it is
+        legacy = Path(recorded)
+        if not artifact.exists() and legacy.exists() and _inside(legacy, run):
+            artifact = legacy  # written before paths were relative to the run: relative to the working directory
+        if Path(recorded).is_absolute() and not _inside(artifact, run):
+            warnings.warn(f"{path}: stage {stage!r} points outside this run, at {recorded}: that artifact is "
+                          f"used, not one of this run (--force {stage} recomputes it here)", RuntimeWarning,
+                          stacklevel=2)
+        if artifact.exists():
+            state[stage] = str(artifact)
+    return state
+
+
+def write_state(run: Path, state: dict[str, str]) -> None:
+    """``stages.json``: each artifact inside `run` relative to it, anything else absolute."""
+    write_json(run / STAGES_FILE, {stage: os.path.relpath(Path(p).resolve(), run.resolve())
+                                     if _inside(Path(p), run) else str(Path(p).resolve())
+                                     for stage, p in state.items()})
+
+
+def _inside(path: Path, run: Path) -> bool:
+    return Path(path).resolve().is_relative_to(run.resolve())
+
+
+def run_artifact(run, stage: str) -> Path:
+    """The artifact a finished stage of pipeline run `run` recorded in its ``stages.json`` (commands such
+    as ``fmrilm ask`` find a run's pieces this way, wherever a stage wrote); InputError naming the file and
+    the stage when the run has not finished it. A directory assembled by hand, without ``stages.json``,
+    is read in the pipeline's layout: ``run/<stage>``."""
+    run = Path(run)
+    if not (run / STAGES_FILE).is_file():
+        return run / stage
+    state = read_state(run)
+    if stage not in state:
+        raise InputError(run / STAGES_FILE, stage, "not a finished stage of this run (`fmrilm pipeline --set "
+                                                   f"run_dir={run}` runs it; finished: {sorted(state)})")
+    return Path(state[stage])

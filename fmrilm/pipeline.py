@@ -13,17 +13,16 @@ earlier stages' artifacts and returns the path of its own.
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fmrilm.artifacts import read_state, write_state
 from fmrilm.brain.store import sweep_dead_partials
 from fmrilm.config import apply_overrides, from_dict, load_config, load_yaml, save_config
 from fmrilm.errors import InputError
-from fmrilm.io import RUN_MARKER, read_json, write_json
+from fmrilm.io import RUN_MARKER, write_json
 
 
 @dataclass
@@ -233,40 +232,6 @@ STAGES = {
     "evaluation": _evaluation,
     "stimulation": _stimulation,
 }
-
-
-def read_state(run: Path) -> dict[str, str]:
-    """Finished stages → artifact paths under `run` (only those whose artifact still exists).
-
-    A recorded path outside the run (a ``stages.json`` written before paths were relative, then
-    moved or copied) is used but warned about: it is another run's artifact. A path that older
-    versions wrote relative to the working directory is still found while it lies inside the run.
-    """
-    path = run / "stages.json"
-    state = {}
-    for stage, recorded in (read_json(path) if path.is_file() else {}).items():
-        artifact = run / recorded  # an absolute `recorded` stays as it is
-        legacy = Path(recorded)
-        if not artifact.exists() and legacy.exists() and _inside(legacy, run):
-            artifact = legacy  # written before paths were relative to the run: relative to the working directory
-        if Path(recorded).is_absolute() and not _inside(artifact, run):
-            warnings.warn(f"{path}: stage {stage!r} points outside this run, at {recorded}: that artifact is "
-                          f"used, not one of this run (--force {stage} recomputes it here)", RuntimeWarning,
-                          stacklevel=2)
-        if artifact.exists():
-            state[stage] = str(artifact)
-    return state
-
-
-def write_state(run: Path, state: dict[str, str]) -> None:
-    """``stages.json``: each artifact inside `run` relative to it, anything else absolute."""
-    write_json(run / "stages.json", {stage: os.path.relpath(Path(p).resolve(), run.resolve())
-                                     if _inside(Path(p), run) else str(Path(p).resolve())
-                                     for stage, p in state.items()})
-
-
-def _inside(path: Path, run: Path) -> bool:
-    return Path(path).resolve().is_relative_to(run.resolve())
 
 
 def run_pipeline(cfg: PipelineConfig, force: list[str] | None = None) -> dict:

@@ -302,3 +302,21 @@ def test_ranks_are_refused_for_stages_that_run_in_process_before_any_work(tmp_pa
         with pytest.raises(InputError, match="nproc"):
             run_pipeline(cfg)
         assert not (tmp_path / "run" / "task_world").exists()
+
+
+def test_commands_find_a_runs_artifacts_through_its_stages_file(tiny_run, tmp_path):
+    from fmrilm.evaluation.commands import answer_question
+
+    _, run_dir, _ = tiny_run
+    copy = tmp_path / "moved"
+    shutil.copytree(run_dir, copy)
+    (copy / "instruct").rename(copy / "instruct_v2")  # a stage that wrote elsewhere: only stages.json knows
+    stages = json.loads((copy / "stages.json").read_text())
+    stages["instruct"] = stages["instruct"].replace("instruct/", "instruct_v2/", 1)
+    (copy / "stages.json").write_text(json.dumps(stages))
+    scan = "sub-01/" + json.loads((copy / "task_world" / "stimuli.jsonl").read_text().splitlines()[0])["key"]
+    assert isinstance(answer_question(copy, scan, "What is it?", max_new_tokens=2)["answer"], str)
+    del stages["instruct"]
+    (copy / "stages.json").write_text(json.dumps(stages))
+    with pytest.raises(InputError, match="instruct.*not a finished stage of this run"):
+        answer_question(copy, scan, "What is it?", max_new_tokens=2)

@@ -60,7 +60,7 @@ def answer_question(run_dir, scan_id: str, question: str, max_new_tokens: int = 
     """
     from pathlib import Path
 
-    from fmrilm.artifacts import check_compatible, resolve_model_dir, resolve_tokenizer_dir
+    from fmrilm.artifacts import check_compatible, resolve_model_dir, resolve_tokenizer_dir, run_artifact
     from fmrilm.brain.task_data import TaskData
     from fmrilm.errors import InputError
     from fmrilm.evaluation.task_eval import VQA_PROMPT
@@ -71,12 +71,14 @@ def answer_question(run_dir, scan_id: str, question: str, max_new_tokens: int = 
     from fmrilm.tokenizer.model import BrainTokenizer
 
     run = Path(run_dir)
-    tokenizer_dir, model_dir = resolve_tokenizer_dir(run / "tokenizer"), resolve_model_dir(run / "instruct")
+    # the run's own record of its stages (stages.json), not directory names
+    tokenizer_dir = resolve_tokenizer_dir(run_artifact(run, "tokenizer"))
+    model_dir = resolve_model_dir(run_artifact(run, "instruct"))
     check_compatible(tokenizer_dir, model_dir)
     if backbone is not None and read_json(model_dir / "brainlm.json").get("weights") not in ("adapter", "frozen"):
         raise InputError("--backbone", "weights", f"the model {model_dir} is no LoRA adapter (it holds its whole "
                                                   "backbone): there is no base to re-point")
-    data = TaskData(run / "task_world")
+    data = TaskData(run_artifact(run, "task_world"))
     subject, stimulus = parse_scan_id(data, scan_id)
     tokenizer = BrainTokenizer.from_pretrained(tokenizer_dir, data.atlas_info)
     captioner = Captioner.load(model_dir, backbone)

@@ -39,7 +39,6 @@ from fmrilm.errors import InputError
 from fmrilm.evaluation.baselines import chance_baseline, fc_features, phenotype_baseline
 from fmrilm.evaluation.regression import classification_scores, r2_score, regression_scores
 from fmrilm.evaluation.temporal_baselines import LinearAR, persistence_forecast
-from fmrilm.io import read_json
 from fmrilm.llm.generate import choose_answer, generate, generate_scan, number_tokens
 from fmrilm.tokenizer.data import zscore_time
 
@@ -176,13 +175,13 @@ def temporal_section(model, tokenizer, samples: list, rest: Dataset, excluded: s
 def real_run_tokens(heldout) -> Path | None:
     """The real run's tokens dataset of the run the corpus belongs to, or None if it has none.
 
-    The pipeline records finished stages in ``<run>/stages.json`` and writes stage ``real_rest_tokens``
-    into ``<run>/real_rest_tokens``; the corpus is ``<run>/corpus``.
+    The run is the corpus's parent directory; its ``stages.json`` says whether stage ``real_rest_tokens``
+    finished and where it wrote (:func:`fmrilm.artifacts.read_state`).
     """
-    run = Path(heldout.corpus).parent
-    if not (run / "stages.json").is_file() or REAL_RUN_STAGE not in read_json(run / "stages.json"):
-        return None
-    return run / REAL_RUN_STAGE if (run / REAL_RUN_STAGE / "manifest.json").is_file() else None
+    from fmrilm.artifacts import read_state
+
+    found = read_state(Path(heldout.corpus).parent).get(REAL_RUN_STAGE)
+    return Path(found) if found and (Path(found) / "manifest.json").is_file() else None
 
 
 @torch.no_grad()

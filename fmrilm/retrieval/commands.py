@@ -69,9 +69,9 @@ def _queries(args):
 
 
 def _search_dir(args):
-    from pathlib import Path
+    from fmrilm.artifacts import run_artifact
 
-    return Path(args.run) / "retrieval"
+    return run_artifact(args.run, "retrieval")
 
 
 def _search(args) -> int:
