@@ -64,20 +64,20 @@ def pad_latents(rows: list, d_code: int) -> dict[str, torch.Tensor]:
 class ScanLatents:
     """The encoder outputs of a corpus's task scans: its input task tokens dataset's ``latents``, memory-mapped.
 
+    Only task scans: rest scans are what temporal prediction writes and reads back, as codes (the model
+    has no encoder outputs of the scans it predicts), so rest latents would train an input that
+    next-scan generation never gives it.
+
     Parameters
     ----------
-    arrays : dict
-        ``{"task": [N_trials, P, d] array}``: scans of other sources read codes.
+    task : array [N_trials, P, d]
     source : str
         Named in errors.
     """
 
-    def __init__(self, arrays: dict, source: str):
-        self.arrays, self.source = arrays, source
-        widths = {int(a.shape[-1]) for a in arrays.values()}
-        if len(widths) != 1:
-            raise InputError(source, "latents", f"the tokens datasets' latents have widths {sorted(widths)}")
-        (self.d_code,) = widths
+    def __init__(self, task: np.ndarray, source: str):
+        self.task, self.source = task, source
+        self.d_code = int(task.shape[-1])
 
     @classmethod
     def from_corpus(cls, corpus_dir) -> ScanLatents:
@@ -86,30 +86,24 @@ class ScanLatents:
         from fmrilm.artifacts import read_corpus_record
         from fmrilm.brain.store import Dataset
 
-        inputs = read_corpus_record(corpus_dir).get("inputs") or {}
-        arrays = {}
-        # task scans only: rest scans are what temporal prediction writes and reads back, as codes (the
-        # model has no encoder outputs of the scans it predicts), so rest latents would train an input
-        # that next-scan generation never gives it
-        path = inputs.get("task_tokens")
-        if path and "latents" in Dataset(path, kind="tokens").manifest["arrays"]:
-            arrays["task"] = Dataset(path, kind="tokens").array("latents")
-        if not arrays:
+        path = (read_corpus_record(corpus_dir).get("inputs") or {}).get("task_tokens")
+        tokens = Dataset(path, kind="tokens") if path else None
+        if tokens is None or "latents" not in tokens.manifest["arrays"]:
             raise InputError(Path(corpus_dir) / "corpus.json", "inputs",
                              "brain_input: continuous reads the encoder outputs of the corpus's task tokens, and "
                              "they have none: rewrite the tokens with latents (`fmrilm tokenizer encode --latents`, or "
                              "the pipeline's `task_tokens: {set: [latents=true]}`)")
-        return cls(arrays, str(corpus_dir))
+        return cls(tokens.array("latents"), str(corpus_dir))
 
     def lookup(self, refs, source: str) -> np.ndarray | None:
-        """Latents ``[n_scans, P, d]`` of a sample's scan references (``["task", trial]`` /
-        ``["rest", subject, window]``), or None when a scan's dataset has none (the sample reads codes)."""
-        if any(ref[0] not in self.arrays for ref in refs) or not refs:
+        """Latents ``[n_scans, P, d]`` of a sample's scan references (``["task", trial]``), or None when a
+        scan is not a task scan (the sample reads codes)."""
+        if not refs or any(ref[0] != "task" for ref in refs):
             return None
         try:
-            return np.stack([self.arrays[ref[0]][tuple(int(i) for i in ref[1:])] for ref in refs])
+            return np.stack([self.task[int(ref[1])] for ref in refs])
         except (IndexError, TypeError, ValueError) as err:
-            raise InputError(source, "scans", f"references {refs[:2]}… do not match the tokens datasets: {err}") \
+            raise InputError(source, "scans", f"references {refs[:2]}… do not match the task tokens: {err}") \
                 from None
 
     def batch(self, samples: list[dict]) -> dict[str, torch.Tensor]:
