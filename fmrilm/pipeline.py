@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fmrilm.artifacts import read_state, write_state
+from fmrilm.brain.sources import SourceConfig, check_source
 from fmrilm.brain.store import sweep_dead_partials
 from fmrilm.config import apply_overrides, from_dict, load_config, load_yaml, save_config
 from fmrilm.errors import InputError
@@ -37,6 +38,7 @@ class StageSpec:
 class PipelineConfig:
     run_dir: str = "runs/demo"
     seed: int = 0
+    source: SourceConfig = field(default_factory=SourceConfig)  # own data, read by the import stages
     stages: dict[str, StageSpec] = field(default_factory=dict)
 
 
@@ -49,6 +51,7 @@ class StageContext:
     spec: StageSpec
     seed: int
     artifacts: dict[str, str]
+    source: SourceConfig = field(default_factory=SourceConfig)
 
     @property
     def out_dir(self) -> Path:
@@ -56,7 +59,12 @@ class StageContext:
         return self.run / self.name
 
     def load(self, cls, seed_key: str | None = "seed", extra: list[str] | None = None):
-        """The stage's typed config: its YAML, then the pipeline's seed and paths, then its own overrides."""
+        """The stage's typed config: its YAML, then the pipeline's seed and paths, then its own overrides.
+
+        The paths in `extra` come from this run's ``stages.json`` (:data:`FILLED_KEYS`)."""
+        unlisted = {item.split("=", 1)[0] for item in extra or []} - set(FILLED_KEYS.get(self.name, ()))
+        if unlisted:  # a runner filling a key the up-front override check does not know about
+            raise RuntimeError(f"stage {self.name} fills {sorted(unlisted)}, missing from FILLED_KEYS")
         overrides = ([f"{seed_key}={self.seed}"] if seed_key else []) + list(extra or []) + list(self.spec.set)
         # A stage without a config file starts from the dataclass defaults.
         return load_config(cls, self.spec.config or None, overrides)
@@ -65,6 +73,56 @@ class StageContext:
         if stage not in self.artifacts:
             raise InputError(self.run / "stages.json", stage, "needed by a later stage but not finished")
         return self.artifacts[stage]
+
+    def dataset(self, kind: str, required: bool = True) -> str | None:
+        """The run's `kind` ("task" or "rest") dataset: imported own data or the synthetic world (None
+        when the run has neither and it is not `required`)."""
+        found = [self.artifacts[s] for s in DATASET_STAGES[kind] if s in self.artifacts]
+        if not found and required:
+            raise InputError(self.run / "stages.json", " or ".join(DATASET_STAGES[kind]),
+                             f"stage {self.name} needs a {kind} dataset and neither stage finished")
+        return found[0] if found else None
+
+
+# The config keys each stage's runner fills in from earlier stages' artifacts. A stage's `set` may not
+# override them: an artifact of another run would mix two runs (checked before any stage runs).
+FILLED_KEYS = {
+    "splits": ("task_dataset", "rest_dataset", "out"),
+    "tokenizer": ("data.dataset", "data.splits", "out_dir"),
+    "retrieval": ("out", "corpus", "tokenizer", "splits"),
+    "corpus": ("splits", "task_dataset", "task_tokens", "rest_dataset", "rest_tokens"),
+    "backbone": ("out_dir", "corpus"),
+    "joint": ("out_dir", "corpus", "tokenizer", "llm.backbone"),
+    "instruct": ("out_dir", "corpus", "model", "retrieval"),
+    "evaluation": ("out", "corpus", "splits", "tokenizer", "model"),
+    "stimulation": ("out", "corpus", "tokenizer", "model"),
+}
+
+
+def check_overrides(stages: dict[str, StageSpec], source: str) -> None:
+    """Refuse a stage override of a path the pipeline fills in from the run's own artifacts."""
+    for name, spec in stages.items():
+        for item in spec.set:
+            if item.split("=", 1)[0] in FILLED_KEYS.get(name, ()):
+                raise InputError(source, f"stages.{name}.set", f"{item!r}: the pipeline fills this path from "
+                                 "the run's own stages.json; an artifact of another run would mix two runs "
+                                 "(run that stage on its own instead)")
+
+
+# The stages that can give a run its task / rest dataset (a config enables at most one of each).
+DATASET_STAGES = {"task": ("task_import", "task_world"), "rest": ("rest_import", "rest_world")}
+
+
+def _task_import(ctx: StageContext) -> Path:
+    from fmrilm.brain.sources import import_task_source
+
+    return import_task_source(ctx.source, ctx.out_dir, overwrite=True)
+
+
+def _rest_import(ctx: StageContext) -> Path:
+    from fmrilm.brain.sources import import_rest_source
+
+    return import_rest_source(ctx.source, ctx.out_dir, overwrite=True)
 
 
 def _task_world(ctx: StageContext) -> Path:
@@ -82,8 +140,7 @@ def _rest_world(ctx: StageContext) -> Path:
 def _splits(ctx: StageContext) -> Path:
     from fmrilm.brain.splits import SPLITS_FILE, SplitsConfig, write_run_splits
 
-    datasets = [f"{k}={ctx.artifacts[s]}" for k, s in (("task_dataset", "task_world"), ("rest_dataset", "rest_world"))
-                if s in ctx.artifacts]
+    datasets = [f"{kind}_dataset={ctx.dataset(kind, False)}" for kind in DATASET_STAGES if ctx.dataset(kind, False)]
     return write_run_splits(ctx.load(SplitsConfig, "seed", [*datasets, f"out={ctx.out_dir / SPLITS_FILE}"]),
                             overwrite=True)
 
@@ -92,7 +149,7 @@ def _tokenizer(ctx: StageContext) -> Path:
     from fmrilm.stages.tokenizer import TokenizerStageConfig, run
 
     cfg = ctx.load(TokenizerStageConfig, "engine.seed",
-                   [f"data.dataset={ctx.artifact('task_world')}", f"data.splits={ctx.artifact('splits')}",
+                   [f"data.dataset={ctx.dataset('task')}", f"data.splits={ctx.artifact('splits')}",
                     f"out_dir={ctx.out_dir}"])
     return run(cfg)
 
@@ -113,6 +170,8 @@ def _real_rest(ctx: StageContext) -> Path:
 
 
 def _tokens(source: str):
+    """The tokens of one dataset: ``task`` / ``rest`` (the run's dataset of that kind) or a stage's."""
+
     def runner(ctx: StageContext) -> Path:
         from fmrilm.tokenizer.model import BrainTokenizer
         from fmrilm.tokenizer.tokens import TokensConfig, write_tokens_dataset
@@ -120,7 +179,8 @@ def _tokens(source: str):
         cfg = ctx.load(TokensConfig, seed_key=None)
         tok_dir = ctx.artifact("tokenizer")
         tokenizer = BrainTokenizer.from_pretrained(tok_dir).eval()
-        return write_tokens_dataset(tokenizer, ctx.artifact(source), ctx.out_dir, cfg.batch_size, overwrite=True,
+        dataset = ctx.dataset(source) if source in DATASET_STAGES else ctx.artifact(source)
+        return write_tokens_dataset(tokenizer, dataset, ctx.out_dir, cfg.batch_size, overwrite=True,
                                     tokenizer_dir=tok_dir, latents=cfg.latents)
 
     return runner
@@ -129,10 +189,13 @@ def _tokens(source: str):
 def _corpus(ctx: StageContext) -> Path:
     from fmrilm.corpus.build import CorpusConfig, build_corpus
 
-    cfg = ctx.load(CorpusConfig, "seed", [
-        f"splits={ctx.artifact('splits')}",
-        f"task_dataset={ctx.artifact('task_world')}", f"task_tokens={ctx.artifact('task_tokens')}",
-        f"rest_dataset={ctx.artifact('rest_world')}", f"rest_tokens={ctx.artifact('rest_tokens')}"])
+    inputs = [f"splits={ctx.artifact('splits')}"]
+    for kind in DATASET_STAGES:  # a run without rest (or task) data builds a corpus of the other kind
+        if ctx.dataset(kind, False):
+            inputs += [f"{kind}_dataset={ctx.dataset(kind)}", f"{kind}_tokens={ctx.artifact(f'{kind}_tokens')}"]
+        else:
+            inputs += [f"{kind}_dataset=null", f"{kind}_tokens=null"]
+    cfg = ctx.load(CorpusConfig, "seed", inputs)
     build_corpus(cfg, ctx.out_dir, overwrite=True)
     return ctx.out_dir
 
@@ -216,12 +279,14 @@ def _stimulation(ctx: StageContext) -> Path:
 # captions they retrieve), the real rest run after the LM stages (`--force real_rest` never retrains
 # the LM). Nothing trains on the real run: it is held out for the evaluation's next-scan R².
 STAGES = {
+    "task_import": _task_import,
+    "rest_import": _rest_import,
     "task_world": _task_world,
     "rest_world": _rest_world,
     "splits": _splits,
     "tokenizer": _tokenizer,
-    "task_tokens": _tokens("task_world"),
-    "rest_tokens": _tokens("rest_world"),
+    "task_tokens": _tokens("task"),
+    "rest_tokens": _tokens("rest"),
     "corpus": _corpus,
     "backbone": _backbone,
     "joint": _joint,
@@ -244,6 +309,13 @@ def run_pipeline(cfg: PipelineConfig, force: list[str] | None = None) -> dict:
         if spec.nproc != 1 and (name not in LAUNCHED or spec.nproc < 1):
             raise InputError("pipeline config", f"stages.{name}.nproc",
                              f"{spec.nproc}: only {sorted(LAUNCHED)} run on several ranks (nproc >= 1)")
+    enabled = {name for name, spec in cfg.stages.items() if spec.enabled}
+    for kind, stages in DATASET_STAGES.items():
+        if set(stages) <= enabled:
+            raise InputError("pipeline config", f"stages.{stages[0]} / stages.{stages[1]}",
+                             f"both give the run its {kind} dataset; enable one")
+    check_source(cfg.source, enabled, "pipeline config")
+    check_overrides(cfg.stages, "pipeline config")
     run = Path(cfg.run_dir)
     run.mkdir(parents=True, exist_ok=True)
     for leftover in sweep_dead_partials(run):
@@ -265,7 +337,7 @@ def run_pipeline(cfg: PipelineConfig, force: list[str] | None = None) -> dict:
             shutil.rmtree(run / name, ignore_errors=True)
         print(f"[pipeline] {name}: running", flush=True)
         t0 = time.time()
-        state[name] = str(runner(StageContext(name, run, spec, cfg.seed, dict(state))))
+        state[name] = str(runner(StageContext(name, run, spec, cfg.seed, dict(state), cfg.source)))
         timings[name] = round(time.time() - t0, 2)
         write_state(run, state)
         print(f"[pipeline] {name}: done in {timings[name]} s → {state[name]}", flush=True)
@@ -283,4 +355,6 @@ def load_pipeline_config(name_or_path: str, overrides: list[str] | None = None) 
         raise InputError(name_or_path, "stages", f"unknown stage(s) {unknown}; known: {list(STAGES)}")
     cfg = from_dict(PipelineConfig, data, str(name_or_path))
     cfg.stages = stages
+    check_source(cfg.source, {n for n, s in stages.items() if s.enabled}, str(name_or_path))
+    check_overrides(stages, str(name_or_path))
     return cfg

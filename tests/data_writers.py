@@ -88,6 +88,35 @@ def write_captions(path: str | Path, captions: dict[int, list[str]], with_images
     return Path(path)
 
 
+OBJECTS = ("dog", "cat", "horse", "bus", "pizza", "boat", "train", "bird", "kite", "clock")
+PLACES = ("on a beach", "in a kitchen", "on a street", "in a field", "near a river", "in a room")
+
+
+def write_nsd_dataset(root: str | Path, n_stimuli: int = 48, trials_per_session=(50, 46, 44), seed: int = 0):
+    """A small NSD-format subject: per-session fsaverage5 MGH betas (the last session int16 × 300), a trial
+    table with repeats, and COCO captions for every stimulus (ids like COCO's, not 0..n-1).
+
+    Each stimulus's betas are its object's and place's vertex patterns plus noise, so a tokenizer has
+    something to learn. Returns ``(betas_dir, trials_tsv, captions_json, stimulus_ids)``.
+    """
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    ids = np.sort(rng.choice(np.arange(100, 600_000), n_stimuli, replace=False))
+    obj, place = rng.integers(0, len(OBJECTS), n_stimuli), rng.integers(0, len(PLACES), n_stimuli)
+    captions = {int(s): [f"a {OBJECTS[o]} {PLACES[p]}", f"there is a {OBJECTS[o]} {PLACES[p]}"]
+                for s, o, p in zip(ids, obj, place, strict=True)}
+    patterns = rng.standard_normal((len(OBJECTS) + len(PLACES), 2 * 10242)).astype(np.float32)
+    rows = []
+    for session, n in enumerate(trials_per_session, start=1):
+        shown = rng.integers(0, n_stimuli, n)
+        signal = patterns[obj[shown]] + patterns[len(OBJECTS) + place[shown]]
+        betas = (signal + rng.standard_normal(signal.shape).astype(np.float32)).T * 2.0 + 0.5 * session
+        write_nsd_session(root / "betas", session, betas, int16=session == len(trials_per_session))
+        rows += [(session, t + 1, int(ids[m])) for t, m in enumerate(shown)]
+    trials = write_trials(root / "trials.tsv", *zip(*rows, strict=True))
+    return root / "betas", trials, write_captions(root / "captions.json", captions), ids
+
+
 # A chat template in SmolLM2's turn format, short enough for a tiny context.
 TINY_CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
                       "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")

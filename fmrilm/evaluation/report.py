@@ -65,13 +65,14 @@ def _headline_markdown(report: dict) -> list[str]:
              f"ridge {_fmt(sem('ridge_decoder'))}", f"bank ceiling {_fmt(sem('bank_ceiling'))}, ideal observer "
              f"{_fmt(sem('ideal_observer'))}", f"× shuffled {ci('caption_semscore_vs_shuffled')}; − ridge "
              f"{ci('caption_semscore_minus_ridge')}"),
-            ("VQA exact match", vqa["model"]["overall"], f"shuffled {_fmt(vqa['shuffled']['overall'])}, text only "
-             f"{_fmt(vqa['text_only']['overall'])}", "—", "—", f"× shuffled {ci('vqa_vs_shuffled')}"),
             ("brain→caption top-1", ret["brain_embedder_tokens"]["brain_to_caption"]["top1"],
              f"chance {_fmt(1 / max(ret['brain_embedder_tokens'].get('n_way', 1), 1))}",
              f"ridge {_fmt(ret['ridge']['brain_to_caption']['top1'])}",
              f"ideal observer {_fmt(ret.get('ideal_observer', {}).get('brain_to_caption', {}).get('top1'))}",
              f"− ridge {ci('top1_minus_ridge')}")]
+    if not _skipped(vqa):
+        rows.insert(1, ("VQA exact match", vqa["model"]["overall"], f"shuffled {_fmt(vqa['shuffled']['overall'])}, "
+                        f"text only {_fmt(vqa['text_only']['overall'])}", "—", "—", f"× shuffled {ci('vqa_vs_shuffled')}"))
     if not _skipped(zero) and "model" in zero:
         rows.append(("zero-shot naming", zero["model"].get("fraction"),
                      f"shuffled {_fmt(zero['shuffled'].get('fraction'))}, "
@@ -93,6 +94,9 @@ def _headline_markdown(report: dict) -> list[str]:
 def render_markdown(report: dict) -> str:
     """Markdown tables of every section of a report dict (see :func:`fmrilm.evaluation.runner.run_evaluation`)."""
     out = ["# fmrilm evaluation", "", *_protocol_lines(report), f"Items: {report['items']}", ""]
+    if report.get("skipped"):
+        out += ["Sections skipped (what this data cannot support):", "",
+                *[f"- {name}: skipped, {reason}" for name, reason in report["skipped"].items()], ""]
     out += _headline_markdown(report)
     cap = report["captioning"]
     out += ["## Captioning (repeats averaged)", ""]
@@ -102,13 +106,7 @@ def render_markdown(report: dict) -> str:
             "Bounds on the training captions: ideal_observer (the simulator's most likely training stimulus under its "
             "full noise covariance, its first caption), bank_ceiling (per item the best train-split caption by "
             "SemScore; no decoder answering with training captions can exceed it).", ""]
-    vqa = report["vqa"]
-    types = sorted(vqa["model"]["by_type"])
-    out += ["## VQA (exact match)", ""]
-    out += _table(("condition", "overall", *types),
-                  [(c, vqa[c]["overall"], *(vqa[c]["by_type"][t]["accuracy"] for t in types))
-                   for c in ("model", "shuffled", "text_only")])
-    out += _derangement_note(cap["shuffled"], vqa["shuffled"])
+    out += _vqa_markdown(report["vqa"], cap["shuffled"])
     ret = report["retrieval"]
     out += [f"## Retrieval ({ret['ridge']['n_way']}-way over {ret['ridge']['n_distinct']} distinct test captions, "
             f"draws: {ret['ridge']['n_draws']})", ""]
@@ -117,7 +115,7 @@ def render_markdown(report: dict) -> str:
                   [(name, ret[name]["brain_to_caption"].get("top1"), ret[name]["brain_to_caption"].get("top5"),
                     ret[name]["caption_to_brain"].get("top1"), ret[name]["caption_to_brain"].get("top5"),
                     _interval(ret[name].get("top1_minus_ridge_ci95")))
-                   for name in ("brain_embedder_tokens", "continuous_tokens", "ridge", "ideal_observer")])
+                   for name in ("brain_embedder_tokens", "continuous_tokens", "ridge", "ideal_observer") if name in ret])
     zs = report["zero_shot"]
     out += ["## Zero-shot naming of novel categories", ""]
     bank = report["items"].get("retrieval_bank")
@@ -152,6 +150,17 @@ def render_markdown(report: dict) -> str:
                 f"  - nearest test captions (retrieval benchmark): {' | '.join(ex['nearest_test_captions'])}"]
     out += ["", f"![tokenizer map]({report['brain_map']})", ""]
     return "\n".join(out)
+
+
+def _vqa_markdown(vqa: dict, shuffled_captions: dict) -> list[str]:
+    out = ["## VQA (exact match)", ""]
+    if _skipped(vqa):
+        return out + ["skipped: " + vqa["reason"], ""] + _derangement_note(shuffled_captions, {})
+    types = sorted(vqa["model"]["by_type"])
+    out += _table(("condition", "overall", *types),
+                  [(c, vqa[c]["overall"], *(vqa[c]["by_type"][t]["accuracy"] for t in types))
+                   for c in ("model", "shuffled", "text_only")])
+    return out + _derangement_note(shuffled_captions, vqa["shuffled"])
 
 
 def _forgetting_markdown(section: dict | None) -> list[str]:

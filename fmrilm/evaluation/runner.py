@@ -146,7 +146,8 @@ def _brain_map(tokenizer_dir: Path, data, atlas, out_dir: Path) -> dict:
 def _targets(report: dict, semscore: dict, vqa_hits: dict, caption_stimulus, vqa_stimulus) -> dict:
     """The issue's targets; the item-paired ones carry a 95 % bootstrap interval.
 
-    `semscore` and `vqa_hits` map a condition to its per-item SemScores / exact-match hit counts;
+    `semscore` and `vqa_hits` map a condition to its per-item SemScores / exact-match hit counts (None:
+    VQA was skipped);
     `caption_stimulus` and `vqa_stimulus` give each of those items' stimulus. The interval resamples
     stimuli with all their items (the subjects' items of one stimulus are correlated)."""
     from fmrilm.evaluation.uncertainty import paired_difference_ci, paired_ratio_ci
@@ -170,7 +171,10 @@ def _targets(report: dict, semscore: dict, vqa_hits: dict, caption_stimulus, vqa
         "note": "adapted / base perplexity on held-out general text: lower is better, met when <= threshold"}}
     zero = report["zero_shot"]
     extra = {} if "model" not in zero else {"zero_shot_naming": target(zero["model"]["fraction"], 0.3)}
-    extra["vqa_minus_text_only"] = target(vqa["model"]["overall"] - vqa["text_only"]["overall"], 0.2)
+    if vqa_hits is not None:
+        extra["vqa_minus_text_only"] = target(vqa["model"]["overall"] - vqa["text_only"]["overall"], 0.2)
+        extra["vqa_vs_shuffled"] = target(vqa["model"]["overall"] / max(vqa["shuffled"]["overall"], 1e-9), 2.0,
+                                          ratio_ci(vqa_hits, vqa_stimulus))
     if "retrieved_caption" in semscore:  # the LM adds to what it reads, or says plainly it does not
         extra["caption_semscore_minus_retrieved_caption"] = target(
             cap["model"]["semscore"] - cap["retrieved_caption"]["semscore"], 0.0,
@@ -180,8 +184,6 @@ def _targets(report: dict, semscore: dict, vqa_hits: dict, caption_stimulus, vqa
             "caption_semscore_minus_ridge": target(cap["model"]["semscore"] - cap["ridge_decoder"]["semscore"], 0.0,
                                                    paired_difference_ci(semscore["model"], semscore["ridge_decoder"],
                                                                         clusters=caption_stimulus)),
-            "vqa_vs_shuffled": target(vqa["model"]["overall"] / max(vqa["shuffled"]["overall"], 1e-9), 2.0,
-                                      ratio_ci(vqa_hits, vqa_stimulus)),
             "top1_minus_ridge": target(ret["brain_embedder_tokens"]["brain_to_caption"]["top1"]
                                        - ret["ridge"]["brain_to_caption"]["top1"], 0.0,
                                        ret["brain_embedder_tokens"]["top1_minus_ridge_ci95"])}
@@ -217,9 +219,13 @@ def run_evaluation(cfg: EvalConfig, overwrite: bool = False, progress: bool = Tr
     if task_path is None:
         raise InputError(Path(cfg.corpus) / "corpus.json", "inputs.task_dataset", "the corpus has no task data")
     data = TaskData(task_path)
-    if not data.has_ground_truth:
-        raise InputError(task_path, "clean", "the ideal observer needs simulator ground truth (synthetic data)")
-    data.noise_covariance(0)  # the observer's full covariance: a dataset without it is refused before any compute
+    # Sections a dataset cannot support (real data: no simulator truth, no QA, …) are skipped, each with why.
+    skipped = {}
+    if data.has_ground_truth:
+        data.noise_covariance(0)  # the observer's full covariance: a dataset without it is refused before compute
+    else:
+        skipped["ideal_observer"] = (f"{task_path} holds no simulator ground truth (clean responses, noise "
+                                     "covariance): there is no ideal observer of real data")
     tokenizer = BrainTokenizer.from_pretrained(tokenizer_dir, data.atlas_info)
     captioner = Captioner.load(model_dir, cfg.backbone or None)
     atlas = dataset_atlas(data.atlas_info, task_path)
@@ -242,9 +248,10 @@ def run_evaluation(cfg: EvalConfig, overwrite: bool = False, progress: bool = Tr
     n_repeats = int(data.trial_repeat.max()) + 1
     scans = {s: test["vertices"][test["subject"] == s] for s in subjects}
     # The observer picks captions from the ridge decoder's bank: the training stimuli the heads train on.
-    observer = ideal_observer(data, subjects, test_stim, np.unique(train["stimulus"]), scans, n_repeats, cfg.n_way,
-                              cfg.n_draws, cfg.seed)
-    retrieval["ideal_observer"] = observer["retrieval"]
+    observer = None if "ideal_observer" in skipped else ideal_observer(
+        data, subjects, test_stim, np.unique(train["stimulus"]), scans, n_repeats, cfg.n_way, cfg.n_draws, cfg.seed)
+    if observer is not None:
+        retrieval["ideal_observer"] = observer["retrieval"]
     timings["retrieval"] = time.time() - t0
 
     t0 = time.time()
@@ -255,24 +262,29 @@ def run_evaluation(cfg: EvalConfig, overwrite: bool = False, progress: bool = Tr
                                 test["latents"][rows] if continuous else None)
     captions, derangements = task_eval.caption_conditions(captioner, items, cfg, progress)
     captions["ridge_decoder"] = [ridge_captions[i] for i in rows]
-    position = {int(m): j for j, m in enumerate(test_stim)}
-    observed = [observer["choice"][int(s)][position[int(m)]] for s, m in zip(item_subject, item_stimulus)]
     references = items.references()
     with MeteorScorer() if cfg.meteor else contextlib.nullcontext(False) as meteor:  # one JVM for all conditions
         captioning = task_eval.score_conditions(captions, derangements, references, meteor)
-        captioning["ideal_observer"] = task_eval.score_captions(
-            [data.stimuli[m]["captions"][0] for m in observed], references, meteor)
+        if observer is not None:
+            position = {int(m): j for j, m in enumerate(test_stim)}
+            observed = [observer["choice"][int(s)][position[int(m)]] for s, m in zip(item_subject, item_stimulus)]
+            captioning["ideal_observer"] = task_eval.score_captions(
+                [data.stimuli[m]["captions"][0] for m in observed], references, meteor)
     # every train-split stimulus's caption: the bank of the LM's own retriever too, so no decoder exceeds it
     ceiling = bank_ceiling(references, [data.stimuli[m]["captions"][0] for m in heldout.train_stimuli])
     captioning["bank_ceiling"] = {"semscore": ceiling["semscore"], "n": ceiling["n"],
                                   "per_item_semscore": ceiling["per_item"]}
-    captioning["conditions"] = [*captions, "ideal_observer", "bank_ceiling"]
+    captioning["conditions"] = [*captions, *(["ideal_observer"] if observer is not None else []), "bank_ceiling"]
     zero_shot = task_eval.zero_shot_section(captions, derangements, items, data.novel_categories,
                                             data.category_synonyms)
     timings["captioning"] = time.time() - t0
 
     t0 = time.time()
-    vqa, vqa_details = task_eval.vqa_section(captioner, items, cfg, progress)
+    if any(data.stimuli[m]["qa"] for m in item_stimulus):
+        vqa, vqa_details = task_eval.vqa_section(captioner, items, cfg, progress)
+    else:
+        vqa, vqa_details = {"status": "skipped", "reason": f"no question-answer pairs for the evaluated items in "
+                            f"{task_path} (an NSD-style import carries captions only)"}, None
     timings["vqa"] = time.time() - t0
 
     t0 = time.time()
@@ -298,6 +310,10 @@ def run_evaluation(cfg: EvalConfig, overwrite: bool = False, progress: bool = Tr
     t0 = time.time()
     forgetting = forgetting_section(captioner.model)
     timings["forgetting"] = time.time() - t0
+    sections = {"vqa": vqa, "zero_shot": zero_shot, "rest": rest,
+                "subject_adaptation": few_shot["subject_adaptation"]}
+    skipped.update({name: section["reason"] for name, section in sections.items()
+                    if isinstance(section, dict) and section.get("status") == "skipped"})
 
     report = {"protocol": {"scored_split": heldout.split, "splits": heldout.splits.record(),
                            "note": "Recipes are chosen on val (`--set split=val`); test is scored once per run."
@@ -313,11 +329,13 @@ def run_evaluation(cfg: EvalConfig, overwrite: bool = False, progress: bool = Tr
               "captioning": {k: ({kk: vv for kk, vv in v.items() if kk != "per_item_semscore"}
                                  if isinstance(v, dict) else v) for k, v in captioning.items()},
               "vqa": vqa, "retrieval": retrieval, "zero_shot": zero_shot, "few_shot": few_shot, "rest": rest,
-              "forgetting": forgetting}
-    # Hits summed per item: the interval resamples items, and the ratio of the sums is the accuracy ratio.
-    vqa_hits = {c: np.bincount(vqa_details["item"], vqa_details["hits"][c]) for c in ("model", "shuffled")}
-    # an item's questions are consecutive: its first question gives its stimulus
-    vqa_stimulus = np.asarray(vqa_details["stimulus"])[np.unique(vqa_details["item"], return_index=True)[1]]
+              "forgetting": forgetting, "skipped": skipped}
+    vqa_hits = vqa_stimulus = None
+    if vqa_details is not None:
+        # Hits summed per item: the interval resamples items, and the ratio of the sums is the accuracy ratio.
+        vqa_hits = {c: np.bincount(vqa_details["item"], vqa_details["hits"][c]) for c in ("model", "shuffled")}
+        # an item's questions are consecutive: its first question gives its stimulus
+        vqa_stimulus = np.asarray(vqa_details["stimulus"])[np.unique(vqa_details["item"], return_index=True)[1]]
     report["targets"] = _targets(report, {c: captioning[c]["per_item_semscore"] for c in captioning
                                           if isinstance(captioning[c], dict)}, vqa_hits, item_stimulus, vqa_stimulus)
     report["examples"] = _examples(captioner, items, captions, vqa_details, embeddings, test, row_of, cfg)
@@ -347,7 +365,8 @@ def _examples(captioner, items, captions, vqa_details, embeddings, test, row_of,
     unique = sorted(set(test["stimulus"].tolist()))
     bank = embed_texts([items.stimuli[m]["captions"][0] for m in unique])
     qa_row = {}
-    for i, key in enumerate(zip(vqa_details["subject"], vqa_details["stimulus"])):
+    asked = (vqa_details or {}).get  # no VQA (skipped): no question in the examples
+    for i, key in enumerate(zip(asked("subject", []), asked("stimulus", []))):
         qa_row.setdefault(key, i)  # an item's first question
     n = min(cfg.n_examples, len(items))
     prompted = (captioner.retriever.neighbours(items.tokens[:n]) if captioner.retriever is not None

@@ -1,0 +1,103 @@
+"""A researcher's own NSD-format data through the whole pipeline: import → … → evaluation, and its bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from data_writers import write_nsd_dataset
+
+from fmrilm.errors import InputError
+from fmrilm.pipeline import load_pipeline_config, read_state, run_pipeline
+
+# The shipped `nsd` pipeline at test size: its stages, with the tiny stage configs.
+TINY = {"task_import": {}, "splits": {"config": "splits_tiny", "set": ["heldout_task_subjects=0"]},
+        "tokenizer": {"config": "tokenizer_tiny", "set": ["tokenizer.input=task"]}, "task_tokens": {},
+        "corpus": {"config": "corpus_tiny", "set": ["samples.tasks=[caption,describe,text]"]},
+        "backbone": {"config": "backbone_tiny"},
+        "joint": {"config": "joint_tiny", "set": ["tasks=[text,caption,describe]"]},
+        "retrieval": {"set": ["max_train_items=120", "embedder.hidden=32", "embedder.n_blocks=1",
+                              "embedder.epochs=3"]},
+        "instruct": {"config": "instruct_tiny", "set": ["tasks=[caption]"]},
+        "evaluation": {"config": "eval_tiny"}}
+
+
+def nsd_pipeline(tmp_path, source: dict, stages: dict | None = None) -> Path:
+    path = tmp_path / "nsd_tiny.yaml"
+    path.write_text(yaml.safe_dump({"run_dir": str(tmp_path / "run"), "seed": 0, "source": source,
+                                    "stages": stages or TINY}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def nsd_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("nsd")
+    betas, trials, captions, _ = write_nsd_dataset(root)
+    return {"betas_dir": str(betas), "trials": str(trials), "captions": str(captions)}
+
+
+@pytest.fixture(scope="module")
+def nsd_run(nsd_files, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("nsd_run")
+    cfg = load_pipeline_config(str(nsd_pipeline(tmp, nsd_files)))
+    return tmp / "run", run_pipeline(cfg)
+
+
+def test_own_nsd_data_runs_end_to_end_with_a_report(nsd_run):
+    run, report = nsd_run
+    state = read_state(run)
+    assert list(state) == list(TINY)
+    task = json.loads((Path(state["task_import"]) / "manifest.json").read_text())
+    assert task["source"] == "nsd" and task["n_trials"] == 140
+    evaluation = json.loads((Path(state["evaluation"]) / "report.json").read_text())
+    assert evaluation["captioning"]["model"]["semscore"] is not None
+    # what needs simulator ground truth or labels the data lacks is skipped, with the reason in the report
+    skipped = evaluation["skipped"]
+    assert {"ideal_observer", "vqa", "zero_shot", "rest"} <= set(skipped)
+    assert "ground truth" in skipped["ideal_observer"]
+    markdown = (Path(state["evaluation"]) / "report.md").read_text()
+    assert "ground truth" in markdown and "skipped" in markdown
+    assert "vqa_vs_shuffled" not in evaluation["targets"]
+    assert "caption_semscore_vs_shuffled" in evaluation["targets"]
+
+
+def test_pipeline_refuses_a_source_it_cannot_read_before_any_work(nsd_files, tmp_path):
+    with pytest.raises(InputError, match="source.captions"):
+        load_pipeline_config(str(nsd_pipeline(tmp_path, {**nsd_files, "captions": ""})))
+    with pytest.raises(InputError, match="does not exist"):
+        load_pipeline_config(str(nsd_pipeline(tmp_path, {**nsd_files, "trials": str(tmp_path / "nope.tsv")})))
+    both = {**TINY, "task_world": {"config": "task_world_tiny"}}
+    with pytest.raises(InputError, match="both give the run its task dataset"):
+        run_pipeline(load_pipeline_config(str(nsd_pipeline(tmp_path, nsd_files, both))))
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("problem, match", [
+    ("vertices", "vertices"), ("session", "betas_session03"), ("captions", "no caption")])
+def test_bad_own_data_fails_before_anything_is_written(tmp_path, problem, match):
+    betas, trials, captions, ids = write_nsd_dataset(tmp_path / "nsd", n_stimuli=12, trials_per_session=(10, 8, 6))
+    if problem == "vertices":  # betas of another mesh than the atlas's
+        from data_writers import write_nsd_session
+        import numpy as np
+
+        write_nsd_session(betas, 2, np.zeros((2 * 2562, 8), np.float32), hemi_sizes=(2562, 2562))
+    elif problem == "session":  # the trial table names a session with no betas file
+        for hemi in ("lh", "rh"):
+            (betas / f"{hemi}.betas_session03.mgh").unlink()
+    else:  # captions for stimulus ids the trial table does not know, none for those it does
+        doc = json.loads(captions.read_text())
+        for a in doc["annotations"]:
+            a["image_id"] += 1
+        captions.write_text(json.dumps(doc))
+    source = {"betas_dir": str(betas), "trials": str(trials), "captions": str(captions)}
+    with pytest.raises(InputError, match=match):
+        run_pipeline(load_pipeline_config(str(nsd_pipeline(tmp_path, source))))
+    assert not (tmp_path / "run" / "task_import").exists()
+
+
+def test_a_stage_pointed_at_another_runs_artifact_is_refused(nsd_files, tmp_path):
+    stages = {**TINY, "splits": {**TINY["splits"], "set": [*TINY["splits"]["set"], "task_dataset=/elsewhere"]}}
+    with pytest.raises(InputError, match="another run"):
+        run_pipeline(load_pipeline_config(str(nsd_pipeline(tmp_path, nsd_files, stages))))
