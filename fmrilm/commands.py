@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 
+from fmrilm.config import add_config_args
+
 
 def register(sub) -> None:
     p = sub.add_parser("pipeline", help="run every stage on one run directory (the main job)",
                        description="Run world → tokenizer → corpus → LM stages → index → evaluation on one "
                                    "run directory, skipping finished stages.")
-    p.add_argument("--config", default="demo", help="pipeline YAML path or shipped name (default: %(default)s)")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides, e.g. run_dir=runs/x")
+    # --force names stages here (a list), so it is not the helper's flag
+    add_config_args(p, "demo", "overrides, e.g. run_dir=runs/x", config_help="pipeline YAML path or shipped name")
     p.add_argument("--force", nargs="*", default=[], metavar="STAGE",
                    help="stages to redo (and every stage after them); 'all' redoes everything")
     p.set_defaults(handler=_pipeline)

@@ -2,7 +2,9 @@
 
 A config file may be a path or the name of a config shipped in ``fmrilm/configs/<name>.yaml``.
 Overrides use dotted keys: ``--set tokenizer.codebook_size=64 train.steps=10``.
-Unknown keys are errors (a typo never silently falls back to a default).
+Unknown keys are errors (a typo never silently falls back to a default). Every command that reads
+a config takes the same ``--config / --set [/ --force]`` arguments (:func:`add_config_args`,
+:func:`config_from_args`).
 """
 
 from __future__ import annotations
@@ -197,6 +199,39 @@ def load_config(cls: type[T], name_or_path: str | Path | None = None, overrides:
         data = data.get(section, {})
     apply_overrides(data, overrides, cls)
     return from_dict(cls, data, str(name_or_path or "config"))
+
+
+def add_config_args(parser, default_config: str | None, set_help: str = "config overrides, dotted keys",
+                    force_help: str | None = None, config_help: str = "YAML path or shipped config name") -> None:
+    """Add the ``--config``, ``--set`` and (with `force_help`) ``--force`` arguments of a command.
+
+    Parameters
+    ----------
+    parser : argparse.ArgumentParser
+    default_config : str or None
+        Shipped config name (or path) taken without ``--config``; None leaves it to the command.
+    set_help : str
+        What ``--set KEY=VALUE ...`` overrides, e.g. an example for this command's config.
+    force_help : str or None
+        What ``--force`` (a flag) replaces; None adds no ``--force``.
+    config_help : str
+        Help of ``--config``; the default is appended when there is one.
+    """
+    if default_config is not None:
+        config_help += " (default: %(default)s)"
+    parser.add_argument("--config", default=default_config, help=config_help)
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help=set_help)
+    if force_help is not None:
+        parser.add_argument("--force", action="store_true", help=force_help)
+
+
+def config_from_args(cls: type[T], args, overrides: list[str] | None = None) -> T:
+    """`cls` loaded from the ``--config`` and ``--set`` of parsed `args` (:func:`add_config_args`).
+
+    `overrides` come before ``--set``, so the command line has the last word over a command's own
+    (e.g. paths given as separate arguments).
+    """
+    return load_config(cls, args.config, [*(overrides or []), *args.set])
 
 
 def to_dict(cfg) -> dict[str, Any]:

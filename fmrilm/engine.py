@@ -41,7 +41,7 @@ from pathlib import Path
 
 import torch
 
-from fmrilm.config import CONFIG_DIR
+from fmrilm.config import CONFIG_DIR, add_config_args, config_from_args
 from fmrilm.device import init_distributed
 from fmrilm.errors import InputError, run_reported
 from fmrilm.io import atomic_path, read_json, sha256_file, write_json
@@ -87,9 +87,7 @@ def stage_argument_parser(description: str, default_config: str):
     import argparse
 
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=default_config,
-                        help="YAML path or shipped config name (default: %(default)s)")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, dotted keys")
+    add_config_args(parser, default_config)
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--debug", action="store_true",
                         help="show the traceback of an unexpected error (as FMRILM_DEBUG=1 does)")
@@ -102,12 +100,10 @@ def stage_main(argv, description: str, default_config: str, config_cls, run) -> 
     Errors are reported as the ``fmrilm`` command reports them (:func:`fmrilm.errors.run_reported`):
     one line, exit 2 for bad input and 1 for anything else, the traceback with ``--debug``.
     """
-    from fmrilm.config import load_config
-
     args = stage_argument_parser(description, default_config).parse_args(argv)
 
     def work() -> None:
-        run(load_config(config_cls, args.config, args.set))  # returns the artifact path, not an exit code
+        run(config_from_args(config_cls, args))  # returns the artifact path, not an exit code
 
     return run_reported(work, debug=args.debug)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from fmrilm.config import add_config_args, config_from_args
+
 
 def register(sub) -> None:
     p = sub.add_parser("atlas", help="print the parcels of an atlas", description="Print an atlas's parcels.")
@@ -14,22 +16,18 @@ def register(sub) -> None:
     for kind, text in (("task", "NSD-like task world: scenes, captions, QA, vertex responses, localizers"),
                        ("rest", "UKB-like rest population: phenotypes and parcel time series")):
         k = kinds.add_parser(kind, help=text, description=text)
-        k.add_argument("--config", default=f"{kind}_world_demo",
-                       help="YAML path or shipped config name (default: %(default)s)")
-        k.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
+        add_config_args(k, f"{kind}_world_demo", force_help="replace an existing dataset")
         k.add_argument("--out", required=True, help="output dataset directory")
-        k.add_argument("--force", action="store_true", help="replace an existing dataset")
         k.set_defaults(handler=_world)
 
     sp = sub.add_parser("splits", help="decide a run's splits once (stimuli, task and rest subjects)",
                         description="Write the splits file every stage of a run obeys (see fmrilm.brain.splits).")
     sp.add_argument("--task-dataset", default="", help="task dataset directory")
     sp.add_argument("--rest-dataset", default="", help="rest dataset directory")
-    sp.add_argument("--config", default=None, help="YAML path or shipped config name with the split rules")
-    sp.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                    help="rule overrides, e.g. seed=1 test_fraction=0.2 heldout_task_subjects=1")
+    add_config_args(sp, None, "rule overrides, e.g. seed=1 test_fraction=0.2 heldout_task_subjects=1",
+                    force_help="replace an existing splits file",
+                    config_help="YAML path or shipped config name with the split rules")
     sp.add_argument("--out", required=True, help="splits file to write (splits.json)")
-    sp.add_argument("--force", action="store_true", help="replace an existing splits file")
     sp.set_defaults(handler=_splits)
 
     imp = sub.add_parser("import", help="import real data into a dataset directory",
@@ -68,7 +66,6 @@ def _atlas(args) -> int:
 
 def _world(args) -> int:
     from fmrilm.brain.store import Dataset
-    from fmrilm.config import load_config
 
     if args.kind == "task":
         from fmrilm.brain.task_world import TaskWorldConfig as Config
@@ -76,7 +73,7 @@ def _world(args) -> int:
     else:
         from fmrilm.brain.rest_world import RestWorldConfig as Config
         from fmrilm.brain.rest_world import generate_rest_population as generate
-    cfg = load_config(Config, args.config, args.set)
+    cfg = config_from_args(Config, args)
     out = generate(cfg, args.out, overwrite=args.force)
     print(Dataset(out))
     return 0
@@ -86,10 +83,9 @@ def _splits(args) -> int:
     from collections import Counter
 
     from fmrilm.brain.splits import SplitsConfig, read_splits, write_run_splits
-    from fmrilm.config import load_config
 
     paths = {"task_dataset": args.task_dataset, "rest_dataset": args.rest_dataset, "out": args.out}
-    cfg = load_config(SplitsConfig, args.config, [f"{k}={v}" for k, v in paths.items() if v] + args.set)
+    cfg = config_from_args(SplitsConfig, args, [f"{k}={v}" for k, v in paths.items() if v])
     splits = read_splits(write_run_splits(cfg, overwrite=args.force))
     print(f"{splits.path} (sha256 {splits.sha256[:12]}): stimuli {dict(Counter(splits.stimuli.values()))}, "
           f"task subjects {dict(Counter(splits.task_subjects.values()))}, "

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from fmrilm.config import add_config_args, config_from_args
+
 
 def register(sub) -> None:
     corpus = sub.add_parser("corpus", help="build or inspect the descriptive fMRI corpus (WebDataset shards)",
@@ -16,12 +18,9 @@ def register(sub) -> None:
     actions = corpus.add_subparsers(dest="action", required=True, metavar="ACTION")
     b = actions.add_parser("build", help="build shards + manifests from task/rest datasets and their tokens",
                            description="Build the corpus: descriptors, splits, samples, shards, manifests.")
-    b.add_argument("--config", default="corpus_demo",
-                   help="YAML path or shipped config name (default: %(default)s)")
-    b.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="config overrides, e.g. task_dataset=DIR task_tokens=DIR shards.maxcount=1000")
+    add_config_args(b, "corpus_demo", "config overrides, e.g. task_dataset=DIR task_tokens=DIR shards.maxcount=1000",
+                    force_help="rebuild an existing corpus (idempotent)")
     b.add_argument("--out", required=True, help="corpus directory")
-    b.add_argument("--force", action="store_true", help="rebuild an existing corpus (idempotent)")
     b.set_defaults(handler=_build)
     i = actions.add_parser("inspect", help="counts per task and split, and a preview of samples",
                            description="Print counts per task and split and preview a few samples.")
@@ -32,10 +31,9 @@ def register(sub) -> None:
 
 
 def _build(args) -> int:
-    from fmrilm.config import load_config
     from fmrilm.corpus.build import CorpusConfig, build_corpus
 
-    cfg = load_config(CorpusConfig, args.config, args.set)
+    cfg = config_from_args(CorpusConfig, args)
     summary = build_corpus(cfg, args.out, overwrite=args.force)
     print(f"corpus written to {args.out}")
     _print_counts(summary)

@@ -14,15 +14,14 @@ from __future__ import annotations
 import json
 
 from fmrilm.cli import positive_int
+from fmrilm.config import add_config_args, config_from_args
 
 
 def register(sub) -> None:
     p = sub.add_parser("eval", help="evaluate a run on its held-out test set (report.json + report.md)",
                        description="Captioning, VQA, retrieval, zero/few-shot, rest and controls on the "
                                    "corpus's test split; writes report.json, report.md and brain_map.png.")
-    p.add_argument("--config", default="eval_demo", help="shipped config name or YAML path (default: %(default)s)")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
-    p.add_argument("--force", action="store_true", help="replace an existing output directory")
+    add_config_args(p, "eval_demo", force_help="replace an existing output directory")
     p.set_defaults(handler=_eval)
 
     a = sub.add_parser("ask", help="answer a question about one scan of a run",
@@ -41,10 +40,9 @@ def register(sub) -> None:
 
 
 def _eval(args) -> int:
-    from fmrilm.config import load_config
     from fmrilm.evaluation.runner import EvalConfig, run_evaluation
 
-    cfg = load_config(EvalConfig, args.config, args.set)
+    cfg = config_from_args(EvalConfig, args)
     report = run_evaluation(cfg, overwrite=args.force)
     for name, t in report["targets"].items():
         print(f"{name:34s} {t['measured']:+.3f} (threshold {t['threshold']}) {'met' if t['met'] else 'MISSED'}")

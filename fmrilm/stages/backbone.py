@@ -55,6 +55,7 @@ from fmrilm.errors import InputError
 from fmrilm.io import atomic_dir, write_json
 from fmrilm.llm.config import BootstrapConfig
 from fmrilm.stages import lm_common
+from fmrilm.stages.recipe import LMRecipe, run_recipe
 
 STAGE = "backbone"
 
@@ -185,41 +186,6 @@ def record_backbone(cfg: BackboneStageConfig, export_dir: Path) -> Path:
     return export_dir
 
 
-def setup(cfg: BackboneStageConfig, train_dir: Path):
-    """Bootstrap (main rank) and build the engine.
-
-    Returns (engine, tokenizer, training set, samples per task, corpus skip counter).
-    """
-    from transformers import AutoModelForCausalLM
-
-    from fmrilm.llm.backbone import bootstrap_backbone, load_tokenizer
-    from fmrilm.llm.formatting import encode_joint
-    from fmrilm.llm.vocab import BrainVocab
-
-    if not cfg.corpus:
-        raise InputError("config", "corpus", "no corpus given (--set corpus=DIR), and no backbone to record "
-                                             "(--set backbone=PATH to a local HF causal-LM directory)")
-    tasks = ["text", "caption", "vqa"] if cfg.caption_neighbours > 0 else ["text"]
-    read, skipped = read_split(cfg.corpus, "train", tasks, max_skipped=cfg.engine.max_skipped_shards)
-    samples = [s for s in read if s["json"]["task"] == "text"]
-    texts = [s["json"]["answer"] for s in samples]
-    init = train_dir / "init"
-    if torch.distributed.get_rank() == 0 and not (init / "config.json").is_file():
-        bootstrap_backbone(texts, init, cfg.bootstrap, overwrite=True)
-    torch.distributed.barrier()
-    tokenizer = load_tokenizer(init)
-    if cfg.caption_neighbours > 0:
-        samples = samples + _neighbour_prompted(cfg, read)
-    mixture = lm_common.weight_tasks(samples, cfg.task_weights, cfg.engine.seed)
-    text_only = BrainVocab(n_text=len(tokenizer), codebook_size=0)
-    data = lm_common.training_set(
-        samples, lambda s, i: encode_joint(tokenizer, text_only, "text", text=s["json"]["answer"],
-                                           source=s["__key__"]), cfg.max_length, cfg.engine, mixture)
-    mix = dict(sorted(Counter(samples[i]["json"]["task"] for i in mixture).items()))
-    model = TextLM(AutoModelForCausalLM.from_pretrained(init, local_files_only=True, dtype=torch.float32))
-    return TrainEngine(model, cfg.engine, train_dir), tokenizer, data, mix, skipped
-
-
 def _neighbour_prompted(cfg: BackboneStageConfig, read: list[dict]) -> list[dict]:
     """Text samples of the training captions and VQA answers behind their stimuli's nearest
     other-stimulus captions (tasks ``caption_neighbours`` and ``vqa_neighbours`` of the mixture)."""
@@ -245,50 +211,80 @@ def _neighbour_prompted(cfg: BackboneStageConfig, read: list[dict]) -> list[dict
             for task, rows in texts.items() for i, t in enumerate(rows)]
 
 
-def train(engine: TrainEngine, tokenizer, data: lm_common.TrainingSet, cfg: BackboneStageConfig,
-          skipped) -> int:
-    """Pretrain on the texts up to ``engine.max_steps`` (resuming; corrupt shards skipped are logged);
-    returns the last step."""
-    return lm_common.train_loop(engine, data, tokenizer.eos_token_id, cfg.max_length, STAGE, skipped)
+def adopt_backbone(cfg: BackboneStageConfig) -> Path:
+    """Record a local HF directory or convert a GGUF file: nothing to train, so no recipe and no
+    process group; only the launcher's rank 0 writes."""
+    export_dir = export_dir_for(cfg)
+    if lm_common.skip_finished(export_dir, cfg.force) or int(os.environ.get("RANK", "0")) != 0:
+        return export_dir
+    return record_backbone(cfg, export_dir) if cfg.backbone else convert_backbone(cfg, export_dir)
 
 
-def save_checkpoint(engine: TrainEngine, tokenizer, export_dir: Path, cfg: BackboneStageConfig, step: int,
-                    mixture: dict[str, int]):
-    """Export the pretrained backbone as an ordinary HF directory (``stage.json`` last)."""
+class BackboneRecipe(LMRecipe):
+    """Bootstrap a compact Llama and its SentencePiece tokenizer on the corpus's texts, pretrain it,
+    export it as an ordinary HF directory."""
 
-    def save(out: Path) -> None:
-        with atomic_dir(out, overwrite=True) as tmp:
-            engine.module.lm.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-            save_config(cfg.bootstrap, tmp / "bootstrap.yaml")
+    name = STAGE
 
-    return lm_common.export(engine, export_dir, save, cfg, {
-        "stage": STAGE, "backbone_tag": bootstrap_tag(cfg.bootstrap), "bootstrapped": True, "steps": step,
-        "mixture": mixture})
+    def __init__(self, cfg: BackboneStageConfig):
+        export_dir = export_dir_for(cfg)
+        super().__init__(cfg, export_dir, Path(cfg.out_dir) / f"train-{export_dir.name}")
+        self.tokenizer = None
+        self.mixture: dict[str, int] = {}
+
+    def setup(self) -> None:
+        """Bootstrap (main rank), encode the texts, build the engine."""
+        from transformers import AutoModelForCausalLM
+
+        from fmrilm.llm.backbone import bootstrap_backbone, load_tokenizer
+        from fmrilm.llm.formatting import encode_joint
+        from fmrilm.llm.vocab import BrainVocab
+
+        cfg = self.cfg
+        if not cfg.corpus:
+            raise InputError("config", "corpus", "no corpus given (--set corpus=DIR), and no backbone to record "
+                                                 "(--set backbone=PATH to a local HF causal-LM directory)")
+        tasks = ["text", "caption", "vqa"] if cfg.caption_neighbours > 0 else ["text"]
+        read, self.skipped = read_split(cfg.corpus, "train", tasks, max_skipped=cfg.engine.max_skipped_shards)
+        samples = [s for s in read if s["json"]["task"] == "text"]
+        texts = [s["json"]["answer"] for s in samples]
+        init = self.train_dir / "init"
+        if torch.distributed.get_rank() == 0 and not (init / "config.json").is_file():
+            bootstrap_backbone(texts, init, cfg.bootstrap, overwrite=True)
+        torch.distributed.barrier()
+        self.tokenizer = tokenizer = load_tokenizer(init)
+        if cfg.caption_neighbours > 0:
+            samples = samples + _neighbour_prompted(cfg, read)
+        mixture = lm_common.weight_tasks(samples, cfg.task_weights, cfg.engine.seed)
+        text_only = BrainVocab(n_text=len(tokenizer), codebook_size=0)
+        self.data = lm_common.training_set(
+            samples, lambda s, i: encode_joint(tokenizer, text_only, "text", text=s["json"]["answer"],
+                                               source=s["__key__"]), cfg.max_length, cfg.engine, mixture)
+        self.mixture = dict(sorted(Counter(samples[i]["json"]["task"] for i in mixture).items()))
+        self.pad_id, self.max_length = tokenizer.eos_token_id, cfg.max_length
+        model = TextLM(AutoModelForCausalLM.from_pretrained(init, local_files_only=True, dtype=torch.float32))
+        self.engine = TrainEngine(model, cfg.engine, self.train_dir)
+
+    def save(self, step: int) -> Path | None:
+        """Export the pretrained backbone as an ordinary HF directory (``stage.json`` last)."""
+        engine, cfg = self.engine, self.cfg
+
+        def save(out: Path) -> None:
+            with atomic_dir(out, overwrite=True) as tmp:
+                engine.module.lm.save_pretrained(tmp)
+                self.tokenizer.save_pretrained(tmp)
+                save_config(cfg.bootstrap, tmp / "bootstrap.yaml")
+
+        return lm_common.export(engine, self.export_dir, save, cfg, {
+            "stage": STAGE, "backbone_tag": bootstrap_tag(cfg.bootstrap), "bootstrapped": True, "steps": step,
+            "mixture": self.mixture})
 
 
 def run(cfg: BackboneStageConfig) -> Path | None:
-    """Record or bootstrap (+ pretrain) the backbone; returns the export directory on the main rank."""
-    export_dir = export_dir_for(cfg)
-    if lm_common.skip_finished(export_dir, cfg.force):
-        return export_dir
+    """Record, convert, or bootstrap (+ pretrain) the backbone; returns the export directory on the main rank."""
     if cfg.backbone or cfg.gguf:
-        # nothing to train: only the launcher's rank 0 writes (no process group is needed)
-        if int(os.environ.get("RANK", "0")) != 0:
-            return export_dir
-        return record_backbone(cfg, export_dir) if cfg.backbone else convert_backbone(cfg, export_dir)
-    train_dir = Path(cfg.out_dir) / f"train-{export_dir.name}"
-    lm_common.prepare_run(train_dir, export_dir, cfg.force)
-    engine, tokenizer, data, mixture, skipped = setup(cfg, train_dir)
-    try:
-        step = train(engine, tokenizer, data, cfg, skipped)
-        return save_checkpoint(engine, tokenizer, export_dir, cfg, step, mixture)
-    finally:
-        cleanup(engine)
-
-
-def cleanup(engine: TrainEngine) -> None:
-    engine.cleanup()
+        return adopt_backbone(cfg)
+    return run_recipe(BackboneRecipe(cfg))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,6 +23,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from fmrilm.config import add_config_args, config_from_args
 from fmrilm.errors import InputError
 
 STAGE_MODULES = {
@@ -106,8 +107,8 @@ def register(sub) -> None:
                                      "under the deepspeed launcher",
                        description=__doc__.splitlines()[0] + " Extra details: python -m <stage module> --help.")
     p.add_argument("stage", help="backbone | tokenizer | joint | instruct (or 0 | 1 | 2 | 3)")
-    p.add_argument("--config", help="YAML path or shipped config name (default: the stage's <stage>_demo)")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, dotted keys")
+    # the launched stage module reads --config/--set (None: its own <stage>_demo)
+    add_config_args(p, None, config_help="YAML path or shipped config name (default: the stage's <stage>_demo)")
     p.add_argument("--nproc", type=int, default=1, help="ranks per node: GPUs, or CPU processes (default: 1)")
     p.add_argument("--hostfile", help="deepspeed hostfile for several nodes (lines: 'node1 slots=N')")
     p.add_argument("--num-nodes", type=int, help="nodes to use from the hostfile")
@@ -124,10 +125,7 @@ def _register_tokenizer_train(verbs) -> None:
                          description="Train a tokenizer in this process. For several ranks: "
                                      "DS_ACCELERATOR=cpu deepspeed --num_gpus 2 "
                                      "--module fmrilm.stages.tokenizer --config ...")
-    t.add_argument("--config", default="tokenizer_demo",
-                   help="YAML path or shipped config name (default: %(default)s)")
-    t.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="config overrides, e.g. data.dataset=DIR")
+    add_config_args(t, "tokenizer_demo", "config overrides, e.g. data.dataset=DIR")
     t.set_defaults(handler=_train_tokenizer)
 
 
@@ -137,8 +135,7 @@ def _train(args) -> int:
 
 
 def _train_tokenizer(args) -> int:
-    from fmrilm.config import load_config
     from fmrilm.stages.tokenizer import TokenizerStageConfig, run
 
-    run(load_config(TokenizerStageConfig, args.config, args.set))
+    run(config_from_args(TokenizerStageConfig, args))
     return 0

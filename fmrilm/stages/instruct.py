@@ -51,6 +51,7 @@ from fmrilm.errors import InputError
 from fmrilm.io import read_json, write_json
 from fmrilm.llm.config import LoraSettings
 from fmrilm.stages import lm_common
+from fmrilm.stages.recipe import LMRecipe, run_recipe
 
 STAGE = "instruct"
 INSTRUCTION_TASKS = ("caption", "vqa", "describe", "phenotype", "temporal")
@@ -148,49 +149,6 @@ def instruction_encoder(captioner, samples: list[dict]):
     return encode
 
 
-def setup(cfg: InstructStageConfig, train_dir: Path, joint: dict):
-    """Load the stage-2 model and the retriever its prompts will use, encode the instruction mixture,
-    build the engine. Returns (engine, data, skipped, retriever or None)."""
-    from fmrilm.llm.checkpoint import load_brainlm
-    from fmrilm.retrieval.captioner import Captioner
-
-    for split in filter(None, (cfg.split, cfg.eval_split)):
-        lm_common.check_corpus_tokenizer(cfg.corpus, split, joint["tokenizer"])
-    model = load_brainlm(cfg.model, add_lora=cfg.add_lora)
-    if cfg.merge and model.llm_config.brain_input != "codes":
-        raise InputError(cfg.model, "merge", "a model reading continuous brain input has no merged form (its merged "
-                                             "brain rows would be code embeddings): set merge=false")
-    retriever = None
-    if cfg.retrieval and cfg.retrieved_captions > 0:
-        from fmrilm.artifacts import check_recorded, read_corpus_record
-        from fmrilm.brain.splits import read_splits
-        from fmrilm.retrieval.caption_prompts import CaptionRetriever
-        from fmrilm.retrieval.search import SEARCH_FILE
-
-        # prompts retrieve from the search indexes: they must be the ones built on the corpus's splits
-        corpus_splits = read_corpus_record(cfg.corpus).get("run_splits") or {}
-        check_recorded(read_json(Path(cfg.retrieval) / SEARCH_FILE).get("splits"), read_splits(corpus_splits["path"]),
-                       f"the search indexes {cfg.retrieval}", Path(cfg.retrieval) / SEARCH_FILE)
-        retriever = CaptionRetriever.from_search_dir(cfg.retrieval, cfg.retrieved_captions, cfg.retrieval_text_only)
-    samples, skipped = read_split(cfg.corpus, cfg.split, cfg.tasks, max_skipped=cfg.engine.max_skipped_shards)
-    mixture = lm_common.weight_tasks(samples, cfg.task_weights, cfg.engine.seed)
-    data = lm_common.training_set(samples, instruction_encoder(Captioner(model, retriever), samples),
-                                  model.max_length, cfg.engine, mixture,
-                                  latents=lm_common.scan_latents(model, cfg.corpus))
-    engine = TrainEngine(model, cfg.engine, train_dir)
-    if engine.is_main:
-        mix = Counter(samples[i]["json"]["task"] for i in mixture)
-        print(f"instruct: {data.size} samples ({dict(mix)}), {len(data.items)} visited by this run, answer-only "
-              f"loss checked on each", flush=True)
-    return engine, data, skipped, retriever
-
-
-def train(engine: TrainEngine, data: lm_common.TrainingSet, skipped) -> int:
-    """Instruction tuning up to ``engine.max_steps`` (resuming from the latest checkpoint)."""
-    model = engine.module
-    return lm_common.train_loop(engine, data, model.tokenizer.eos_token_id, model.max_length, STAGE, skipped)
-
-
 def closed_question_accuracy(captioner, corpus: str, split: str, tasks, max_samples: int) -> dict:
     """Accuracy of constrained decoding on the split's yes/no and class questions, per task (task-scan
     prompts retrieve as in training)."""
@@ -214,45 +172,87 @@ def closed_question_accuracy(captioner, corpus: str, split: str, tasks, max_samp
             "chance": float(np.mean([1 / len(m["choices"]) for m in meta]))}
 
 
-def save_checkpoint(engine: TrainEngine, export_dir: Path, cfg: InstructStageConfig, step: int,
-                    joint: dict, retriever=None) -> Path | None:
-    """Export the trained model with its `retriever` as a captioner (+ ``merged/`` if asked) and the
-    closed-question accuracy."""
-    from fmrilm.retrieval.captioner import Captioner
+class InstructRecipe(LMRecipe):
+    """Multi-task instruction tuning of the stage-2 model, answer-only loss, retrieval-prefixed prompts."""
 
-    def save(out: Path) -> None:
-        captioner = Captioner(engine.module, retriever)
-        captioner.save(out, overwrite=True)
-        if cfg.merge:
-            captioner.merge_to_hf(out / "merged", overwrite=True)
-        if cfg.eval_split:
-            report = closed_question_accuracy(captioner, cfg.corpus, cfg.eval_split, cfg.tasks, cfg.eval_max_samples)
-            write_json(out / "eval.json", report)
-            print(f"instruct: closed questions on {cfg.eval_split}: {report}", flush=True)
+    name = STAGE
 
-    return lm_common.export(engine, export_dir, save, cfg, {
-        "stage": STAGE, "backbone_tag": joint["backbone_tag"], "tokenizer_tag": joint["tokenizer_tag"],
-        "tokenizer": joint["tokenizer"], "from": str(Path(cfg.model).resolve()), "steps": step,
-        "retrieval": retriever.source if retriever is not None else None,
-        "world_size": engine.world_size, "merged": cfg.merge})
+    def __init__(self, cfg: InstructStageConfig):
+        export_dir, train_dir, joint = names(cfg)
+        super().__init__(cfg, export_dir, train_dir)
+        self.joint = joint
+        self.retriever = None
+
+    def setup(self) -> None:
+        """Load the stage-2 model and the retriever its prompts will use, encode the instruction mixture,
+        build the engine."""
+        from fmrilm.llm.checkpoint import load_brainlm
+        from fmrilm.retrieval.captioner import Captioner
+
+        cfg = self.cfg
+        for split in filter(None, (cfg.split, cfg.eval_split)):
+            lm_common.check_corpus_tokenizer(cfg.corpus, split, self.joint["tokenizer"])
+        model = load_brainlm(cfg.model, add_lora=cfg.add_lora)
+        if cfg.merge and model.llm_config.brain_input != "codes":
+            raise InputError(cfg.model, "merge", "a model reading continuous brain input has no merged form (its "
+                                                 "merged brain rows would be code embeddings): set merge=false")
+        if cfg.retrieval and cfg.retrieved_captions > 0:
+            self.retriever = _retriever(cfg)
+        samples, self.skipped = read_split(cfg.corpus, cfg.split, cfg.tasks,
+                                           max_skipped=cfg.engine.max_skipped_shards)
+        mixture = lm_common.weight_tasks(samples, cfg.task_weights, cfg.engine.seed)
+        self.data = lm_common.training_set(samples, instruction_encoder(Captioner(model, self.retriever), samples),
+                                           model.max_length, cfg.engine, mixture,
+                                           latents=lm_common.scan_latents(model, cfg.corpus))
+        self.pad_id, self.max_length = model.tokenizer.eos_token_id, model.max_length
+        self.engine = TrainEngine(model, cfg.engine, self.train_dir)
+        if self.engine.is_main:
+            mix = Counter(samples[i]["json"]["task"] for i in mixture)
+            print(f"instruct: {self.data.size} samples ({dict(mix)}), {len(self.data.items)} visited by this run, "
+                  f"answer-only loss checked on each", flush=True)
+
+    def save(self, step: int) -> Path | None:
+        """Export the trained model with its retriever as a captioner (+ ``merged/`` if asked) and the
+        closed-question accuracy."""
+        from fmrilm.retrieval.captioner import Captioner
+
+        engine, cfg, joint, retriever = self.engine, self.cfg, self.joint, self.retriever
+
+        def save(out: Path) -> None:
+            captioner = Captioner(engine.module, retriever)
+            captioner.save(out, overwrite=True)
+            if cfg.merge:
+                captioner.merge_to_hf(out / "merged", overwrite=True)
+            if cfg.eval_split:
+                report = closed_question_accuracy(captioner, cfg.corpus, cfg.eval_split, cfg.tasks,
+                                                  cfg.eval_max_samples)
+                write_json(out / "eval.json", report)
+                print(f"instruct: closed questions on {cfg.eval_split}: {report}", flush=True)
+
+        return lm_common.export(engine, self.export_dir, save, cfg, {
+            "stage": STAGE, "backbone_tag": joint["backbone_tag"], "tokenizer_tag": joint["tokenizer_tag"],
+            "tokenizer": joint["tokenizer"], "from": str(Path(cfg.model).resolve()), "steps": step,
+            "retrieval": retriever.source if retriever is not None else None,
+            "world_size": engine.world_size, "merged": cfg.merge})
 
 
-def cleanup(engine: TrainEngine) -> None:
-    engine.cleanup()
+def _retriever(cfg: InstructStageConfig):
+    """The caption retriever of the run's search indexes, after checking they were built on the corpus's splits."""
+    from fmrilm.artifacts import check_recorded, read_corpus_record
+    from fmrilm.brain.splits import read_splits
+    from fmrilm.retrieval.caption_prompts import CaptionRetriever
+    from fmrilm.retrieval.search import SEARCH_FILE
+
+    # prompts retrieve from the search indexes: they must be the ones built on the corpus's splits
+    corpus_splits = read_corpus_record(cfg.corpus).get("run_splits") or {}
+    check_recorded(read_json(Path(cfg.retrieval) / SEARCH_FILE).get("splits"), read_splits(corpus_splits["path"]),
+                   f"the search indexes {cfg.retrieval}", Path(cfg.retrieval) / SEARCH_FILE)
+    return CaptionRetriever.from_search_dir(cfg.retrieval, cfg.retrieved_captions, cfg.retrieval_text_only)
 
 
 def run(cfg: InstructStageConfig) -> Path | None:
-    """setup → train → save_checkpoint → cleanup; returns the export directory on the main rank."""
-    export_dir, train_dir, joint = names(cfg)
-    if lm_common.skip_finished(export_dir, cfg.force):
-        return export_dir
-    lm_common.prepare_run(train_dir, export_dir, cfg.force)
-    engine, data, skipped, retriever = setup(cfg, train_dir, joint)
-    try:
-        step = train(engine, data, skipped)
-        return save_checkpoint(engine, export_dir, cfg, step, joint, retriever)
-    finally:
-        cleanup(engine)
+    """Train stage 3 (:class:`InstructRecipe`); returns the export directory on the main rank."""
+    return run_recipe(InstructRecipe(cfg))
 
 
 def main(argv: list[str] | None = None) -> int:

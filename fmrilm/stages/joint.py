@@ -46,6 +46,7 @@ from fmrilm.engine import EngineConfig, TrainEngine, stage_main
 from fmrilm.errors import InputError
 from fmrilm.llm.config import LLMConfig
 from fmrilm.stages import lm_common
+from fmrilm.stages.recipe import LMRecipe, run_recipe
 
 STAGE = "joint"
 # corpus task → joint objective (caption/describe may also be written text → brain)
@@ -141,61 +142,55 @@ def build_model(cfg: JointStageConfig):
     return build_brainlm(cfg.llm, exports.code_embeddings, hf_dir, exports.text_readout)
 
 
-def setup(cfg: JointStageConfig, train_dir: Path, tokenizer: dict):
-    """Build BrainLM (LoRA/QLoRA), encode the corpus, wrap in the engine. Returns (engine, training set, skips)."""
-    from fmrilm.llm.peft_setup import trainable_parameters
+class JointRecipe(LMRecipe):
+    """Joint brain–text training of BrainLM (LoRA / QLoRA) on the corpus's task mixture."""
 
-    lm_common.check_corpus_tokenizer(cfg.corpus, cfg.split, tokenizer)
-    model = build_model(cfg)
-    samples, skipped = read_split(cfg.corpus, cfg.split, cfg.tasks, max_skipped=cfg.engine.max_skipped_shards)
-    encode = joint_encoder(model, cfg.llm.seed, cfg.text_to_brain_fraction, len(samples))
-    data = lm_common.training_set(samples, encode, model.max_length, cfg.engine,
-                                  latents=lm_common.scan_latents(model, cfg.corpus))
-    engine = TrainEngine(model, cfg.engine, train_dir)
-    if engine.is_main:
-        counts = trainable_parameters(model)
-        print(f"joint: {data.size} samples ({len(data.items)} visited by this run), {counts['trainable']:,} of "
-              f"{counts['total']:,} parameters trainable, {skipped.shards} corrupt shards skipped", flush=True)
-    return engine, data, skipped
+    name = STAGE
 
+    def __init__(self, cfg: JointStageConfig):
+        export_dir, train_dir, tokenizer, backbone_tag = names(cfg)
+        super().__init__(cfg, export_dir, train_dir)
+        self.tokenizer_identity, self.backbone_tag = tokenizer, backbone_tag
 
-def train(engine: TrainEngine, data: lm_common.TrainingSet, skipped) -> int:
-    """Joint training up to ``engine.max_steps`` (resuming from the latest checkpoint)."""
-    model = engine.module
-    return lm_common.train_loop(engine, data, model.tokenizer.eos_token_id, model.max_length, STAGE, skipped)
+    def setup(self) -> None:
+        """Build BrainLM (LoRA/QLoRA), encode the corpus, wrap it in the engine."""
+        from fmrilm.llm.peft_setup import trainable_parameters
 
+        cfg = self.cfg
+        lm_common.check_corpus_tokenizer(cfg.corpus, cfg.split, self.tokenizer_identity)
+        model = build_model(cfg)
+        samples, self.skipped = read_split(cfg.corpus, cfg.split, cfg.tasks,
+                                           max_skipped=cfg.engine.max_skipped_shards)
+        encode = joint_encoder(model, cfg.llm.seed, cfg.text_to_brain_fraction, len(samples))
+        self.data = lm_common.training_set(samples, encode, model.max_length, cfg.engine,
+                                           latents=lm_common.scan_latents(model, cfg.corpus))
+        self.pad_id, self.max_length = model.tokenizer.eos_token_id, model.max_length
+        self.engine = TrainEngine(model, cfg.engine, self.train_dir)
+        if self.engine.is_main:
+            counts = trainable_parameters(model)
+            print(f"joint: {self.data.size} samples ({len(self.data.items)} visited by this run), "
+                  f"{counts['trainable']:,} of {counts['total']:,} parameters trainable, "
+                  f"{self.skipped.shards} corrupt shards skipped", flush=True)
 
-def save_checkpoint(engine: TrainEngine, export_dir: Path, cfg: JointStageConfig, step: int, tokenizer: dict,
-                    backbone_tag: str) -> Path | None:
-    """Export the model with ``save_brainlm`` (and ``merge_to_hf`` into ``merged/`` if asked)."""
-    from fmrilm.llm.checkpoint import merge_to_hf, save_brainlm
+    def save(self, step: int) -> Path | None:
+        """Export the model with ``save_brainlm`` (and ``merge_to_hf`` into ``merged/`` if asked)."""
+        from fmrilm.llm.checkpoint import merge_to_hf, save_brainlm
 
-    def save(out: Path) -> None:
-        save_brainlm(engine.module, out, overwrite=True)
-        if cfg.merge:
-            merge_to_hf(engine.module, out / "merged", overwrite=True)
+        engine, cfg = self.engine, self.cfg
 
-    return lm_common.export(engine, export_dir, save, cfg, {
-        "stage": STAGE, "backbone_tag": backbone_tag, "tokenizer_tag": tokenizer["tag"], "tokenizer": tokenizer,
-        "steps": step, "world_size": engine.world_size, "merged": cfg.merge})
+        def save(out: Path) -> None:
+            save_brainlm(engine.module, out, overwrite=True)
+            if cfg.merge:
+                merge_to_hf(engine.module, out / "merged", overwrite=True)
 
-
-def cleanup(engine: TrainEngine) -> None:
-    engine.cleanup()
+        return lm_common.export(engine, self.export_dir, save, cfg, {
+            "stage": STAGE, "backbone_tag": self.backbone_tag, "tokenizer_tag": self.tokenizer_identity["tag"],
+            "tokenizer": self.tokenizer_identity, "steps": step, "world_size": engine.world_size, "merged": cfg.merge})
 
 
 def run(cfg: JointStageConfig) -> Path | None:
-    """setup → train → save_checkpoint → cleanup; returns the export directory on the main rank."""
-    export_dir, train_dir, tokenizer, backbone_tag = names(cfg)
-    if lm_common.skip_finished(export_dir, cfg.force):
-        return export_dir
-    lm_common.prepare_run(train_dir, export_dir, cfg.force)
-    engine, data, skipped = setup(cfg, train_dir, tokenizer)
-    try:
-        step = train(engine, data, skipped)
-        return save_checkpoint(engine, export_dir, cfg, step, tokenizer, backbone_tag)
-    finally:
-        cleanup(engine)
+    """Train stage 2 (:class:`JointRecipe`); returns the export directory on the main rank."""
+    return run_recipe(JointRecipe(cfg))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,6 +10,8 @@
 - the train loop (resume, logging with skip counts, periodic checkpoints) and the export protocol:
   each stage writes ``stage.json`` last inside its export directory, which marks it finished.
 
+:class:`fmrilm.stages.recipe.LMRecipe` drives these for the three stages.
+
 Every rank holds the whole split in memory and draws its own slice of each global batch: simple and
 exact, and the corpus is small next to the model (a sample is a few hundred token ids plus text).
 """

@@ -33,6 +33,7 @@ from fmrilm.engine import EngineConfig, TrainEngine, stage_main
 from fmrilm.errors import InputError
 from fmrilm.io import write_json
 from fmrilm.seeds import micro_batch_positions
+from fmrilm.stages.recipe import Recipe, run_recipe
 from fmrilm.tokenizer.config import TokenizerConfig, artifact_name
 
 
@@ -78,86 +79,97 @@ def codebook_rank_spread(model) -> float:
     return float(spread)
 
 
-def setup(cfg: TokenizerStageConfig):
-    """Validate the config, build tokenizer, data splits and engine. Returns (engine, train, heldout)."""
-    from fmrilm.brain.splits import read_splits
-    from fmrilm.tokenizer.data import load_splits, tokenizer_for_dataset, training_record
+class TokenizerRecipe(Recipe):
+    """Train the brain tokenizer on the run's training scans; save it with its held-out report.
 
-    if not cfg.data.dataset:
-        raise InputError("config", "data.dataset", "no dataset given (--set data.dataset=DIR)")
-    if not cfg.data.splits:
-        raise InputError("config", "data.splits", "no splits file given (write one with `fmrilm splits`, "
-                         "then --set data.splits=FILE)")
-    splits = read_splits(cfg.data.splits)
-    cfg.tokenizer.validate()
-    init_distributed()
-    world = torch.distributed.get_world_size()
-    torch.manual_seed(cfg.engine.seed)  # identical initial weights on every rank
-    model = tokenizer_for_dataset(cfg.tokenizer, cfg.data.dataset, sync_codebook=world > 1)
-    use_text = cfg.tokenizer.contrastive != "none" and cfg.tokenizer.contrastive_weight > 0
-    train, heldout = load_splits(cfg.data.dataset, model, splits, use_text)
-    model.provenance = training_record(cfg.data.dataset, splits)
-    if len(train) < cfg.engine.micro_batch_size * world:
-        raise InputError(cfg.data.dataset, "scans",
-                         f"{len(train)} training scans, fewer than one global batch")
-    engine = TrainEngine(model, cfg.engine, Path(cfg.out_dir) / "train")
-    return engine, train, heldout
+    No export name before any work: the directory is named after the dataset's atlas and source,
+    read in :meth:`setup`, so a rerun always runs (resuming from ``train/``).
+    """
 
+    name = "tokenizer"
 
-def train(engine: TrainEngine, train_set, cfg: TokenizerStageConfig) -> int:
-    """Optimizer steps up to ``engine.max_steps``, resuming from a checkpoint; returns the last step."""
-    from tqdm import tqdm
+    def __init__(self, cfg: TokenizerStageConfig):
+        super().__init__(cfg)
+        self.train_set = self.heldout = None
 
-    resumed = engine.load_checkpoint()
-    step = resumed[0] if resumed else 0
-    e = cfg.engine
-    bar = tqdm(total=e.max_steps, initial=step, disable=not engine.is_main, desc="tokenizer")
-    while step < e.max_steps:
-        for micro in range(e.grad_accum_steps):
-            positions = micro_batch_positions(len(train_set), step * e.grad_accum_steps + micro,
-                                              e.micro_batch_size, engine.rank, engine.world_size, e.seed)
-            metrics = engine.train_step(train_set.batch(positions))
-        step += 1
-        bar.update(1)
-        if e.log_every > 0 and step % e.log_every == 0:
-            engine.log(step, {**metrics, "codebook_rank_spread": codebook_rank_spread(engine.module)})
-        if engine.should_checkpoint(step):
-            engine.save_checkpoint(step)
-    bar.close()
-    return step
+    def setup(self) -> None:
+        """Validate the config, build the tokenizer, the data splits and the engine."""
+        from fmrilm.brain.splits import read_splits
+        from fmrilm.tokenizer.data import load_splits, tokenizer_for_dataset, training_record
 
+        cfg = self.cfg
+        if not cfg.data.dataset:
+            raise InputError("config", "data.dataset", "no dataset given (--set data.dataset=DIR)")
+        if not cfg.data.splits:
+            raise InputError("config", "data.splits", "no splits file given (write one with `fmrilm splits`, "
+                             "then --set data.splits=FILE)")
+        splits = read_splits(cfg.data.splits)
+        cfg.tokenizer.validate()
+        init_distributed()
+        world = torch.distributed.get_world_size()
+        torch.manual_seed(cfg.engine.seed)  # identical initial weights on every rank
+        model = tokenizer_for_dataset(cfg.tokenizer, cfg.data.dataset, sync_codebook=world > 1)
+        use_text = cfg.tokenizer.contrastive != "none" and cfg.tokenizer.contrastive_weight > 0
+        self.train_set, self.heldout = load_splits(cfg.data.dataset, model, splits, use_text)
+        model.provenance = training_record(cfg.data.dataset, splits)
+        if len(self.train_set) < cfg.engine.micro_batch_size * world:
+            raise InputError(cfg.data.dataset, "scans",
+                             f"{len(self.train_set)} training scans, fewer than one global batch")
+        self.engine = TrainEngine(model, cfg.engine, Path(cfg.out_dir) / "train")
 
-def save_tokenizer(engine: TrainEngine, heldout, cfg: TokenizerStageConfig) -> Path | None:
-    """Evaluate on held-out scans and save the tokenizer (main rank writes; all ranks return)."""
-    from fmrilm.brain.store import Dataset
-    from fmrilm.tokenizer.evaluate import evaluate_tokenizer
+    def train(self) -> int:
+        """Optimizer steps up to ``engine.max_steps``, resuming from a checkpoint; returns the last step."""
+        from tqdm import tqdm
 
-    model = engine.module
-    spread = codebook_rank_spread(model)
-    out = None
-    if engine.is_main:
-        tag = cfg.data.tag or str(Dataset(cfg.data.dataset).manifest.get("source", "data"))
-        out = Path(cfg.out_dir) / artifact_name(cfg.tokenizer, model.atlas_info, tag)
-        report = evaluate_tokenizer(model, heldout, cfg.eval_batch_size) if len(heldout) else {}
-        report.update(codebook_rank_spread=spread, world_size=engine.world_size, steps=cfg.engine.max_steps)
-        save_config(cfg, out / "stage_config.yaml")
-        write_json(out / "eval.json", report)
-        model.save_pretrained(out)  # config.json last: marks the artifact complete
-        nan = float("nan")
-        print(f"tokenizer saved to {out}: held-out r2={report.get('r2', nan):.3f} "
-              f"usage={report.get('usage', nan):.3f} perplexity/K={report.get('perplexity_ratio', nan):.3f}")
-    engine.barrier()
-    return out
+        engine, e = self.engine, self.cfg.engine
+        resumed = engine.load_checkpoint()
+        step = resumed[0] if resumed else 0
+        bar = tqdm(total=e.max_steps, initial=step, disable=not engine.is_main, desc="tokenizer")
+        while step < e.max_steps:
+            for micro in range(e.grad_accum_steps):
+                positions = micro_batch_positions(len(self.train_set), step * e.grad_accum_steps + micro,
+                                                  e.micro_batch_size, engine.rank, engine.world_size, e.seed)
+                metrics = engine.train_step(self.train_set.batch(positions))
+            step += 1
+            bar.update(1)
+            if e.log_every > 0 and step % e.log_every == 0:
+                engine.log(step, {**metrics, "codebook_rank_spread": codebook_rank_spread(engine.module)})
+            if engine.should_checkpoint(step):
+                engine.save_checkpoint(step)
+        bar.close()
+        return step
+
+    def save(self, step: int) -> Path | None:
+        """Evaluate on held-out scans and save the tokenizer (main rank writes; all ranks return).
+
+        ``eval.json`` records the configured ``engine.max_steps`` as its steps, whatever `step` a
+        resumed run ended on.
+        """
+        from fmrilm.brain.store import Dataset
+        from fmrilm.tokenizer.evaluate import evaluate_tokenizer
+
+        engine, cfg = self.engine, self.cfg
+        model = engine.module
+        spread = codebook_rank_spread(model)
+        out = None
+        if engine.is_main:
+            tag = cfg.data.tag or str(Dataset(cfg.data.dataset).manifest.get("source", "data"))
+            out = Path(cfg.out_dir) / artifact_name(cfg.tokenizer, model.atlas_info, tag)
+            report = evaluate_tokenizer(model, self.heldout, cfg.eval_batch_size) if len(self.heldout) else {}
+            report.update(codebook_rank_spread=spread, world_size=engine.world_size, steps=cfg.engine.max_steps)
+            save_config(cfg, out / "stage_config.yaml")
+            write_json(out / "eval.json", report)
+            model.save_pretrained(out)  # config.json last: marks the artifact complete
+            nan = float("nan")
+            print(f"tokenizer saved to {out}: held-out r2={report.get('r2', nan):.3f} "
+                  f"usage={report.get('usage', nan):.3f} perplexity/K={report.get('perplexity_ratio', nan):.3f}")
+        engine.barrier()
+        return out
 
 
 def run(cfg: TokenizerStageConfig) -> Path | None:
-    """setup → train → save → cleanup; returns the tokenizer directory on the main rank."""
-    engine, train_set, heldout = setup(cfg)
-    try:
-        train(engine, train_set, cfg)
-        return save_tokenizer(engine, heldout, cfg)
-    finally:
-        engine.cleanup()
+    """Train stage 1 (:class:`TokenizerRecipe`); returns the tokenizer directory on the main rank."""
+    return run_recipe(TokenizerRecipe(cfg))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+from fmrilm.config import add_config_args, config_from_args
+
 
 def register(sub) -> None:
     p = sub.add_parser("stimulate", help="in-silico microstimulation: dose-response of captions and the ideal observer",
@@ -13,17 +15,14 @@ def register(sub) -> None:
                                    "observer; compare with random patches of the same size and shape and "
                                    "another category's patch, with bootstrap intervals. Writes "
                                    "stimulation.json and two PNGs.")
-    p.add_argument("--config", default="stimulation_demo", help="shipped config name or YAML path")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
-    p.add_argument("--force", action="store_true", help="replace an existing output directory")
+    add_config_args(p, "stimulation_demo", force_help="replace an existing output directory")
     p.set_defaults(handler=_stimulate)
 
 
 def _stimulate(args) -> int:
-    from fmrilm.config import load_config
     from fmrilm.stimulation.experiment import StimulationConfig, run_stimulation
 
-    cfg = load_config(StimulationConfig, args.config, args.set)
+    cfg = config_from_args(StimulationConfig, args)
     summary = run_stimulation(cfg, overwrite=args.force)
     for reader in ("lm", "ideal_observer"):
         result = summary[reader]
