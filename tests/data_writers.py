@@ -117,6 +117,30 @@ def write_nsd_dataset(root: str | Path, n_stimuli: int = 48, trials_per_session=
     return root / "betas", trials, write_captions(root / "captions.json", captions), ids
 
 
+def write_rest_dir(root: str | Path, parcel_names: list[str], lengths=(90, 84, 96, 88, 90, 92, 86, 94),
+                   seed: int = 0, participants: bool = True) -> Path:
+    """A directory of parcel-series rest runs (``sub-NN.tsv``, header = parcel names, deliberately unequal
+    lengths) with a BIDS ``participants.tsv`` (sex, age; one subject's age ``n/a``). Each run is an AR(1)
+    process mixed by a subject-specific matrix, so FC differs between subjects."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    p = len(parcel_names)
+    rows = ["participant_id\tsex\tage"]
+    for i, n in enumerate(lengths, start=1):
+        mix = np.eye(p) + 0.3 * rng.standard_normal((p, p)) / np.sqrt(p)
+        x = np.zeros((n, p))
+        for t in range(1, n):
+            x[t] = 0.6 * x[t - 1] + rng.standard_normal(p)
+        series = x @ mix.T
+        lines = ["\t".join(parcel_names)] + ["\t".join(f"{v:.5f}" for v in row) for row in series]
+        (root / f"sub-{i:02d}.tsv").write_text("\n".join(lines) + "\n")
+        rows.append(f"sub-{i:02d}\t{'F' if i % 2 else 'M'}\t{'n/a' if i == 3 else 20 + 3 * i}")
+    if participants:
+        (root / "participants.tsv").write_text("\n".join(rows) + "\n")
+    return root
+
+
 # A chat template in SmolLM2's turn format, short enough for a tiny context.
 TINY_CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
                       "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")

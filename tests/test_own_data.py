@@ -7,20 +7,21 @@ from pathlib import Path
 
 import pytest
 import yaml
-from data_writers import write_nsd_dataset
+from data_writers import write_nsd_dataset, write_rest_dir
 
 from fmrilm.errors import InputError
 from fmrilm.pipeline import load_pipeline_config, read_state, run_pipeline
 
 # The shipped `nsd` pipeline at test size: its stages, with the tiny stage configs.
-TINY = {"task_import": {}, "splits": {"config": "splits_tiny", "set": ["heldout_task_subjects=0"]},
+TINY = {"task_import": {}, "rest_import": {}, "splits": {"config": "splits_tiny", "set": ["heldout_task_subjects=0"]},
         "tokenizer": {"config": "tokenizer_tiny", "set": ["tokenizer.input=task"]}, "task_tokens": {},
-        "corpus": {"config": "corpus_tiny", "set": ["samples.tasks=[caption,describe,text]"]},
+        "rest_tokens": {},
+        "corpus": {"config": "corpus_tiny", "set": ["samples.tasks=[caption,describe,text,phenotype,temporal]"]},
         "backbone": {"config": "backbone_tiny"},
         "joint": {"config": "joint_tiny", "set": ["tasks=[text,caption,describe]"]},
         "retrieval": {"set": ["max_train_items=120", "embedder.hidden=32", "embedder.n_blocks=1",
                               "embedder.epochs=3"]},
-        "instruct": {"config": "instruct_tiny", "set": ["tasks=[caption]"]},
+        "instruct": {"config": "instruct_tiny", "set": ["tasks=[caption,phenotype]"]},
         "evaluation": {"config": "eval_tiny"}}
 
 
@@ -32,10 +33,12 @@ def nsd_pipeline(tmp_path, source: dict, stages: dict | None = None) -> Path:
 
 
 @pytest.fixture(scope="module")
-def nsd_files(tmp_path_factory):
+def nsd_files(tmp_path_factory, atlas):
     root = tmp_path_factory.mktemp("nsd")
     betas, trials, captions, _ = write_nsd_dataset(root)
-    return {"betas_dir": str(betas), "trials": str(trials), "captions": str(captions)}
+    rest = write_rest_dir(root / "rest", [p.name for p in atlas.parcels])
+    return {"betas_dir": str(betas), "trials": str(trials), "captions": str(captions), "rest_dir": str(rest),
+            "tr": 2.0}
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +48,7 @@ def nsd_run(nsd_files, tmp_path_factory):
     return tmp / "run", run_pipeline(cfg)
 
 
-def test_own_nsd_data_runs_end_to_end_with_a_report(nsd_run):
+def test_own_nsd_and_rest_data_run_end_to_end_with_a_report(nsd_run):
     run, report = nsd_run
     state = read_state(run)
     assert list(state) == list(TINY)
@@ -55,8 +58,12 @@ def test_own_nsd_data_runs_end_to_end_with_a_report(nsd_run):
     assert evaluation["captioning"]["model"]["semscore"] is not None
     # what needs simulator ground truth or labels the data lacks is skipped, with the reason in the report
     skipped = evaluation["skipped"]
-    assert {"ideal_observer", "vqa", "zero_shot", "rest"} <= set(skipped)
+    assert set(skipped) == {"ideal_observer", "vqa", "zero_shot", "subject_adaptation"}
     assert "ground truth" in skipped["ideal_observer"]
+    # the own rest runs: phenotypes from participants.tsv, scored beside their base rates
+    rest = json.loads((Path(state["rest_import"]) / "manifest.json").read_text())
+    assert rest["n_subjects"] == 8 and rest["n_timepoints"] == 84
+    assert {"sex", "age"} <= set(evaluation["rest"]["phenotype"])
     markdown = (Path(state["evaluation"]) / "report.md").read_text()
     assert "ground truth" in markdown and "skipped" in markdown
     assert "vqa_vs_shuffled" not in evaluation["targets"]

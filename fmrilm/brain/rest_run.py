@@ -171,7 +171,7 @@ def load_rest_run(lh: str | Path | None = None, rh: str | Path | None = None,
         vertices = clean_signals(vertices, tr, conf, config)
     parcels = atlas.parcellate(vertices, lh)
     if clean and config.standardize == "zscore_sample":
-        parcels = _zscore_columns(parcels)
+        parcels = zscore_columns(parcels)
     match = re.search(r"sub-[A-Za-z0-9]+", Path(lh).name)
     return RestRun(timeseries=parcels.astype(np.float32), vertex_timeseries=vertices, tr=float(tr),
                    source="brainspace" if bundled else str(lh), confound_names=names if clean else [],
@@ -184,7 +184,7 @@ def import_configured_run(cfg: RestImportConfig, out: str | Path, overwrite: boo
     return import_rest_run(load_rest_run(cfg.lh, cfg.rh, cfg.confounds, tr=cfg.tr), out, overwrite=overwrite)
 
 
-def _zscore_columns(x: np.ndarray) -> np.ndarray:
+def zscore_columns(x: np.ndarray) -> np.ndarray:
     """Z-score columns with the sample standard deviation; constant columns become 0."""
     centred = x - x.mean(0)
     std = centred.std(0, ddof=1)

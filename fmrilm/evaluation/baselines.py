@@ -121,7 +121,7 @@ def phenotype_baseline(train_features, train_targets, test_features, test_target
         :func:`classification_scores` or :func:`regression_scores` on the test subjects (intervals
         seeded by `seed`), plus ``"predictions"`` (list) and the chosen ``"regularization"``.
     """
-    from sklearn.linear_model import LogisticRegressionCV, RidgeCV
+    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV, RidgeCV
     from sklearn.model_selection import StratifiedKFold
 
     x_train = _features(train_features, "train_features")
@@ -133,9 +133,15 @@ def phenotype_baseline(train_features, train_targets, test_features, test_target
     mean, scale = _standardizer(x_train)
     z_train, z_test = (x_train - mean) / scale, (x_test - mean) / scale
     if task == "classification":
-        folds = StratifiedKFold(n_splits=cv, shuffle=True, random_state=seed)
-        model = LogisticRegressionCV(Cs=DEFAULT_CS, l1_ratios=(0.0,), cv=folds, scoring="neg_log_loss",
-                                     max_iter=2000, use_legacy_attributes=False).fit(z_train, y_train)
+        # a small cohort: no more folds than the rarest class has subjects; fewer than 2: C fixed at 1
+        n_folds = min(cv, int(np.unique(y_train, return_counts=True)[1].min()))
+        if n_folds < 2:
+            model = LogisticRegression(C=1.0, max_iter=2000).fit(z_train, y_train)
+            model.C_ = np.array([1.0])
+        else:
+            folds = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+            model = LogisticRegressionCV(Cs=DEFAULT_CS, l1_ratios=(0.0,), cv=folds, scoring="neg_log_loss",
+                                         max_iter=2000, use_legacy_attributes=False).fit(z_train, y_train)
         pred = model.predict(z_test)
         # Scores for AUC: probability of the larger sorted label, as classification_scores expects.
         labels, score = np.unique(y_test), None

@@ -51,7 +51,9 @@ def regression_scores(y_true, y_pred, seed: int = 0) -> dict:
     t, p = _paired(y_true, y_pred, "regression")
     r = float(np.corrcoef(t.ravel(), p.ravel())[0, 1]) if t.std() > 0 and p.std() > 0 else float("nan")
     error = np.abs(t - p).reshape(len(t), -1).mean(-1)
-    return {"mae": mean_absolute_error(t, p), "r2": r2_score(t, p), "pearson_r": r, "n": int(t.size),
+    # R² is undefined on targets without spread (e.g. one test subject): reported as NaN beside the MAE
+    r2 = r2_score(t, p) if ((t - t.mean(0)) ** 2).sum() > 0 else float("nan")
+    return {"mae": mean_absolute_error(t, p), "r2": r2, "pearson_r": r, "n": int(t.size),
             "ci95": {"mae": resampled_ci(lambda rows: error[rows].mean(-1), len(error), seed=seed)}}
 
 

@@ -114,7 +114,9 @@ def phenotype_section(model, samples: list, rest: Dataset, excluded: set, cfg) -
             pred = [SEX_LABELS.get(p, p) for p in pred] if name == "sex" else pred
             score = [float(np.mean(positive[s])) for s in test_subjects]
             lm = classification_scores(truth, pred, score, cfg.seed)
-        train = [i for i, r in enumerate(rows) if r["subject"] not in set(test_subjects) | excluded]
+        # subjects whose value is unknown (own data: an empty participants.tsv cell) train no baseline
+        train = [i for i, r in enumerate(rows)
+                 if r["subject"] not in set(test_subjects) | excluded and r.get(name) is not None]
         test = [index[s] for s in test_subjects]
         task = "regression" if name == "age" else "classification"
         target = [rows[i][name] for i in train], [rows[i][name] for i in test]
@@ -122,9 +124,10 @@ def phenotype_section(model, samples: list, rest: Dataset, excluded: set, cfg) -
         base.pop("predictions")
         chance = chance_baseline(target[0], target[1], task, cfg.seed)
         for scores in (lm, base, chance):
-            # Pearson r is undefined (NaN) for constant predictions; JSON gets null instead.
-            if scores.get("pearson_r") is not None and not np.isfinite(scores["pearson_r"]):
-                scores["pearson_r"] = None
+            # Pearson r (constant predictions) and R² (one test subject) can be undefined: JSON gets null.
+            for key in ("pearson_r", "r2"):
+                if scores.get(key) is not None and not np.isfinite(scores[key]):
+                    scores[key] = None
         out[name] = {"model": lm, "fc_baseline": base, "constant_mean" if name == "age" else "majority_class": chance,
                      "n_subjects": len(test_subjects)}
     return out
