@@ -374,3 +374,31 @@ def run_artifact(run, stage: str) -> Path:
         raise InputError(run / STAGES_FILE, stage, "not a finished stage of this run (`fmrilm pipeline --set "
                                                    f"run_dir={run}` runs it; finished: {sorted(state)})")
     return Path(state[stage])
+
+
+# The stages that can give a run its task / rest dataset: own data imported, or a synthetic world.
+DATASET_STAGES = {"task": ("task_import", "task_world"), "rest": ("rest_import", "rest_world")}
+
+
+def run_dataset(run, kind: str) -> Path:
+    """A pipeline run's `kind` ("task" or "rest") dataset, whichever stage gave it (:data:`DATASET_STAGES`)."""
+    run = Path(run)
+    state = read_state(run) if (run / STAGES_FILE).is_file() else {}
+    for stage in DATASET_STAGES[kind]:
+        if stage in state:
+            return Path(state[stage])
+    return run_artifact(run, DATASET_STAGES[kind][-1])  # the error names the run and what it finished
+
+
+# Config key → the pipeline stage whose artifact it names, for each command that reads a finished run.
+RUN_PATHS = {"evaluation": {"corpus": "corpus", "splits": "splits", "tokenizer": "tokenizer", "model": "instruct"},
+             "stimulation": {"corpus": "corpus", "tokenizer": "tokenizer", "model": "instruct"}}
+
+
+def run_paths(run, command: str) -> list[str]:
+    """Overrides pointing `command`'s config at pipeline run `run`: its inputs from the run's ``stages.json``
+    (:data:`RUN_PATHS`), its output to ``run/<command>``; none when `run` is None."""
+    if run is None:
+        return []
+    return [*(f"{key}={run_artifact(run, stage)}" for key, stage in RUN_PATHS[command].items()),
+            f"out={Path(run) / command}"]

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fmrilm.artifacts import read_state, write_state
+from fmrilm.artifacts import DATASET_STAGES, read_state, write_state
 from fmrilm.brain.sources import SourceConfig, check_source
 from fmrilm.brain.store import sweep_dead_partials
 from fmrilm.config import apply_overrides, from_dict, load_config, load_yaml, save_config
@@ -109,8 +109,6 @@ def check_overrides(stages: dict[str, StageSpec], source: str) -> None:
                                  "(run that stage on its own instead)")
 
 
-# The stages that can give a run its task / rest dataset (a config enables at most one of each).
-DATASET_STAGES = {"task": ("task_import", "task_world"), "rest": ("rest_import", "rest_world")}
 
 
 def _task_import(ctx: StageContext) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -86,8 +87,8 @@ def test_pipeline_refuses_a_source_it_cannot_read_before_any_work(nsd_files, tmp
 def test_bad_own_data_fails_before_anything_is_written(tmp_path, problem, match):
     betas, trials, captions, ids = write_nsd_dataset(tmp_path / "nsd", n_stimuli=12, trials_per_session=(10, 8, 6))
     if problem == "vertices":  # betas of another mesh than the atlas's
-        from data_writers import write_nsd_session
         import numpy as np
+        from data_writers import write_nsd_session
 
         write_nsd_session(betas, 2, np.zeros((2 * 2562, 8), np.float32), hemi_sizes=(2562, 2562))
     elif problem == "session":  # the trial table names a session with no betas file
@@ -108,3 +109,30 @@ def test_a_stage_pointed_at_another_runs_artifact_is_refused(nsd_files, tmp_path
     stages = {**TINY, "splits": {**TINY["splits"], "set": [*TINY["splits"]["set"], "task_dataset=/elsewhere"]}}
     with pytest.raises(InputError, match="another run"):
         run_pipeline(load_pipeline_config(str(nsd_pipeline(tmp_path, nsd_files, stages))))
+
+
+def test_eval_stimulate_and_ask_find_the_runs_artifacts_through_its_stages_file(nsd_run, capsys):
+    from fmrilm.cli import main
+    from fmrilm.evaluation.commands import answer_question
+
+    run, _ = nsd_run
+    shutil.rmtree(run / "evaluation")  # written again by the command, where the pipeline put it
+    assert main(["eval", "--run", str(run), "--config", "eval_tiny", "--set", "n_items=4", "n_fewshot_items=2"]) == 0
+    report = json.loads((run / "evaluation" / "report.json").read_text())
+    assert report["items"]["captioned"] == 4 and report["protocol"]["splits"]["path"].endswith("splits.json")
+    answer = answer_question(run, "0/0", "What is in the picture?", max_new_tokens=4)
+    assert answer["subject"] == "subj01" and answer["reference_captions"]
+    # stimulation needs a localizer and the simulator's truth: refused with the reason, nothing written
+    capsys.readouterr()
+    assert main(["stimulate", "--run", str(run), "--config", "stimulation_tiny"]) != 0
+    assert "error" in capsys.readouterr().err.lower()
+    assert not (run / "stimulation").exists()
+
+
+def test_the_shipped_nsd_config_reads_the_source_from_the_command_line(nsd_files, tmp_path):
+    with pytest.raises(InputError, match="source.betas_dir"):
+        load_pipeline_config("nsd")
+    cfg = load_pipeline_config("nsd", [f"source.{k}={v}" for k, v in nsd_files.items() if k != "rest_dir"])
+    assert cfg.source.betas_dir == nsd_files["betas_dir"]
+    enabled = [name for name, spec in cfg.stages.items() if spec.enabled]
+    assert enabled[0] == "task_import" and "task_world" not in enabled and "rest_import" not in enabled

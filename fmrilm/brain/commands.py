@@ -42,6 +42,16 @@ def register(sub) -> None:
     r.add_argument("--out", required=True, help="output dataset directory")
     r.add_argument("--force", action="store_true", help="replace an existing dataset")
     r.set_defaults(handler=_import_rest)
+    d = srcs.add_parser("rest-dir", help="a directory of rest runs, one per subject (fmrilm.brain.rest_dir)",
+                        description="Surface (SUB.lh/rh.mgz), volumetric (SUB.nii.gz + --labels-img) or "
+                                    "parcel-series (SUB.tsv) runs + participants.tsv → one rest dataset.")
+    d.add_argument("--dir", required=True, help="directory of runs")
+    d.add_argument("--participants", help="BIDS participants.tsv (default: DIR/participants.tsv if present)")
+    d.add_argument("--labels-img", help="label atlas of NIfTI runs, one label per parcel")
+    d.add_argument("--tr", type=float, help="repetition time in seconds (default: from the headers)")
+    d.add_argument("--out", required=True, help="output dataset directory")
+    d.add_argument("--force", action="store_true", help="replace an existing dataset")
+    d.set_defaults(handler=_import_rest_dir)
     n = srcs.add_parser("nsd", help="NSD-style fsaverage betas + trial table + COCO captions",
                         description="Import NSD-style single-trial betas (see fmrilm.brain.nsd) → task dataset.")
     n.add_argument("--betas-dir", required=True, help="directory of lh./rh.betas_sessionNN.mgh files")
@@ -99,6 +109,15 @@ def _import_rest(args) -> int:
 
     run = load_rest_run(args.lh, args.rh, args.confounds, tr=args.tr)
     print(Dataset(import_rest_run(run, args.out, overwrite=args.force)))
+    return 0
+
+
+def _import_rest_dir(args) -> int:
+    from fmrilm.brain.rest_dir import import_rest_dir
+    from fmrilm.brain.store import Dataset
+
+    print(Dataset(import_rest_dir(args.dir, args.out, participants=args.participants, labels_img=args.labels_img,
+                                  tr=args.tr, overwrite=args.force)))
     return 0
 
 

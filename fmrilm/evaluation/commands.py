@@ -1,6 +1,7 @@
 """`fmrilm eval` (the evaluation report of a run) and `fmrilm ask` (a question about one scan).
 
     fmrilm eval --config eval_demo [--set n_items=300 ...] [--force]
+    fmrilm eval --run runs/nsd --config eval_demo --force      # a pipeline run's artifacts, via its stages.json
     fmrilm ask --run runs/demo --scan sub-01/stim-000012 "What colour is the bus?"
     fmrilm ask --run runs/demo --scan 0/12 --backbone /models/Llama-3.1-8B "Describe the image."
 
@@ -22,6 +23,8 @@ def register(sub) -> None:
                        description="Captioning, VQA, retrieval, zero/few-shot, rest and controls on the "
                                    "corpus's test split; writes report.json, report.md and brain_map.png.")
     add_config_args(p, "eval_demo", force_help="replace an existing output directory")
+    p.add_argument("--run", metavar="DIR", help="evaluate this pipeline run: corpus, splits, tokenizer and model "
+                                                "from its stages.json, output to DIR/evaluation (--set wins)")
     p.set_defaults(handler=_eval)
 
     a = sub.add_parser("ask", help="answer a question about one scan of a run",
@@ -40,9 +43,10 @@ def register(sub) -> None:
 
 
 def _eval(args) -> int:
+    from fmrilm.artifacts import run_paths
     from fmrilm.evaluation.runner import EvalConfig, run_evaluation
 
-    cfg = config_from_args(EvalConfig, args)
+    cfg = config_from_args(EvalConfig, args, run_paths(args.run, "evaluation"))
     report = run_evaluation(cfg, overwrite=args.force)
     for name, t in report["targets"].items():
         print(f"{name:34s} {t['measured']:+.3f} (threshold {t['threshold']}) {'met' if t['met'] else 'MISSED'}")
@@ -58,7 +62,13 @@ def answer_question(run_dir, scan_id: str, question: str, max_new_tokens: int = 
     """
     from pathlib import Path
 
-    from fmrilm.artifacts import check_compatible, resolve_model_dir, resolve_tokenizer_dir, run_artifact
+    from fmrilm.artifacts import (
+        check_compatible,
+        resolve_model_dir,
+        resolve_tokenizer_dir,
+        run_artifact,
+        run_dataset,
+    )
     from fmrilm.brain.task_data import TaskData
     from fmrilm.errors import InputError
     from fmrilm.evaluation.task_eval import VQA_PROMPT
@@ -76,7 +86,7 @@ def answer_question(run_dir, scan_id: str, question: str, max_new_tokens: int = 
     if backbone is not None and read_json(model_dir / "brainlm.json").get("weights") not in ("adapter", "frozen"):
         raise InputError("--backbone", "weights", f"the model {model_dir} is no LoRA adapter (it holds its whole "
                                                   "backbone): there is no base to re-point")
-    data = TaskData(run_artifact(run, "task_world"))
+    data = TaskData(run_dataset(run, "task"))
     subject, stimulus = parse_scan_id(data, scan_id)
     tokenizer = BrainTokenizer.from_pretrained(tokenizer_dir, data.atlas_info)
     captioner = Captioner.load(model_dir, backbone)

@@ -72,7 +72,8 @@ def _headline_markdown(report: dict) -> list[str]:
              f"− ridge {ci('top1_minus_ridge')}")]
     if not _skipped(vqa):
         rows.insert(1, ("VQA exact match", vqa["model"]["overall"], f"shuffled {_fmt(vqa['shuffled']['overall'])}, "
-                        f"text only {_fmt(vqa['text_only']['overall'])}", "—", "—", f"× shuffled {ci('vqa_vs_shuffled')}"))
+                        f"text only {_fmt(vqa['text_only']['overall'])}", "—", "—",
+                        f"× shuffled {ci('vqa_vs_shuffled')}"))
     if not _skipped(zero) and "model" in zero:
         rows.append(("zero-shot naming", zero["model"].get("fraction"),
                      f"shuffled {_fmt(zero['shuffled'].get('fraction'))}, "
@@ -115,7 +116,8 @@ def render_markdown(report: dict) -> str:
                   [(name, ret[name]["brain_to_caption"].get("top1"), ret[name]["brain_to_caption"].get("top5"),
                     ret[name]["caption_to_brain"].get("top1"), ret[name]["caption_to_brain"].get("top5"),
                     _interval(ret[name].get("top1_minus_ridge_ci95")))
-                   for name in ("brain_embedder_tokens", "continuous_tokens", "ridge", "ideal_observer") if name in ret])
+                   for name in ("brain_embedder_tokens", "continuous_tokens", "ridge", "ideal_observer")
+                   if name in ret])
     zs = report["zero_shot"]
     out += ["## Zero-shot naming of novel categories", ""]
     bank = report["items"].get("retrieval_bank")

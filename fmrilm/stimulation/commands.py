@@ -1,6 +1,7 @@
 """`fmrilm stimulate`: graded in-silico stimulation of localized vertices, with controls.
 
     fmrilm stimulate --config stimulation_demo [--set target=places other_category=faces] [--force]
+    fmrilm stimulate --run runs/demo --config stimulation_demo --force   # a run's artifacts, via its stages.json
 """
 
 from __future__ import annotations
@@ -16,13 +17,16 @@ def register(sub) -> None:
                                    "another category's patch, with bootstrap intervals. Writes "
                                    "stimulation.json and two PNGs.")
     add_config_args(p, "stimulation_demo", force_help="replace an existing output directory")
+    p.add_argument("--run", metavar="DIR", help="stimulate this pipeline run: corpus, tokenizer and model from "
+                                                "its stages.json, output to DIR/stimulation (--set wins)")
     p.set_defaults(handler=_stimulate)
 
 
 def _stimulate(args) -> int:
+    from fmrilm.artifacts import run_paths
     from fmrilm.stimulation.experiment import StimulationConfig, run_stimulation
 
-    cfg = config_from_args(StimulationConfig, args)
+    cfg = config_from_args(StimulationConfig, args, run_paths(args.run, "stimulation"))
     summary = run_stimulation(cfg, overwrite=args.force)
     for reader in ("lm", "ideal_observer"):
         result = summary[reader]
