@@ -102,12 +102,13 @@ def stage_main(argv, description: str, default_config: str, config_cls, run) -> 
     Errors are reported as the ``fmrilm`` command reports them (:func:`fmrilm.errors.run_reported`):
     one line, exit 2 for bad input and 1 for anything else, the traceback with ``--debug``.
     """
-    from fmrilm.config import load_config
+    from fmrilm.config import check_required, load_config
 
     args = stage_argument_parser(description, default_config).parse_args(argv)
 
     def work() -> None:
-        run(load_config(config_cls, args.config, args.set))  # returns the artifact path, not an exit code
+        cfg = check_required(load_config(config_cls, args.config, args.set), args.config)
+        run(cfg)  # returns the artifact path, not an exit code
 
     return run_reported(work, debug=args.debug)
 

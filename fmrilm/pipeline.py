@@ -20,7 +20,7 @@ from pathlib import Path
 
 from fmrilm.artifacts import read_state, write_state
 from fmrilm.brain.store import sweep_dead_partials
-from fmrilm.config import apply_overrides, from_dict, load_config, load_yaml, save_config
+from fmrilm.config import apply_overrides, check_required, from_dict, load_config, load_yaml, required_path, save_config
 from fmrilm.errors import InputError
 from fmrilm.io import RUN_MARKER, write_json
 
@@ -35,7 +35,7 @@ class StageSpec:
 
 @dataclass
 class PipelineConfig:
-    run_dir: str = "runs/demo"
+    run_dir: str = required_path()  # no default: demo.yaml says runs/demo
     seed: int = 0
     stages: dict[str, StageSpec] = field(default_factory=dict)
 
@@ -244,6 +244,7 @@ def run_pipeline(cfg: PipelineConfig, force: list[str] | None = None) -> dict:
         if spec.nproc != 1 and (name not in LAUNCHED or spec.nproc < 1):
             raise InputError("pipeline config", f"stages.{name}.nproc",
                              f"{spec.nproc}: only {sorted(LAUNCHED)} run on several ranks (nproc >= 1)")
+    check_required(cfg, "pipeline config")
     run = Path(cfg.run_dir)
     run.mkdir(parents=True, exist_ok=True)
     for leftover in sweep_dead_partials(run):
