@@ -82,7 +82,8 @@ def _default_effects() -> list[PhenotypeEffect]:
 
 @dataclass
 class RestWorldConfig:
-    """Everything that defines a synthetic rest population (shipped: rest_world_demo, rest_world_tiny).
+    """Everything that defines a synthetic rest population (shipped: rest_world_demo; test size:
+    tests/configs/rest_world_tiny.yaml).
 
     Parameters
     ----------

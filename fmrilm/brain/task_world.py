@@ -3,7 +3,7 @@
 Launch::
 
     fmrilm world task --config task_world_demo --out runs/task_world
-    fmrilm world task --config task_world_tiny --out /tmp/tiny_world --force
+    fmrilm world task --config tests/configs/task_world_tiny.yaml --out /tmp/tiny_world --force
     fmrilm world task --config task_world_demo --out runs/nsd_scale --set n_stimuli=10000 n_subjects=8
 
 Writes a task dataset (manifest kind ``"task"``, layout in :mod:`fmrilm.brain.task_data`):
