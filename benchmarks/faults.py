@@ -4,7 +4,7 @@
     python benchmarks/faults.py --quick              # ~4 min: 3 kills inside corpus … instruct
     python benchmarks/faults.py --kills 16 --seed 1  # more kill points, another draw
 
-1. One uninterrupted run of ``fmrilm pipeline --config pipeline_tiny`` (as its own process, as a user
+1. One uninterrupted run of ``fmrilm pipeline --config tests/configs/pipeline_tiny.yaml`` (as its own process, as a user
    runs it) gives the reference figures and the run's duration.
 2. For each of N kill points, a fresh run directory: the pipeline starts as a subprocess in a new
    process group, the whole group gets SIGKILL at the kill point, and the same command then runs
@@ -59,6 +59,9 @@ from safetensors.torch import load_file
 
 from fmrilm.io import read_json, sha256_file
 
+# test-size configs live with the tests, not in the package
+TEST_CONFIGS = Path(__file__).resolve().parents[1] / "tests" / "configs"
+
 # Two uninterrupted runs' joint / instruct weights differ by up to ~2e-5 (multi-threaded CPU
 # accumulation order; engine.deterministic is off); one AdamW step at the tiny configs' lr 3e-3 moves
 # a trained weight by up to about the lr, so a resume that replayed or skipped a batch stays visible.
@@ -73,7 +76,7 @@ QUICK_COPIED = ("task_world", "rest_world", "splits", "tokenizer", "task_tokens"
 
 def pipeline_command(run: Path, quick: bool) -> list[str]:
     off = [f"stages.{s}.enabled=false" for s in QUICK_SKIPPED] if quick else []
-    return [sys.executable, "-m", "fmrilm.cli", "pipeline", "--config", "pipeline_tiny",
+    return [sys.executable, "-m", "fmrilm.cli", "pipeline", "--config", str(TEST_CONFIGS / "pipeline_tiny.yaml"),
             "--set", f"run_dir={run}", *off]
 
 

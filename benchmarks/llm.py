@@ -49,6 +49,9 @@ from fmrilm.seeds import micro_batch_positions
 from fmrilm.stages import joint, lm_common
 from fmrilm.stages.instruct import InstructStageConfig
 
+# test-size configs live with the tests, not in the package
+TEST_CONFIGS = Path(__file__).resolve().parents[1] / "tests" / "configs"
+
 CODEBOOK, MICRO_BATCH = 512, 8
 
 
@@ -62,7 +65,8 @@ def make_world(root: Path, backbone: str | None) -> dict:
     from fmrilm.llm.gguf_import import convert_gguf
 
     paths = write_toy_inputs(root / "inputs", Atlas.schaefer(100), n_stimuli=60, n_task_subjects=2)
-    build_corpus(load_config(CorpusConfig, "corpus_tiny", [f"{k}={v}" for k, v in paths.items()]),
+    build_corpus(load_config(CorpusConfig, str(TEST_CONFIGS / "corpus_tiny.yaml"),
+                             [f"{k}={v}" for k, v in paths.items()]),
                  root / "corpus", progress=False)
     tok = root / "tokenizer"
     tok.mkdir()

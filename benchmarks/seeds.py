@@ -48,6 +48,9 @@ from fmrilm.config import load_yaml
 from fmrilm.io import read_json, write_json
 from fmrilm.pipeline import STAGES, load_pipeline_config, read_state, run_pipeline
 
+# test-size configs live with the tests, not in the package
+TEST_CONFIGS = Path(__file__).resolve().parents[1] / "tests" / "configs"
+
 FIRST_LM_STAGE = "backbone"  # every stage before it in fmrilm.pipeline.STAGES is shared by the seeds
 FIGURES_STAGE = "evaluation"  # writes report.json; later stages are not run
 # Stages after the first LM stage that read no LM artifact: one run serves every seed.
@@ -206,7 +209,7 @@ def print_table(seeds: list[int], figures: dict, missing: list[str]) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("--quick", action="store_true", help="pipeline_tiny instead of --config")
+    parser.add_argument("--quick", action="store_true", help="tests/configs/pipeline_tiny.yaml instead of --config")
     parser.add_argument("--config", default="demo", help="pipeline config (default: demo)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (default: 0 1 2)")
     parser.add_argument("--run-dir", help="base run directory (default: a temporary one); never removed")
@@ -215,7 +218,7 @@ def main(argv=None) -> int:
                         help="pipeline config overrides, as `fmrilm pipeline --set` takes them")
     args = parser.parse_args(argv)
     if args.quick:
-        args.config = "pipeline_tiny"
+        args.config = str(TEST_CONFIGS / "pipeline_tiny.yaml")
     if len(set(args.seeds)) != len(args.seeds):
         parser.error(f"--seeds repeats a seed: {args.seeds}")
 

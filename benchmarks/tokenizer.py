@@ -37,6 +37,9 @@ from fmrilm.tokenizer.evaluate import R2Accumulator, evaluate_tokenizer
 from fmrilm.tokenizer.model import BrainTokenizer
 from fmrilm.tokenizer.quantizer import CHUNK_ROWS
 
+# test-size configs live with the tests, not in the package
+TEST_CONFIGS = Path(__file__).resolve().parents[1] / "tests" / "configs"
+
 
 def train_stage(out_dir: Path, overrides: list[str]) -> Path:
     """Run the stage-1 entry point as its own process (as a user would) and return the tokenizer dir."""
@@ -165,7 +168,8 @@ def task_benchmark(root: Path, quick: bool) -> dict:
     from fmrilm.brain.task_world import TaskWorldConfig, generate_task_world
 
     overrides = ["n_stimuli=240", "n_subjects=2"] if quick else ["n_stimuli=600", "n_subjects=2"]
-    world = generate_task_world(load_config(TaskWorldConfig, "task_world_tiny", overrides), root / "task")
+    world_cfg = load_config(TaskWorldConfig, str(TEST_CONFIGS / "task_world_tiny.yaml"), overrides)
+    world = generate_task_world(world_cfg, root / "task")
     splits_path = write_run_splits(load_config(SplitsConfig, "splits_demo", [
         f"task_dataset={world}", f"out={root / 'splits.json'}", "heldout_task_subjects=0"]))
     splits = read_splits(splits_path)
@@ -206,7 +210,7 @@ def task_benchmark(root: Path, quick: bool) -> dict:
 def rest_benchmark(root: Path, quick: bool) -> dict:
     from fmrilm.brain.rest_world import RestWorldConfig, generate_rest_population
 
-    world_cfg = load_config(RestWorldConfig, "rest_world_tiny" if quick else "rest_world_demo",
+    world_cfg = load_config(RestWorldConfig, str(TEST_CONFIGS / "rest_world_tiny.yaml") if quick else "rest_world_demo",
                             [] if quick else ["n_subjects=60"])
     data = generate_rest_population(world_cfg, root / "rest")
     splits = write_run_splits(SplitsConfig(rest_dataset=str(data), out=str(root / "rest_splits.json"),

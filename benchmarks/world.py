@@ -28,8 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
+# test-size configs live with the tests, not in the package
+TEST_CONFIGS = Path(__file__).resolve().parents[1] / "tests" / "configs"
 CONFIGS = {False: {"task": "task_world_demo", "rest": "rest_world_demo"},
-           True: {"task": "task_world_tiny", "rest": "rest_world_tiny"}}
+           True: {"task": str(TEST_CONFIGS / "task_world_tiny.yaml"),
+                  "rest": str(TEST_CONFIGS / "rest_world_tiny.yaml")}}
 
 
 # ------------------------------------------------------------------ child side (one measurement each)

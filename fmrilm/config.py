@@ -234,6 +234,34 @@ def config_from_args(cls: type[T], args, overrides: list[str] | None = None) -> 
     return load_config(cls, args.config, [*(overrides or []), *args.set])
 
 
+def required_path() -> Any:
+    """A path field with no default (``field: str = required_path()``): "" until the YAML, ``--set`` or
+    the pipeline gives it; :func:`check_required` refuses a config that reaches its use without one.
+
+    Run paths never default to a demo location: the shipped ``*_demo.yaml`` files say where the demo's are.
+    """
+    return dataclasses.field(default="", metadata={"required": True})
+
+
+def check_required(cfg: T, source: str | Path = "config", prefix: str = "") -> T:
+    """`cfg`, after checking that no :func:`required_path` field (nested ones included) is empty.
+
+    Raises
+    ------
+    InputError
+        Naming `source` and the dotted field, and saying it is required.
+    """
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.metadata.get("required") and (value is None or str(value) == ""):
+            raise InputError(source, prefix + f.name,
+                             f"required: {type(cfg).__name__}.{f.name} has no default; give it in the config "
+                             f"or with --set {prefix}{f.name}=PATH")
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            check_required(value, source, f"{prefix}{f.name}.")
+    return cfg
+
+
 def to_dict(cfg) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 

@@ -100,10 +100,12 @@ def stage_main(argv, description: str, default_config: str, config_cls, run) -> 
     Errors are reported as the ``fmrilm`` command reports them (:func:`fmrilm.errors.run_reported`):
     one line, exit 2 for bad input and 1 for anything else, the traceback with ``--debug``.
     """
+    from fmrilm.config import check_required
+
     args = stage_argument_parser(description, default_config).parse_args(argv)
 
     def work() -> None:
-        run(config_from_args(config_cls, args))  # returns the artifact path, not an exit code
+        run(check_required(config_from_args(config_cls, args), args.config))  # returns the artifact path
 
     return run_reported(work, debug=args.debug)
 

@@ -21,7 +21,17 @@ from pathlib import Path
 from fmrilm.artifacts import DATASET_STAGES, read_state, write_state
 from fmrilm.brain.sources import SourceConfig, check_source
 from fmrilm.brain.store import sweep_dead_partials
-from fmrilm.config import apply_overrides, from_dict, load_config, load_yaml, save_config
+from fmrilm.config import (
+    CONFIG_DIR,
+    apply_overrides,
+    check_required,
+    from_dict,
+    load_config,
+    load_yaml,
+    required_path,
+    resolve_config_path,
+    save_config,
+)
 from fmrilm.errors import InputError
 from fmrilm.io import RUN_MARKER, write_json
 
@@ -36,7 +46,7 @@ class StageSpec:
 
 @dataclass
 class PipelineConfig:
-    run_dir: str = "runs/demo"
+    run_dir: str = required_path()  # no default: demo.yaml says runs/demo
     seed: int = 0
     source: SourceConfig = field(default_factory=SourceConfig)  # own data, read by the import stages
     stages: dict[str, StageSpec] = field(default_factory=dict)
@@ -314,6 +324,7 @@ def run_pipeline(cfg: PipelineConfig, force: list[str] | None = None) -> dict:
                              f"both give the run its {kind} dataset; enable one")
     check_source(cfg.source, enabled, "pipeline config")
     check_overrides(cfg.stages, "pipeline config")
+    check_required(cfg, "pipeline config")
     run = Path(cfg.run_dir)
     run.mkdir(parents=True, exist_ok=True)
     for leftover in sweep_dead_partials(run):
@@ -345,9 +356,20 @@ def run_pipeline(cfg: PipelineConfig, force: list[str] | None = None) -> dict:
 
 
 def load_pipeline_config(name_or_path: str, overrides: list[str] | None = None) -> PipelineConfig:
+    """The pipeline config `name_or_path` (a path or shipped name) with `overrides`.
+
+    A stage's ``config`` is a path (as given, from the working directory), a shipped config name, or
+    else a path relative to the pipeline YAML's own directory (``config: eval_small.yaml`` beside it),
+    which is made absolute here so that the stage finds it from anywhere.
+    """
     data = apply_overrides(load_yaml(name_or_path), overrides)
     stages = {k: from_dict(StageSpec, v or {}, f"{name_or_path}.stages.{k}")
               for k, v in data.pop("stages", {}).items()}
+    here = resolve_config_path(name_or_path).parent
+    for spec in stages.values():
+        if spec.config and not Path(spec.config).is_file() and not (CONFIG_DIR / f"{spec.config}.yaml").is_file() \
+                and (here / spec.config).is_file():
+            spec.config = str((here / spec.config).resolve())
     unknown = sorted(set(stages) - set(STAGES))
     if unknown:
         raise InputError(name_or_path, "stages", f"unknown stage(s) {unknown}; known: {list(STAGES)}")

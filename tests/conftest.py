@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from tiny_configs import tiny_config
 
 from fmrilm.brain.atlas import Atlas
 
@@ -29,5 +30,5 @@ def tiny_task_world(tmp_path_factory):
     from fmrilm.brain.task_world import TaskWorldConfig, generate_task_world
     from fmrilm.config import load_config
 
-    cfg = load_config(TaskWorldConfig, "task_world_tiny")
+    cfg = load_config(TaskWorldConfig, tiny_config("task_world_tiny"))
     return generate_task_world(cfg, tmp_path_factory.mktemp("task_world") / "tiny")

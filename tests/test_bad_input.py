@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
+from tiny_configs import tiny_config
 
 from fmrilm.cli import main as cli
 from fmrilm.config import from_dict, load_config
@@ -99,7 +100,7 @@ def test_set_of_wrong_type_names_set_before_any_work(tmp_path, capsys):
                               ("shots=3", "--set: field 'shots': expected a list"),
                               ("n_itemz=3", "--set: field 'n_itemz': unknown key 'n_itemz' for EvalConfig"),
                               ("split.x=1", "--set: field 'split.x': 'split' is a str, not a section")):
-        assert cli(["eval", "--config", "eval_tiny", "--set", f"out={out}", override]) == 2
+        assert cli(["eval", "--config", tiny_config("eval_tiny"), "--set", f"out={out}", override]) == 2
         assert message in _one_line_error(capsys)
     assert not out.exists()
 
@@ -138,7 +139,7 @@ def toy_corpus(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("corpus")
     paths = write_toy_inputs(root / "inputs", Atlas.schaefer(100))
-    cfg = load_config(CorpusConfig, "corpus_tiny", [f"{k}={v}" for k, v in paths.items()])
+    cfg = load_config(CorpusConfig, tiny_config("corpus_tiny"), [f"{k}={v}" for k, v in paths.items()])
     build_corpus(cfg, root / "corpus", progress=False)
     return root / "corpus"
 
@@ -229,7 +230,7 @@ def test_stage_entry_points_report_errors_in_one_line(capsys, monkeypatch):
     from fmrilm.stages.joint import JointStageConfig
 
     monkeypatch.delenv("FMRILM_DEBUG", raising=False)
-    bad = subprocess.run([sys.executable, "-m", "fmrilm.stages.joint", "--config", "joint_tiny",
+    bad = subprocess.run([sys.executable, "-m", "fmrilm.stages.joint", "--config", tiny_config("joint_tiny"),
                           "--set", "engine.max_steps=lots"], capture_output=True, text=True, timeout=300)
     err = bad.stderr.strip().splitlines()
     assert bad.returncode == 2 and len(err) == 1 and "Traceback" not in bad.stderr, bad.stderr
@@ -238,7 +239,7 @@ def test_stage_entry_points_report_errors_in_one_line(capsys, monkeypatch):
     def boom(cfg):
         raise RuntimeError("disk on fire\nsecond line")
 
-    assert stage_main([], "joint", "joint_tiny", JointStageConfig, boom) == 1
+    assert stage_main([], "joint", tiny_config("joint_tiny"), JointStageConfig, boom) == 1
     assert _one_line_error(capsys) == "error: RuntimeError: disk on fire (rerun with FMRILM_DEBUG=1 for the traceback)"
-    assert stage_main(["--debug"], "joint", "joint_tiny", JointStageConfig, boom) == 1
+    assert stage_main(["--debug"], "joint", tiny_config("joint_tiny"), JointStageConfig, boom) == 1
     assert "Traceback" in capsys.readouterr().err

@@ -17,6 +17,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from test_evaluation_runner import build_tiny_run, cli
+from tiny_configs import tiny_config
 
 from fmrilm.artifacts import check_compatible, read_tokenizer_record
 from fmrilm.errors import InputError
@@ -142,7 +143,7 @@ def test_ask_names_both_fingerprints(art, tmp_path, capsys, no_loading):
 
 def test_eval_with_a_tokenizer_of_another_seed_is_refused_before_compute(art, tmp_path, capsys, no_loading):
     out = tmp_path / "eval"
-    err = _refused(capsys, ["eval", "--config", "eval_tiny", "--set", f"corpus={art.run / 'corpus'}",
+    err = _refused(capsys, ["eval", "--config", tiny_config("eval_tiny"), "--set", f"corpus={art.run / 'corpus'}",
                             f"tokenizer={art.seed1}", f"model={art.run / 'instruct'}", f"out={out}"])
     assert "corpus.json: field 'tokenizer.fingerprint'" in err
     assert f"(fingerprint {fp(art.tok)})" in err and f"{art.seed1} (fingerprint {fp(art.seed1)})" in err
@@ -151,8 +152,9 @@ def test_eval_with_a_tokenizer_of_another_seed_is_refused_before_compute(art, tm
 
 def test_stimulate_with_a_model_of_another_tokenizer_is_refused(art, tmp_path, capsys, no_loading):
     out = tmp_path / "stimulation"
-    err = _refused(capsys, ["stimulate", "--config", "stimulation_tiny", "--set", f"corpus={art.run / 'corpus'}",
-                            f"tokenizer={art.tok}", f"model={art.model1024.parent}", f"out={out}"])
+    err = _refused(capsys, ["stimulate", "--config", tiny_config("stimulation_tiny"), "--set",
+                            f"corpus={art.run / 'corpus'}", f"tokenizer={art.tok}", f"model={art.model1024.parent}",
+                            f"out={out}"])
     assert "brainlm.json: field 'vocab.codebook_size'" in err and str(art.tok) in err
     assert not out.exists()
 

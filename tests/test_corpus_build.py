@@ -8,6 +8,7 @@ from collections import defaultdict
 
 import numpy as np
 import pytest
+from tiny_configs import tiny_config
 
 from fmrilm.brain.splits import SplitsConfig, stimulus_splits, write_run_splits
 from fmrilm.config import load_config
@@ -31,7 +32,8 @@ def _splits(root, task="", rest=""):
 
 
 def _cfg(paths, *overrides):
-    return load_config(CorpusConfig, "corpus_tiny", [f"{k}={v}" for k, v in paths.items()] + list(overrides))
+    return load_config(CorpusConfig, tiny_config("corpus_tiny"),
+                       [f"{k}={v}" for k, v in paths.items()] + list(overrides))
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +133,7 @@ def test_cli_build_and_inspect(toy, tmp_path, capsys):
     commands.register(parser.add_subparsers(dest="command"))
     out = tmp_path / "corpus"
     sets = [f"{k}={v}" for k, v in toy.items()] + ["samples.tasks=[caption,phenotype,text]"]
-    args = parser.parse_args(["corpus", "build", "--config", "corpus_tiny", "--out", str(out),
+    args = parser.parse_args(["corpus", "build", "--config", tiny_config("corpus_tiny"), "--out", str(out),
                               "--set", *sets])
     assert args.handler(args) == 0
     args = parser.parse_args(["corpus", "inspect", str(out), "--verify", "--preview", "1"])
@@ -146,7 +148,7 @@ def test_builds_from_the_synthetic_task_world(tiny_task_world, tmp_path):
     tokens = write_toy_tokens(tmp_path / "tokens", tiny_task_world, splits=splits)
     sets = [f"task_dataset={tiny_task_world}", f"task_tokens={tokens}", f"splits={splits}",
             "samples.tasks=[caption,vqa,text]"]
-    cfg = load_config(CorpusConfig, "corpus_tiny", sets)
+    cfg = load_config(CorpusConfig, tiny_config("corpus_tiny"), sets)
     summary = build_corpus(cfg, tmp_path / "corpus", progress=False)
     train = summary["splits"]["train"]["counts"]
     assert train["caption"] > 0 and train["vqa"] > 0 and train["text"] > 0

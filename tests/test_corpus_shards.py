@@ -8,6 +8,7 @@ import warnings
 
 import numpy as np
 import pytest
+from tiny_configs import tiny_config
 
 from fmrilm.brain.atlas import Atlas
 from fmrilm.config import load_config
@@ -25,7 +26,7 @@ from fmrilm.io import read_json
 def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("corpus")
     paths = write_toy_inputs(root / "inputs", Atlas.schaefer(100))
-    cfg = load_config(CorpusConfig, "corpus_tiny", [f"{k}={v}" for k, v in paths.items()])
+    cfg = load_config(CorpusConfig, tiny_config("corpus_tiny"), [f"{k}={v}" for k, v in paths.items()])
     summary = build_corpus(cfg, root / "corpus", progress=False)
     return cfg, root / "corpus", summary
 

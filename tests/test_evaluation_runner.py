@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny_configs import tiny_config
 
 import fmrilm.cli
 from fmrilm.errors import InputError
@@ -45,10 +46,11 @@ def build_tiny_run(root: Path, world: Path, rest: bool = False) -> Path:
     if rest:
         from fmrilm.brain.rest_world import RestWorldConfig, generate_rest_population
 
-        generate_rest_population(load_config(RestWorldConfig, "rest_world_tiny"), run / "rest_world")
+        generate_rest_population(load_config(RestWorldConfig, tiny_config("rest_world_tiny")), run / "rest_world")
         datasets.append(f"rest_dataset={run / 'rest_world'}")
-    splits = write_run_splits(load_config(SplitsConfig, "splits_tiny", [*datasets, f"out={run / 'splits.json'}"]))
-    cmd = [sys.executable, "-m", "fmrilm.stages.tokenizer", "--config", "tokenizer_tiny", "--set",
+    splits = write_run_splits(load_config(SplitsConfig, tiny_config("splits_tiny"),
+                                          [*datasets, f"out={run / 'splits.json'}"]))
+    cmd = [sys.executable, "-m", "fmrilm.stages.tokenizer", "--config", tiny_config("tokenizer_tiny"), "--set",
            f"data.dataset={world}", f"data.splits={splits}", f"out_dir={run / 'tokenizer'}", "tokenizer.input=task",
            "tokenizer.contrastive=none", "engine.max_steps=4", "engine.micro_batch_size=16"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, DS_ACCELERATOR="cpu"))
@@ -62,7 +64,7 @@ def build_tiny_run(root: Path, world: Path, rest: bool = False) -> Path:
         write_tokens_dataset(tokenizer, run / "rest_world", run / "rest_tokens", tokenizer_dir=str(tok_dir))
         sets = [*sets[:-1], "samples.tasks=[caption, vqa, phenotype, temporal, text]",
                 f"rest_dataset={run / 'rest_world'}", f"rest_tokens={run / 'rest_tokens'}"]
-    cfg = load_config(CorpusConfig, "corpus_tiny", sets)
+    cfg = load_config(CorpusConfig, tiny_config("corpus_tiny"), sets)
     build_corpus(cfg, run / "corpus", progress=False)
     stimuli = Dataset(world).table("stimuli")
     texts = [c for row in stimuli for c in row["captions"]] + [qa["question"] for row in stimuli for qa in row["qa"]]
@@ -105,7 +107,7 @@ def _finite_numbers(node, path="report"):
 @pytest.fixture(scope="module")
 def report(tiny_run, tmp_path_factory):
     out = tmp_path_factory.mktemp("report") / "eval"
-    argv = ["eval", "--config", "eval_tiny", "--set", f"corpus={tiny_run / 'corpus'}",
+    argv = ["eval", "--config", tiny_config("eval_tiny"), "--set", f"corpus={tiny_run / 'corpus'}",
             f"tokenizer={tiny_run / 'tokenizer'}", f"model={tiny_run / 'instruct'}", f"out={out}"]
     assert cli(argv) == 0
     return out, json.loads((out / "report.json").read_text())
@@ -207,9 +209,10 @@ def test_ideal_observer_beats_chance_and_shuffled_control_is_deranged(report, ti
 
 def test_eval_refuses_existing_output_and_missing_corpus(report, tmp_path, capsys):
     out, _ = report
-    assert cli(["eval", "--config", "eval_tiny", "--set", f"corpus={tmp_path / 'none'}", f"out={out}"]) == 2
+    assert cli(["eval", "--config", tiny_config("eval_tiny"), "--set", f"corpus={tmp_path / 'none'}",
+                f"out={out}"]) == 2
     assert "already exists" in capsys.readouterr().err
-    assert cli(["eval", "--config", "eval_tiny", "--set", f"corpus={tmp_path / 'none'}",
+    assert cli(["eval", "--config", tiny_config("eval_tiny"), "--set", f"corpus={tmp_path / 'none'}",
                 f"out={tmp_path / 'new'}"]) == 2
     assert "corpus.json" in capsys.readouterr().err and not (tmp_path / "new").exists()
 

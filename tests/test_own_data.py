@@ -9,21 +9,22 @@ from pathlib import Path
 import pytest
 import yaml
 from data_writers import write_nsd_dataset, write_rest_dir
+from tiny_configs import tiny_config
 
 from fmrilm.errors import InputError
 from fmrilm.pipeline import load_pipeline_config, read_state, run_pipeline
 
 # The shipped `nsd` pipeline at test size: its stages, with the tiny stage configs.
-TINY = {"task_import": {}, "rest_import": {}, "splits": {"config": "splits_tiny", "set": ["heldout_task_subjects=0"]},
-        "tokenizer": {"config": "tokenizer_tiny", "set": ["tokenizer.input=task"]}, "task_tokens": {},
+TINY = {"task_import": {}, "rest_import": {}, "splits": {"config": tiny_config("splits_tiny"), "set": ["heldout_task_subjects=0"]},
+        "tokenizer": {"config": tiny_config("tokenizer_tiny"), "set": ["tokenizer.input=task"]}, "task_tokens": {},
         "rest_tokens": {},
-        "corpus": {"config": "corpus_tiny", "set": ["samples.tasks=[caption,describe,text,phenotype,temporal]"]},
-        "backbone": {"config": "backbone_tiny"},
-        "joint": {"config": "joint_tiny", "set": ["tasks=[text,caption,describe]"]},
+        "corpus": {"config": tiny_config("corpus_tiny"), "set": ["samples.tasks=[caption,describe,text,phenotype,temporal]"]},
+        "backbone": {"config": tiny_config("backbone_tiny")},
+        "joint": {"config": tiny_config("joint_tiny"), "set": ["tasks=[text,caption,describe]"]},
         "retrieval": {"set": ["max_train_items=120", "embedder.hidden=32", "embedder.n_blocks=1",
                               "embedder.epochs=3"]},
-        "instruct": {"config": "instruct_tiny", "set": ["tasks=[caption,phenotype]"]},
-        "evaluation": {"config": "eval_tiny"}}
+        "instruct": {"config": tiny_config("instruct_tiny"), "set": ["tasks=[caption,phenotype]"]},
+        "evaluation": {"config": tiny_config("eval_tiny")}}
 
 
 def nsd_pipeline(tmp_path, source: dict, stages: dict | None = None) -> Path:
@@ -76,7 +77,7 @@ def test_pipeline_refuses_a_source_it_cannot_read_before_any_work(nsd_files, tmp
         load_pipeline_config(str(nsd_pipeline(tmp_path, {**nsd_files, "captions": ""})))
     with pytest.raises(InputError, match="does not exist"):
         load_pipeline_config(str(nsd_pipeline(tmp_path, {**nsd_files, "trials": str(tmp_path / "nope.tsv")})))
-    both = {**TINY, "task_world": {"config": "task_world_tiny"}}
+    both = {**TINY, "task_world": {"config": tiny_config("task_world_tiny")}}
     with pytest.raises(InputError, match="both give the run its task dataset"):
         run_pipeline(load_pipeline_config(str(nsd_pipeline(tmp_path, nsd_files, both))))
     assert not (tmp_path / "run").exists()
@@ -117,14 +118,14 @@ def test_eval_stimulate_and_ask_find_the_runs_artifacts_through_its_stages_file(
 
     run, _ = nsd_run
     shutil.rmtree(run / "evaluation")  # written again by the command, where the pipeline put it
-    assert main(["eval", "--run", str(run), "--config", "eval_tiny", "--set", "n_items=4", "n_fewshot_items=2"]) == 0
+    assert main(["eval", "--run", str(run), "--config", tiny_config("eval_tiny"), "--set", "n_items=4", "n_fewshot_items=2"]) == 0
     report = json.loads((run / "evaluation" / "report.json").read_text())
     assert report["items"]["captioned"] == 4 and report["protocol"]["splits"]["path"].endswith("splits.json")
     answer = answer_question(run, "0/0", "What is in the picture?", max_new_tokens=4)
     assert answer["subject"] == "subj01" and answer["reference_captions"]
     # stimulation needs a localizer and the simulator's truth: refused with the reason, nothing written
     capsys.readouterr()
-    assert main(["stimulate", "--run", str(run), "--config", "stimulation_tiny"]) != 0
+    assert main(["stimulate", "--run", str(run), "--config", tiny_config("stimulation_tiny")]) != 0
     assert "error" in capsys.readouterr().err.lower()
     assert not (run / "stimulation").exists()
 

@@ -5,6 +5,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from tiny_configs import tiny_config
 
 from fmrilm.errors import InputError
 from fmrilm.pipeline import STAGES, load_pipeline_config, read_state, run_pipeline
@@ -13,7 +14,7 @@ from fmrilm.pipeline import STAGES, load_pipeline_config, read_state, run_pipeli
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("pipeline") / "run"
-    cfg = load_pipeline_config("pipeline_tiny", [f"run_dir={run_dir}"])
+    cfg = load_pipeline_config(tiny_config("pipeline_tiny"), [f"run_dir={run_dir}"])
     report = run_pipeline(cfg)
     return cfg, run_dir, report
 
@@ -147,7 +148,7 @@ def test_a_moved_or_copied_run_skips_finished_stages_and_uses_its_own_artifacts(
     assert not any(Path(p).is_absolute() for p in json.loads((run_dir / "stages.json").read_text()).values())
     copy = tmp_path / "copy"
     shutil.copytree(run_dir, copy)
-    report = run_pipeline(load_pipeline_config("pipeline_tiny", [f"run_dir={copy}"]))
+    report = run_pipeline(load_pipeline_config(tiny_config("pipeline_tiny"), [f"run_dir={copy}"]))
     assert report["timings_s"] == {}  # nothing recomputed
     assert all(Path(p).resolve().is_relative_to(copy.resolve()) for p in report["artifacts"].values())
     model = load_brainlm(report["artifacts"]["instruct"])  # the adapter's base: the copy's own backbone
@@ -155,7 +156,7 @@ def test_a_moved_or_copied_run_skips_finished_stages_and_uses_its_own_artifacts(
     hidden = run_dir.with_name("hidden")
     run_dir.rename(hidden)  # moved: nothing may reach back into the original
     try:
-        assert run_pipeline(load_pipeline_config("pipeline_tiny", [f"run_dir={copy}"]))["timings_s"] == {}
+        assert run_pipeline(load_pipeline_config(tiny_config("pipeline_tiny"), [f"run_dir={copy}"]))["timings_s"] == {}
         load_brainlm(report["artifacts"]["instruct"])
     finally:
         hidden.rename(run_dir)
@@ -284,8 +285,9 @@ def test_lm_stages_run_on_two_cpu_ranks_under_the_launcher(tiny_run, tmp_path, c
     copy = tmp_path / "ranks"
     shutil.copytree(run_dir, copy)
     later = ("real_rest", "real_rest_tokens", "evaluation", "stimulation")
-    cfg = load_pipeline_config("pipeline_tiny", [f"run_dir={copy}", "stages.joint.nproc=2", "stages.instruct.nproc=2",
-                                                 *[f"stages.{s}.enabled=false" for s in later]])
+    cfg = load_pipeline_config(tiny_config("pipeline_tiny"), [f"run_dir={copy}", "stages.joint.nproc=2",
+                                                              "stages.instruct.nproc=2",
+                                                              *[f"stages.{s}.enabled=false" for s in later]])
     report = run_pipeline(cfg, force=["joint"])
     assert set(report["timings_s"]) == {"joint", "retrieval", "instruct"}
     launched = [line for line in capfd.readouterr().out.splitlines()
@@ -298,7 +300,7 @@ def test_lm_stages_run_on_two_cpu_ranks_under_the_launcher(tiny_run, tmp_path, c
 
 def test_ranks_are_refused_for_stages_that_run_in_process_before_any_work(tmp_path):
     for bad in ("stages.corpus.nproc=2", "stages.joint.nproc=0"):
-        cfg = load_pipeline_config("pipeline_tiny", [f"run_dir={tmp_path / 'run'}", bad])
+        cfg = load_pipeline_config(tiny_config("pipeline_tiny"), [f"run_dir={tmp_path / 'run'}", bad])
         with pytest.raises(InputError, match="nproc"):
             run_pipeline(cfg)
         assert not (tmp_path / "run" / "task_world").exists()

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 from test_evaluation_runner import build_tiny_run
+from tiny_configs import tiny_config
 
 from fmrilm.artifacts import resolve_model_dir, resolve_tokenizer_dir
 from fmrilm.corpus.heldout import load_heldout
@@ -116,5 +117,5 @@ def test_pipeline_imports_the_real_run_after_training_and_before_evaluation():
     # the search indexes feed stage 3's prompts; nothing trains on the real run
     assert order.index("joint") < order.index("retrieval") < order.index("instruct") < order.index("real_rest") \
         < order.index("real_rest_tokens") < order.index("evaluation")
-    for name in ("demo", "pipeline_tiny"):
+    for name in ("demo", tiny_config("pipeline_tiny")):
         assert {"retrieval", "real_rest", "real_rest_tokens"} <= set(load_pipeline_config(name).stages)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from tiny_configs import tiny_config
 
 from fmrilm.brain.atlas import Atlas
 from fmrilm.brain.rest_covariance import block_mean, nearest_correlation
@@ -22,7 +23,7 @@ UPPER = np.triu_indices(100, 1)
 
 
 def tiny(**overrides) -> RestWorldConfig:
-    return load_config(RestWorldConfig, "rest_world_tiny", [f"{k}={v}" for k, v in overrides.items()])
+    return load_config(RestWorldConfig, tiny_config("rest_world_tiny"), [f"{k}={v}" for k, v in overrides.items()])
 
 
 def correlations(timeseries: np.ndarray) -> np.ndarray:
@@ -199,7 +200,7 @@ def test_expand_to_vertices_rejects_wrong_shape(atlas):
     (["effects=[{phenotype: sex, networks: [Default, Vis], delta: 2.0}]"], "effects[0].delta"),
 ])
 def test_bad_config_names_the_field_and_writes_nothing(tmp_path, overrides, field):
-    cfg = load_config(RestWorldConfig, "rest_world_tiny", overrides)
+    cfg = load_config(RestWorldConfig, tiny_config("rest_world_tiny"), overrides)
     with pytest.raises(InputError) as err:
         generate_rest_population(cfg, tmp_path / "bad")
     assert err.value.field == field
@@ -208,7 +209,7 @@ def test_bad_config_names_the_field_and_writes_nothing(tmp_path, overrides, fiel
 
 def test_unknown_config_key_is_rejected():
     with pytest.raises(InputError, match="n_subject"):
-        load_config(RestWorldConfig, "rest_world_tiny", ["n_subject=3"])
+        load_config(RestWorldConfig, tiny_config("rest_world_tiny"), ["n_subject=3"])
 
 
 def test_nearest_correlation_repairs_an_invalid_matrix():

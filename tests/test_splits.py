@@ -4,6 +4,7 @@ import json
 from collections import Counter
 
 import pytest
+from tiny_configs import tiny_config
 
 from fmrilm.artifacts import check_recorded
 from fmrilm.brain.splits import (
@@ -23,7 +24,7 @@ def rest_world(tmp_path_factory):
     from fmrilm.brain.rest_world import RestWorldConfig, generate_rest_population
     from fmrilm.config import load_config
 
-    return generate_rest_population(load_config(RestWorldConfig, "rest_world_tiny"),
+    return generate_rest_population(load_config(RestWorldConfig, tiny_config("rest_world_tiny")),
                                     tmp_path_factory.mktemp("rest") / "rest")
 
 
@@ -111,6 +112,7 @@ def test_recorded_splits_must_match_naming_both(tiny_task_world, tmp_path):
 
 def test_cli_writes_and_summarises(tiny_task_world, tmp_path, capsys):
     out = tmp_path / "splits.json"
-    assert cli(["splits", "--task-dataset", str(tiny_task_world), "--config", "splits_tiny", "--out", str(out)]) == 0
+    assert cli(["splits", "--task-dataset", str(tiny_task_world), "--config", tiny_config("splits_tiny"),
+                "--out", str(out)]) == 0
     assert "sha256" in capsys.readouterr().out and read_splits(out).heldout_task_subjects()
     assert cli(["splits", "--task-dataset", str(tiny_task_world), "--out", str(out)]) == 2  # exists, no --force

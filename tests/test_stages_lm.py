@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
+from tiny_configs import tiny_config
 
 from fmrilm.brain.atlas import Atlas
 from fmrilm.config import load_config
@@ -51,16 +52,16 @@ def world(tmp_path_factory):
     """Corpus, tokenizer and stage-0 backbone shared by the tests (stage 0 runs once, in-process)."""
     root = tmp_path_factory.mktemp("lm")
     paths = write_toy_inputs(root / "inputs", Atlas.schaefer(100))
-    corpus_cfg = load_config(CorpusConfig, "corpus_tiny", [f"{k}={v}" for k, v in paths.items()])
+    corpus_cfg = load_config(CorpusConfig, tiny_config("corpus_tiny"), [f"{k}={v}" for k, v in paths.items()])
     build_corpus(corpus_cfg, root / "corpus", progress=False)
-    stage0 = backbone.run(load_config(backbone.BackboneStageConfig, "backbone_tiny",
+    stage0 = backbone.run(load_config(backbone.BackboneStageConfig, tiny_config("backbone_tiny"),
                                       [f"corpus={root / 'corpus'}", f"out_dir={root / 'run'}"]))
     return {"root": root, "corpus": root / "corpus", "tokenizer": fake_tokenizer(root / "tokenizer"),
             "backbone": stage0}
 
 
 def joint_cfg(world, out, *extra):
-    return load_config(joint.JointStageConfig, "joint_tiny",
+    return load_config(joint.JointStageConfig, tiny_config("joint_tiny"),
                        [f"out_dir={out}", f"corpus={world['corpus']}", f"tokenizer={world['tokenizer']}",
                         f"llm.backbone={world['backbone']}", *extra])
 
@@ -74,7 +75,7 @@ def test_stage0_bootstraps_an_hf_backbone_that_knows_the_novel_category(world):
 
     stage0 = world["backbone"]
     assert stage0.name == "stage0_backbone-" + backbone.bootstrap_tag(
-        load_config(backbone.BackboneStageConfig, "backbone_tiny").bootstrap)
+        load_config(backbone.BackboneStageConfig, tiny_config("backbone_tiny")).bootstrap)
     info = lm_common.read_stage(stage0, "backbone")
     assert info["bootstrapped"] and info["steps"] == 4
     # the neighbour-prompted captions (caption_neighbours: 3, weight 2) joined the plain texts
@@ -96,7 +97,7 @@ def test_stage0_logs_skipped_corrupt_shards_and_fails_above_the_limit(world, tmp
     (corpus / shards[-1]["name"]).write_bytes(b"not a tar file")
 
     def cfg(limit):
-        return load_config(backbone.BackboneStageConfig, "backbone_tiny", [
+        return load_config(backbone.BackboneStageConfig, tiny_config("backbone_tiny"), [
             f"corpus={corpus}", f"out_dir={tmp_path / 'run'}", f"engine.max_skipped_shards={limit}"])
 
     with pytest.warns(RuntimeWarning, match="skipped shard"), \
@@ -121,7 +122,7 @@ def test_stages_2_and_3_end_to_end_then_rerun_is_a_no_op(world, tmp_path, capsys
     assert {"loss_text", "loss_brain", "loss_brain_to_text", "loss_text_to_brain"} <= seen
     assert all(r["skipped_shards"] == 0 for r in rows)
 
-    stage3 = instruct.run(load_config(instruct.InstructStageConfig, "instruct_tiny",
+    stage3 = instruct.run(load_config(instruct.InstructStageConfig, tiny_config("instruct_tiny"),
                                       [f"out_dir={tmp_path}", f"corpus={world['corpus']}", f"model={stage2}"]))
     assert stage3.name == stage2.name.replace("stage2_joint", "stage3_instruct").replace("step000006", "step000004")
     report = read_json(stage3 / "eval.json")
@@ -175,7 +176,7 @@ def test_joint_kill_and_resume_reproduces_the_uninterrupted_loss_curve(world, tm
 def test_two_cpu_ranks_train_stage2_under_the_deepspeed_launcher(world, tmp_path):
     overrides = [f"out_dir={tmp_path}", f"corpus={world['corpus']}", f"tokenizer={world['tokenizer']}",
                  f"llm.backbone={world['backbone']}", "engine.max_steps=3", "engine.checkpoint_every=3"]
-    cmd = commands.launch_command("2", "joint_tiny", overrides, nproc=2, master_port=29547)
+    cmd = commands.launch_command("2", tiny_config("joint_tiny"), overrides, nproc=2, master_port=29547)
     env = commands.launch_env({**os.environ, "OMP_NUM_THREADS": "1"})
     assert env["DS_ACCELERATOR"] == ("cuda" if torch.cuda.is_available() else "cpu")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
@@ -200,7 +201,7 @@ def test_cortext_phases_frozen_stage2_then_lora_stage3_with_a_plain_hf_merged_ex
 
     stage2 = joint.run(joint_cfg(world, tmp_path, *PHASE_ONE))
     assert read_json(stage2 / "brainlm.json")["weights"] == "frozen" and not (stage2 / "backbone").exists()
-    stage3 = instruct.run(load_config(instruct.InstructStageConfig, "instruct_tiny", [
+    stage3 = instruct.run(load_config(instruct.InstructStageConfig, tiny_config("instruct_tiny"), [
         f"out_dir={tmp_path}", f"corpus={world['corpus']}", f"model={stage2}", "merge=true", *ADD_LORA]))
     assert read_json(stage3 / "brainlm.json")["weights"] == "adapter"
     assert (stage3 / "adapter" / "adapter_config.json").is_file()
@@ -214,7 +215,7 @@ def test_two_cpu_ranks_run_phase_two_under_the_deepspeed_launcher(world, tmp_pat
     stage2 = joint.run(joint_cfg(world, tmp_path, *PHASE_ONE, "engine.max_steps=2"))
     overrides = [f"out_dir={tmp_path}", f"corpus={world['corpus']}", f"model={stage2}", *ADD_LORA,
                  "engine.max_steps=2", "engine.checkpoint_every=2", "eval_split="]
-    cmd = commands.launch_command("3", "instruct_tiny", overrides, nproc=2, master_port=29548)
+    cmd = commands.launch_command("3", tiny_config("instruct_tiny"), overrides, nproc=2, master_port=29548)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
                           env=commands.launch_env({**os.environ, "OMP_NUM_THREADS": "1"}))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -245,8 +246,8 @@ def test_bad_inputs_are_refused_with_clear_errors(world, tmp_path):
 
 
 def test_train_command_builds_the_launcher_line(tmp_path):
-    cmd = commands.launch_command("joint", "joint_tiny", ["engine.max_steps=2"], nproc=2)
-    assert cmd[1:] == ["--num_gpus", "2", "--module", "fmrilm.stages.joint", "--config", "joint_tiny",
+    cmd = commands.launch_command("joint", tiny_config("joint_tiny"), ["engine.max_steps=2"], nproc=2)
+    assert cmd[1:] == ["--num_gpus", "2", "--module", "fmrilm.stages.joint", "--config", tiny_config("joint_tiny"),
                        "--set", "engine.max_steps=2"]
     hostfile = tmp_path / "hostfile"
     hostfile.write_text("node1 slots=8\nnode2 slots=8\n")
@@ -262,12 +263,13 @@ def test_train_command_builds_the_launcher_line(tmp_path):
 
 def test_stage0_records_a_local_checkpoint_instead_of_bootstrapping(tmp_path):
     local = local_backbone(tmp_path / "My-LLM-1B")
-    cfg = load_config(backbone.BackboneStageConfig, "backbone_tiny", [f"out_dir={tmp_path}", f"backbone={local}"])
+    cfg = load_config(backbone.BackboneStageConfig, tiny_config("backbone_tiny"),
+                      [f"out_dir={tmp_path}", f"backbone={local}"])
     export = backbone.run(cfg)
     assert export.name == "stage0_backbone-My_LLM_1B" and not (export / "model.safetensors").exists()
     assert lm_common.resolve_backbone(export) == (local.resolve(), "My_LLM_1B")
     with pytest.raises(InputError, match="--backbone PATH"):
-        backbone.run(load_config(backbone.BackboneStageConfig, "backbone_tiny",
+        backbone.run(load_config(backbone.BackboneStageConfig, tiny_config("backbone_tiny"),
                                  [f"out_dir={tmp_path}", f"backbone={tmp_path / 'missing'}"]))
 
 
@@ -293,13 +295,13 @@ def test_continuous_brain_input_reads_the_corpus_latents_in_stages_2_and_3(world
     from fmrilm.retrieval.captioner import Captioner
 
     paths = write_toy_inputs(tmp_path / "inputs", Atlas.schaefer(100), latent_dim=16)  # the fake tokenizer's width
-    build_corpus(load_config(CorpusConfig, "corpus_tiny", [f"{k}={v}" for k, v in paths.items()]),
+    build_corpus(load_config(CorpusConfig, tiny_config("corpus_tiny"), [f"{k}={v}" for k, v in paths.items()]),
                  tmp_path / "corpus", progress=False)
     with pytest.raises(InputError, match="they have none: rewrite the tokens with latents"):
         joint.run(joint_cfg(world, tmp_path / "refused", "llm.brain_input=continuous"))
     stage2 = joint.run(joint_cfg({**world, "corpus": tmp_path / "corpus"}, tmp_path, "llm.brain_input=continuous"))
     assert read_json(stage2 / "brainlm.json")["config"]["brain_input"] == "continuous"
-    stage3 = instruct.run(load_config(instruct.InstructStageConfig, "instruct_tiny", [
+    stage3 = instruct.run(load_config(instruct.InstructStageConfig, tiny_config("instruct_tiny"), [
         f"out_dir={tmp_path}", f"corpus={tmp_path / 'corpus'}", f"model={stage2}"]))
     assert read_json(stage3 / "eval.json")["n"] > 0
 

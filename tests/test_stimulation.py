@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 from test_evaluation_runner import build_tiny_run, cli
+from tiny_configs import tiny_config
 
 from fmrilm.errors import InputError
 from fmrilm.stimulation.experiment import StimulationConfig, concept_rate
@@ -23,7 +24,7 @@ def _config(run, out, **extra) -> StimulationConfig:
 
     sets = [f"corpus={run / 'corpus'}", f"tokenizer={run / 'tokenizer'}", f"model={run / 'instruct'}",
             f"out={out}", *[f"{k}={v}" for k, v in extra.items()]]
-    return load_config(StimulationConfig, "stimulation_tiny", sets)
+    return load_config(StimulationConfig, tiny_config("stimulation_tiny"), sets)
 
 
 def test_alpha_zero_reproduces_the_unperturbed_output(tiny_run, tmp_path):
@@ -54,7 +55,7 @@ def test_alpha_zero_reproduces_the_unperturbed_output(tiny_run, tmp_path):
 
 def test_stimulate_cli_writes_dose_response_observer_and_surface_map(tiny_run, tmp_path):
     out = tmp_path / "stim"
-    argv = ["stimulate", "--config", "stimulation_tiny", "--set", f"corpus={tiny_run / 'corpus'}",
+    argv = ["stimulate", "--config", tiny_config("stimulation_tiny"), "--set", f"corpus={tiny_run / 'corpus'}",
             f"tokenizer={tiny_run / 'tokenizer'}", f"model={tiny_run / 'instruct'}", f"out={out}"]
     assert cli(argv) == 0
     summary = json.loads((out / "stimulation.json").read_text())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from tiny_configs import tiny_config
 
 from fmrilm.errors import InputError
 from fmrilm.tokenizer.adapt import AdaptConfig, adapt_subject_encoders, frozen_state
@@ -144,7 +145,7 @@ def test_heldout_subject_is_absent_from_the_corpus_train_split(tmp_path, atlas):
     from fmrilm.corpus.toy import write_toy_inputs
 
     paths = write_toy_inputs(tmp_path, atlas, n_stimuli=12, n_task_subjects=3, repeats=2, n_rest_subjects=6)
-    cfg = load_config(CorpusConfig, "corpus_tiny", [f"{k}={v}" for k, v in paths.items()])
+    cfg = load_config(CorpusConfig, tiny_config("corpus_tiny"), [f"{k}={v}" for k, v in paths.items()])
     inputs = open_inputs(cfg.task_dataset, cfg.task_tokens, cfg.rest_dataset, cfg.rest_tokens)
     plan = plan_corpus(cfg, inputs, progress=False)
     last = inputs.task.table("subjects")[-1]["subject"]

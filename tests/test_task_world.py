@@ -6,6 +6,7 @@ import shutil
 
 import numpy as np
 import pytest
+from tiny_configs import tiny_config
 
 from fmrilm.brain.encoding_model import estimate_ncsnr, noise_ceiling_from_ncsnr
 from fmrilm.brain.localizer import LOCALIZER_CATEGORIES, localizer_contrast, top_vertices
@@ -28,7 +29,7 @@ def network_of_vertices(atlas):
 
 
 def test_layout_shapes_and_dtypes(data, atlas):
-    cfg = load_config(TaskWorldConfig, "task_world_tiny")
+    cfg = load_config(TaskWorldConfig, tiny_config("task_world_tiny"))
     S, M, R, V = cfg.n_subjects, cfg.n_stimuli, cfg.n_repeats, atlas.n_vertices
     atlas.check_same(data.atlas_info, data.path)
     assert data.betas.shape == (S * M * R, V) and data.betas.dtype == np.float32
@@ -68,7 +69,7 @@ def test_novel_stimuli_are_flagged_and_named(data):
 
 
 def test_deterministic_for_a_seed(tiny_task_world, tmp_path):
-    cfg = load_config(TaskWorldConfig, "task_world_tiny")
+    cfg = load_config(TaskWorldConfig, tiny_config("task_world_tiny"))
     again = generate_task_world(cfg, tmp_path / "again")
     first = Dataset(tiny_task_world)
     assert sorted(first.manifest["arrays"]) == sorted(Dataset(again).manifest["arrays"])
@@ -121,7 +122,7 @@ def test_localizer_contrasts_peak_in_their_patches(data, atlas):
 def test_noise_covariance_describes_the_betas(data, atlas):
     from fmrilm.evaluation.ideal_observer import GaussianObserver
 
-    cfg = load_config(TaskWorldConfig, "task_world_tiny")
+    cfg = load_config(TaskWorldConfig, tiny_config("task_world_tiny"))
     assert data.dataset.array("noise_basis").shape == (cfg.encoding.noise_rank, atlas.n_vertices)
     d, u = data.noise_covariance("sub-02")
     noise_sd = np.asarray(data.dataset.array("noise_sd")[1], np.float64)
@@ -188,7 +189,7 @@ def test_bad_config_is_refused_before_writing(tmp_path):
         (["novel_categories=[unicorn]"], "novel_categories"),
         (["encoding.noise_correlated_share=2"], "noise_correlated_share"),
     ):
-        cfg = load_config(TaskWorldConfig, "task_world_tiny", override)
+        cfg = load_config(TaskWorldConfig, tiny_config("task_world_tiny"), override)
         with pytest.raises(InputError, match=field):
             generate_task_world(cfg, out)
         assert not out.exists() and not list(tmp_path.iterdir())
@@ -197,5 +198,5 @@ def test_bad_config_is_refused_before_writing(tmp_path):
 def test_cli_refuses_to_overwrite(tiny_task_world, capsys):
     from fmrilm.cli import main
 
-    assert main(["world", "task", "--config", "task_world_tiny", "--out", str(tiny_task_world)]) == 2
+    assert main(["world", "task", "--config", tiny_config("task_world_tiny"), "--out", str(tiny_task_world)]) == 2
     assert "already exists" in capsys.readouterr().err

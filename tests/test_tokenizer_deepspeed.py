@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tiny_configs import tiny_config
 
 from fmrilm.brain.rest_world import RestWorldConfig, generate_rest_population
 from fmrilm.brain.splits import SplitsConfig, write_run_splits
@@ -23,13 +24,13 @@ def free_port() -> int:
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_two_cpu_ranks_train_with_synced_codebook(tmp_path):
-    data = generate_rest_population(load_config(RestWorldConfig, "rest_world_tiny"), tmp_path / "rest")
+    data = generate_rest_population(load_config(RestWorldConfig, tiny_config("rest_world_tiny")), tmp_path / "rest")
     splits = write_run_splits(SplitsConfig(rest_dataset=str(data), out=str(tmp_path / "splits.json")))
     bin_dir = Path(sys.executable).parent
     env = dict(os.environ, DS_ACCELERATOR="cpu", PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
                OMP_NUM_THREADS="1")
     cmd = [str(bin_dir / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()), "--module",
-           "fmrilm.stages.tokenizer", "--config", "tokenizer_tiny",
+           "fmrilm.stages.tokenizer", "--config", tiny_config("tokenizer_tiny"),
            "--set", f"data.dataset={data}", f"data.splits={splits}", f"out_dir={tmp_path / 'out'}",
            "engine.max_steps=4"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=850)

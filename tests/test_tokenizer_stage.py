@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+from tiny_configs import tiny_config
 
 import fmrilm.cli
 from fmrilm.brain.atlas import Atlas
@@ -67,7 +68,7 @@ def trained(tmp_path_factory):
     data = write_task_dataset(root / "task", Atlas.schaefer(100).describe())
     splits = write_run_splits(SplitsConfig(task_dataset=str(data), out=str(root / "splits.json"), val_fraction=0.25))
     # Its own process, exactly as launched by hand (DeepSpeed keeps process-wide group state).
-    cmd = [sys.executable, "-m", "fmrilm.stages.tokenizer", "--config", "tokenizer_tiny", "--set",
+    cmd = [sys.executable, "-m", "fmrilm.stages.tokenizer", "--config", tiny_config("tokenizer_tiny"), "--set",
            f"data.dataset={data}", f"out_dir={root / 'out'}", "tokenizer.input=task",
            "tokenizer.contrastive=clip", f"data.splits={splits}", "engine.max_steps=4", "engine.micro_batch_size=8"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, DS_ACCELERATOR="cpu"))

@@ -43,6 +43,7 @@ from fmrilm.brain.rest_covariance import (
 from fmrilm.brain.store import DatasetWriter
 from fmrilm.config import from_dict
 from fmrilm.errors import InputError
+from fmrilm.seeds import spawned_stream
 
 SOURCE = "rest world config"
 # How each phenotype enters the FC: the planted delta is the difference between the two groups
@@ -51,8 +52,6 @@ PHENOTYPE_CODING = {"sex": "F minus M", "diagnosis": "patient minus control",
                     "age": "per 10 years, centred on the middle of age_range"}
 # Subjects between releases of written pages (see _release_pages).
 RELEASE_EVERY = 256
-# Independent random streams: spawn_key[0] says what a stream is for.
-_SUBJECT_STREAM, _SITE_STREAM, _VERTEX_STREAM = 0, 1, 2
 
 
 @dataclass
@@ -83,7 +82,8 @@ def _default_effects() -> list[PhenotypeEffect]:
 
 @dataclass
 class RestWorldConfig:
-    """Everything that defines a synthetic rest population (shipped: rest_world_demo, rest_world_tiny).
+    """Everything that defines a synthetic rest population (shipped: rest_world_demo; test size:
+    tests/configs/rest_world_tiny.yaml).
 
     Parameters
     ----------
@@ -216,7 +216,7 @@ class RestPopulation:
 
     def _draw_sites(self) -> list[dict]:
         cfg, n_parcels = self.cfg, self.atlas.n_parcels
-        rng = np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(_SITE_STREAM,)))
+        rng = spawned_stream(cfg.seed, "rest_world.site")
         return [{"site": f"site-{k + 1}",
                  "noise_fraction": float(rng.uniform(*cfg.site_noise)),
                  "gain": rng.lognormal(0.0, cfg.site_gain_sd, n_parcels).astype(np.float32),
@@ -242,7 +242,7 @@ class RestPopulation:
     def subject(self, index: int) -> tuple[dict, np.ndarray]:
         """Phenotype row and float32 time series (T, P) of subject `index` (deterministic)."""
         cfg = self.cfg
-        rng = np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(_SUBJECT_STREAM, index)))
+        rng = spawned_stream(cfg.seed, "rest_world.subject", index)
         width = max(4, len(str(cfg.n_subjects)))
         age = round(float(rng.uniform(*cfg.age_range)), 1)
         sex = "F" if rng.random() < cfg.female_fraction else "M"
@@ -345,7 +345,7 @@ def expand_to_vertices(timeseries: np.ndarray, atlas: Atlas, seed: int, subject_
     if timeseries.ndim != 2 or timeseries.shape[1] != atlas.n_parcels:
         raise InputError("expand_to_vertices", "timeseries",
                          f"shape {timeseries.shape}, expected (T, {atlas.n_parcels})")
-    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_VERTEX_STREAM, subject_index)))
+    rng = spawned_stream(seed, "rest_world.vertex", subject_index)
     topography = rng.standard_normal(atlas.n_vertices)
     neighbours = atlas.adjacency
     degree = np.asarray(neighbours.sum(1)).ravel() + 1.0

@@ -33,6 +33,7 @@ import numpy as np
 from fmrilm.brain.store import Dataset
 from fmrilm.errors import InputError
 from fmrilm.io import atomic_path
+from fmrilm.seeds import stream
 
 FORMAT = "fmrilm-splits"
 SPLITS_FILE = "splits.json"
@@ -105,13 +106,13 @@ def stimulus_splits(novel: np.ndarray, val_fraction: float, test_fraction: float
     out = np.full(novel.size, "test", dtype=object)
     familiar = np.flatnonzero(~novel)
     out[familiar] = _assign(familiar.size, {"test": test_fraction, "val": val_fraction},
-                            np.random.default_rng([seed, 1]))
+                            stream(seed, "splits.stimuli"))
     return out
 
 
 def subject_splits(n_subjects: int, val: float, test: float, n_fewshot: int, seed: int) -> np.ndarray:
     """Split name per rest subject: `n_fewshot` held out, the remaining split by fractions."""
-    rng = np.random.default_rng([seed, 2, n_subjects])
+    rng = stream(seed, "splits.subjects", n_subjects)
     out = np.empty(n_subjects, dtype=object)
     order = rng.permutation(n_subjects)
     out[order[:n_fewshot]] = "fewshot"

@@ -3,7 +3,7 @@
 Launch::
 
     fmrilm world task --config task_world_demo --out runs/task_world
-    fmrilm world task --config task_world_tiny --out /tmp/tiny_world --force
+    fmrilm world task --config tests/configs/task_world_tiny.yaml --out /tmp/tiny_world --force
     fmrilm world task --config task_world_demo --out runs/nsd_scale --set n_stimuli=10000 n_subjects=8
 
 Writes a task dataset (manifest kind ``"task"``, layout in :mod:`fmrilm.brain.task_data`):
@@ -47,10 +47,8 @@ from fmrilm.brain.scenes import (
 )
 from fmrilm.brain.store import DatasetWriter
 from fmrilm.errors import InputError
+from fmrilm.seeds import stream
 from fmrilm.textembed import embed_texts
-
-# Purposes of the independent random streams.
-_SCENES, _GROUP, _NOISE_BASIS, _SUBJECT, _SCHEDULE, _TRIAL_NOISE, _LOCALIZER, _TEXT_SCENES = range(8)
 
 
 @dataclass
@@ -124,8 +122,9 @@ def validate_config(cfg: TaskWorldConfig) -> None:
     need(cfg.localizer.noise_scale >= 0, "localizer.noise_scale", f"{cfg.localizer.noise_scale} < 0")
 
 
-def _rng(seed: int, purpose: int, *ids: int) -> np.random.Generator:
-    return np.random.default_rng([int(seed), purpose, *ids])
+def _rng(seed: int, purpose: str, *ids: int) -> np.random.Generator:
+    """The world's stream for `purpose` (``task_world.<purpose>`` in :data:`fmrilm.seeds.STREAMS`)."""
+    return stream(seed, f"task_world.{purpose}", *ids)
 
 
 def trial_schedule(
@@ -161,21 +160,21 @@ def generate_task_world(cfg: TaskWorldConfig, out: str | Path, overwrite: bool =
     atlas = Atlas.schaefer(cfg.atlas_parcels)
     novel = tuple(cfg.novel_categories)
     stimuli = make_stimuli(
-        cfg.n_stimuli, _rng(cfg.seed, _SCENES), novel, cfg.novel_fraction, cfg.captions_per_stimulus
+        cfg.n_stimuli, _rng(cfg.seed, "scenes"), novel, cfg.novel_fraction, cfg.captions_per_stimulus
     )
     embeddings = embed_texts([s["captions"][0] for s in stimuli])
     features, feature_names = stimulus_features(stimuli, embeddings)
-    group = GroupModel(atlas, features, feature_names, cfg.encoding, _rng(cfg.seed, _GROUP))
-    noise = NoiseModel(atlas, group.op, cfg.encoding, _rng(cfg.seed, _NOISE_BASIS))
+    group = GroupModel(atlas, features, feature_names, cfg.encoding, _rng(cfg.seed, "group"))
+    noise = NoiseModel(atlas, group.op, cfg.encoding, _rng(cfg.seed, "noise_basis"))
     schedules = [
-        trial_schedule(cfg.n_stimuli, cfg.n_repeats, cfg.trials_per_session, _rng(cfg.seed, _SCHEDULE, s))
+        trial_schedule(cfg.n_stimuli, cfg.n_repeats, cfg.trials_per_session, _rng(cfg.seed, "schedule", s))
         for s in range(cfg.n_subjects)
     ]
 
     with DatasetWriter(out, "task", atlas.describe(), cfg, cfg.seed, overwrite=overwrite) as writer:
         writer.write_table("stimuli", stimuli)
         writer.write_table("text_scenes", make_text_scenes(
-            cfg.n_text_scenes, _rng(cfg.seed, _TEXT_SCENES), novel, cfg.captions_per_stimulus,
+            cfg.n_text_scenes, _rng(cfg.seed, "text_scenes"), novel, cfg.captions_per_stimulus,
             exclude={c for s in stimuli for c in s["captions"]}))
         writer.write_array("features", features)
         # The correlated part of the noise, so an ideal observer can use the full covariance.
@@ -185,7 +184,7 @@ def generate_task_world(cfg: TaskWorldConfig, out: str | Path, overwrite: bool =
         blocks = -(-cfg.n_stimuli // cfg.stimulus_chunk)
         with tqdm(total=sum(len(sched[2]) + blocks + 1 for sched in schedules), desc="task world") as bar:
             for s, schedule in enumerate(schedules):
-                model = group.subject(_rng(cfg.seed, _SUBJECT, s))
+                model = group.subject(_rng(cfg.seed, "subject", s))
                 name = f"sub-{s + 1:02d}"
                 subjects.append({"subject": name, "snr_gain": round(model.snr_gain, 4)})
                 centres[name] = model.patch_centres
@@ -195,7 +194,7 @@ def generate_task_world(cfg: TaskWorldConfig, out: str | Path, overwrite: bool =
                     group.regions["visual"],
                     noise,
                     cfg.localizer,
-                    _rng(cfg.seed, _LOCALIZER, s),
+                    _rng(cfg.seed, "localizer", s),
                 )
                 arrays["localizer_betas"][s * len(rows) : (s + 1) * len(rows)] = betas
                 loc_rows += [{"subject": s, **row} for row in rows]
@@ -282,7 +281,7 @@ def _write_subject(
     arrays["trial_repeat"][offset : offset + stim.size] = repeat
     for k, trials in enumerate(sessions):
         raw = features[stim[trials]] @ model.weights_raw
-        raw += noise.sample(trials.size, _rng(cfg.seed, _TRIAL_NOISE, s, k))
+        raw += noise.sample(trials.size, _rng(cfg.seed, "trial_noise", s, k))
         # NSD convention: z-score every vertex within each (subject, session).
         raw -= raw.mean(0)
         raw /= raw.std(0)

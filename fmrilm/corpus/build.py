@@ -32,6 +32,7 @@ from fmrilm.corpus.shards import SplitWriter, remove_stale
 from fmrilm.corpus.splits import check_leakage, novel_pattern, trial_splits
 from fmrilm.errors import InputError
 from fmrilm.io import write_json
+from fmrilm.seeds import stream
 
 
 @dataclass
@@ -172,7 +173,7 @@ def build_corpus(cfg: CorpusConfig, out, overwrite: bool = False, progress: bool
     bar = tqdm(total=len(plan.samples), desc="writing shards", unit="sample", disable=not progress)
     for split in [s for s in SPLITS if s in by_split]:
         samples = by_split[split]
-        order = np.random.default_rng([cfg.seed, SPLITS.index(split), 7]).permutation(len(samples))
+        order = stream(cfg.seed, "corpus.shard_order", SPLITS.index(split)).permutation(len(samples))
         writer = SplitWriter(out, split, cfg.shards.maxcount, cfg.shards.maxsize, extra)
         for n, i in enumerate(order):
             sample = samples[i]

@@ -5,7 +5,7 @@ seeded random integers (a stand-in with the tokens-dataset manifest of ``fmrilm 
 the betas a per-stimulus pattern plus noise, the rest runs AR(1) noise sharing one signal per network.
 Every fourth non-novel stimulus has a question naming the novel category, so the training filter
 has work to do; two text-only scenes name it too. The splits file is decided by the real
-:mod:`fmrilm.brain.splits` with the shipped ``splits_tiny`` rules, and the fake tokenizer records it.
+:mod:`fmrilm.brain.splits` with :data:`TOY_SPLIT_RULES`, and the fake tokenizer records it.
 """
 
 from __future__ import annotations
@@ -118,19 +118,25 @@ def write_toy_tokens(out, dataset, codebook_size: int = 512, levels: int = 1, wi
         return w.finish(tokenizer=tokenizer, source_dataset=str(ds.path), source_kind=ds.kind, window=window)
 
 
+# The toy inputs' split rules (SplitsConfig overrides): the same as the tests' splits_tiny.yaml, stated
+# here because the package never reads the tests' configs.
+TOY_SPLIT_RULES = ("val_fraction=0.1", "test_fraction=0.25", "heldout_task_subjects=1", "rest_val_fraction=0.1",
+                   "rest_test_fraction=0.2", "rest_fewshot_subjects=2")
+
+
 def write_toy_inputs(root, atlas: Atlas, n_stimuli: int = 12, n_task_subjects: int = 2, repeats: int = 2,
                      n_rest_subjects: int = 10, n_timepoints: int = 128, seed: int = 0,
                      split_rules: list[str] | None = None, latent_dim: int = 0) -> dict:
     """All four corpus inputs and their splits file under `root`; returns the paths as CorpusConfig fields.
 
-    `split_rules` are overrides of the ``splits_tiny`` rules (e.g. ``["heldout_task_subjects=0"]``);
+    `split_rules` are overrides of :data:`TOY_SPLIT_RULES` (e.g. ``["heldout_task_subjects=0"]``);
     `latent_dim` > 0 gives the task tokens encoder outputs (rest scans then read codes).
     """
     root = Path(root)
     task = write_toy_task(root / "task", atlas, n_stimuli, n_task_subjects, repeats, seed)
     rest = write_toy_rest(root / "rest", atlas, n_rest_subjects, n_timepoints, seed=seed)
-    splits = write_run_splits(load_config(SplitsConfig, "splits_tiny", [
-        f"task_dataset={task}", f"rest_dataset={rest}", f"out={root / 'splits.json'}", f"seed={seed}",
+    splits = write_run_splits(load_config(SplitsConfig, None, [
+        *TOY_SPLIT_RULES, f"task_dataset={task}", f"rest_dataset={rest}", f"out={root / 'splits.json'}", f"seed={seed}",
         *(split_rules or [])]), overwrite=True)
     return {"task_dataset": str(task), "rest_dataset": str(rest), "splits": str(splits),
             "task_tokens": str(write_toy_tokens(root / "task_tokens", task, seed=seed, splits=splits,

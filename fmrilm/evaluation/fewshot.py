@@ -22,6 +22,7 @@ from fmrilm.corpus.phrasing import with_shots
 from fmrilm.errors import InputError
 from fmrilm.evaluation.captions import semscore
 from fmrilm.evaluation.task_eval import CAPTION_PROMPT, TaskItems
+from fmrilm.seeds import stream
 
 
 def in_context(captioner, items: TaskItems, shot_tokens: dict, shot_captions: dict, ks, cfg,
@@ -48,7 +49,7 @@ def in_context(captioner, items: TaskItems, shot_tokens: dict, shot_captions: di
         carried retrieved captions); with a retriever also ``no_retrieval`` (the same without them).
         A k that does not fit the context is ``{"status": "skipped", "reason"}``.
     """
-    rng = np.random.default_rng([cfg.seed, 13])
+    rng = stream(cfg.seed, "eval.fewshot_shots")
     shots_of = {}
     for i, s in enumerate(items.subject):
         shots_of[i] = rng.permutation(len(shot_captions[int(s)]))[: max(ks)]

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from fmrilm.errors import InputError
+from fmrilm.seeds import stream
 from fmrilm.tokenizer.adapt import AdaptConfig, adapt_subject_encoders
 
 
@@ -164,7 +165,7 @@ def subject_adaptation_section(data, tokenizer, captioner, heldout, reference_su
     if subject is None:
         return {"status": "skipped", "reason": reason}
     acfg = cfg.adaptation
-    pool = np.random.default_rng([cfg.seed, 17]).permutation(heldout.train_stimuli)
+    pool = stream(cfg.seed, "eval.adaptation_pool").permutation(heldout.train_stimuli)
     ks = check_ks(acfg.ks, pool.size)
     train_stim, test_stim = pool[: ks[-1]], heldout.test_stimuli
     name = data.subjects[subject]["subject"]

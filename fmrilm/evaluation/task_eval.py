@@ -35,6 +35,7 @@ from fmrilm.evaluation.captions import MeteorScorer, caption_metrics, semscore
 from fmrilm.evaluation.controls import derangements
 from fmrilm.evaluation.naming import zero_shot_naming
 from fmrilm.evaluation.vqa import vqa_accuracy
+from fmrilm.seeds import stream
 
 CONDITIONS = ("model", "shuffled", "text_only")
 CAPTION_PROMPT = PROMPTS["caption"][0]
@@ -192,7 +193,7 @@ def vqa_questions(items: TaskItems, seed: int, per_item: int = 1) -> dict[str, l
     Returns ``{"item": index into items, "question", "answer", "type"}``, one entry per question,
     items in order and each item's questions together.
     """
-    rng = np.random.default_rng([seed, 11])
+    rng = stream(seed, "eval.vqa_questions")
     out = {"item": [], "question": [], "answer": [], "type": []}
     for i, m in enumerate(items.stimulus):
         qa = items.stimuli[m]["qa"]

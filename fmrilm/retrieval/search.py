@@ -25,12 +25,13 @@ from pathlib import Path
 
 import numpy as np
 
-from fmrilm.config import save_config
+from fmrilm.config import check_required, required_path, save_config
 from fmrilm.errors import InputError
 from fmrilm.io import atomic_dir, portable_path, read_json, recorded_path, write_json
 from fmrilm.retrieval.brain_embedder import BrainEmbedder, BrainEmbedderConfig, train_brain_embedder
 from fmrilm.retrieval.caption_prompts import TEXT_ONLY
 from fmrilm.retrieval.index import IndexConfig, SemanticIndex
+from fmrilm.seeds import stream
 
 SEARCH_FILE = "search.json"
 
@@ -56,10 +57,10 @@ class SearchIndexConfig:
     index : IndexConfig
     """
 
-    corpus: str = "runs/demo/corpus"
-    tokenizer: str = "runs/demo/tokenizer"
+    corpus: str = required_path()  # run paths: required (the pipeline fills them in)
+    tokenizer: str = required_path()
     splits: str = ""
-    out: str = "runs/demo/retrieval"
+    out: str = required_path()
     max_train_items: int = 3000
     seed: int = 0
     embedder: BrainEmbedderConfig = field(default_factory=lambda: BrainEmbedderConfig(epochs=30))
@@ -124,6 +125,7 @@ def build_search_indexes(cfg: SearchIndexConfig, overwrite: bool = False, progre
     from fmrilm.textembed import embed_texts
     from fmrilm.tokenizer.model import BrainTokenizer
 
+    check_required(cfg, "search index config")
     if Path(cfg.out).exists() and not overwrite:
         raise InputError(cfg.out, "out", "already exists (pass overwrite=True / --force to replace it)")
     heldout = load_heldout(cfg.corpus, cfg.splits or None)
@@ -137,7 +139,7 @@ def build_search_indexes(cfg: SearchIndexConfig, overwrite: bool = False, progre
     # Held-out task subjects train nothing: the embedder sees the train subjects' train stimuli only.
     trained = heldout.splits.task_subject_indices(data.dataset, "train")
     per_subject = max(1, cfg.max_train_items // len(trained))
-    rng = np.random.default_rng([cfg.seed, 7])
+    rng = stream(cfg.seed, "search.train_items")
     train_rows = [(int(s), np.sort(rng.permutation(heldout.train_stimuli)[:per_subject])) for s in trained]
     if sum(len(m) for _, m in train_rows) < 2:
         raise InputError(cfg.corpus, "train", "fewer than 2 training scans: the embedder cannot be trained")

@@ -92,7 +92,7 @@ class BackboneStageConfig:
         Redo a finished stage from scratch.
     """
 
-    out_dir: str = "runs/demo"
+    out_dir: str = field(default="", metadata={"required": True})  # fmrilm.config.required_path(): no demo default
     corpus: str = ""
     backbone: str | None = None
     gguf: str | None = None

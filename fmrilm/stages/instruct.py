@@ -93,7 +93,7 @@ class InstructStageConfig:
         ``AutoModelForCausalLM``.
     """
 
-    out_dir: str = "runs/demo"
+    out_dir: str = field(default="", metadata={"required": True})  # fmrilm.config.required_path(): no demo default
     corpus: str = ""
     model: str = ""
     tasks: tuple[str, ...] = INSTRUCTION_TASKS

@@ -45,6 +45,7 @@ from fmrilm.corpus.reader import read_split
 from fmrilm.engine import EngineConfig, TrainEngine, stage_main
 from fmrilm.errors import InputError
 from fmrilm.llm.config import LLMConfig
+from fmrilm.seeds import stream
 from fmrilm.stages import lm_common
 from fmrilm.stages.recipe import LMRecipe, run_recipe
 
@@ -72,7 +73,7 @@ class JointStageConfig:
         Also write a standalone merged HF checkpoint into the export (``merged/``).
     """
 
-    out_dir: str = "runs/demo"
+    out_dir: str = field(default="", metadata={"required": True})  # fmrilm.config.required_path(): no demo default
     corpus: str = ""
     tokenizer: str = ""
     llm: LLMConfig = field(default_factory=LLMConfig)
@@ -109,7 +110,7 @@ def joint_encoder(model, seed: int, text_to_brain_fraction: float, n: int):
     """`encode(sample, index)` for stage 2: the objective follows the task (and a seeded direction draw)."""
     from fmrilm.llm.formatting import encode_joint
 
-    reverse = np.random.default_rng([seed, 2]).random(n) < text_to_brain_fraction
+    reverse = stream(seed, "joint.direction").random(n) < text_to_brain_fraction
 
     def encode(sample: dict, index: int) -> dict:
         meta, tokens = sample["json"], np.asarray(sample["tokens.npy"]).astype(np.int64)

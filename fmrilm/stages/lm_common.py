@@ -38,7 +38,7 @@ from fmrilm.errors import InputError
 from fmrilm.io import read_json, write_json
 from fmrilm.llm.brain_input import ScanLatents
 from fmrilm.llm.formatting import collate
-from fmrilm.seeds import micro_batch_positions, visited_positions
+from fmrilm.seeds import micro_batch_positions, stream, visited_positions
 
 CODE_EMBEDDINGS_FILE = "code_embeddings.safetensors"
 TOKENIZER_FORMAT = "fmrilm-brain-tokenizer"
@@ -143,7 +143,7 @@ def weight_tasks(samples: list[dict], weights: dict[str, float], seed: int) -> n
             raise InputError("config", f"task_weights.{task}", f"no such task in the mixture {sorted(present)}")
         if not weight >= 0:
             raise InputError("config", f"task_weights.{task}", f"{weight} is not a weight >= 0")
-    rng = np.random.default_rng([seed, 3])
+    rng = stream(seed, "lm.task_weights")
     w = np.array([float(weights.get(s["json"]["task"], 1.0)) for s in samples])
     copies = np.floor(w).astype(int) + (rng.random(len(samples)) < w - np.floor(w))
     if copies.sum() == 0:

@@ -59,7 +59,7 @@ class TokenizerDataConfig:
 
 @dataclass
 class TokenizerStageConfig:
-    out_dir: str = "runs/tokenizer"
+    out_dir: str = field(default="", metadata={"required": True})  # fmrilm.config.required_path(): no demo default
     data: TokenizerDataConfig = field(default_factory=TokenizerDataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)

@@ -48,7 +48,9 @@ from pathlib import Path
 
 import numpy as np
 
+from fmrilm.config import check_required, required_path
 from fmrilm.errors import InputError
+from fmrilm.seeds import stream
 
 CONCEPT_WORDS = {
     "faces": ["person", "people", "man", "men", "woman", "women", "child", "children", "kid", "kids", "boy",
@@ -122,13 +124,16 @@ class StimulationConfig:
     probe : str, optional
         Concept probe sentence (default: :data:`PROBES`).
     targets : StimulationTargets
+        Pass/fail thresholds (the issue's, in the YAML; default: none checked).
+
+    Counts and α default to library values; the demo's are all stated in ``stimulation_demo.yaml``.
     """
 
-    corpus: str = "runs/demo/corpus"
-    tokenizer: str = "runs/demo/tokenizer"
-    model: str = "runs/demo/instruct"
+    corpus: str = required_path()  # run paths: required (no demo default; stimulation_demo.yaml names the demo's)
+    tokenizer: str = required_path()
+    model: str = required_path()
     backbone: str = ""
-    out: str = "runs/demo/stimulation"
+    out: str = required_path()
     subject: int = 0
     target: str = "faces"
     other_category: str = "places"
@@ -318,6 +323,7 @@ def run_stimulation(cfg: StimulationConfig, overwrite: bool = False, progress: b
     from fmrilm.tokenizer.model import BrainTokenizer
 
     started = time.time()
+    check_required(cfg, "stimulation config")
     if Path(cfg.out).exists() and not overwrite:
         raise InputError(cfg.out, "out", "already exists (pass --force to replace it)")
     heldout = load_heldout(cfg.corpus)
@@ -329,7 +335,8 @@ def run_stimulation(cfg: StimulationConfig, overwrite: bool = False, progress: b
     data = TaskData(task_path)
     atlas = dataset_atlas(data.atlas_info, task_path)
     # Separate streams: changing the number of control patches leaves the scans and the bootstrap alone.
-    patch_rng, scan_rng, boot_rng = (np.random.default_rng([cfg.seed, k]) for k in range(3))
+    patch_rng, scan_rng, boot_rng = (stream(cfg.seed, f"stimulation.{name}")
+                                     for name in ("patches", "scans", "bootstrap"))
     patches = select_patches(data, atlas, cfg, patch_rng)
     words, probe = cfg.words(), embed_texts([cfg.probe_text()])[0]
     pool = np.asarray(heldout.test_stimuli)
