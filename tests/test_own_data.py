@@ -15,10 +15,12 @@ from fmrilm.errors import InputError
 from fmrilm.pipeline import load_pipeline_config, read_state, run_pipeline
 
 # The shipped `nsd` pipeline at test size: its stages, with the tiny stage configs.
-TINY = {"task_import": {}, "rest_import": {}, "splits": {"config": tiny_config("splits_tiny"), "set": ["heldout_task_subjects=0"]},
+TINY = {"task_import": {}, "rest_import": {},
+        "splits": {"config": tiny_config("splits_tiny"), "set": ["heldout_task_subjects=0"]},
         "tokenizer": {"config": tiny_config("tokenizer_tiny"), "set": ["tokenizer.input=task"]}, "task_tokens": {},
         "rest_tokens": {},
-        "corpus": {"config": tiny_config("corpus_tiny"), "set": ["samples.tasks=[caption,describe,text,phenotype,temporal]"]},
+        "corpus": {"config": tiny_config("corpus_tiny"),
+                   "set": ["samples.tasks=[caption,describe,text,phenotype,temporal]"]},
         "backbone": {"config": tiny_config("backbone_tiny")},
         "joint": {"config": tiny_config("joint_tiny"), "set": ["tasks=[text,caption,describe]"]},
         "retrieval": {"set": ["max_train_items=120", "embedder.hidden=32", "embedder.n_blocks=1",
@@ -101,8 +103,9 @@ def test_bad_own_data_fails_before_anything_is_written(tmp_path, problem, match)
             a["image_id"] += 1
         captions.write_text(json.dumps(doc))
     source = {"betas_dir": str(betas), "trials": str(trials), "captions": str(captions)}
+    task_only = {k: v for k, v in TINY.items() if not k.startswith("rest_")}
     with pytest.raises(InputError, match=match):
-        run_pipeline(load_pipeline_config(str(nsd_pipeline(tmp_path, source))))
+        run_pipeline(load_pipeline_config(str(nsd_pipeline(tmp_path, source, task_only))))
     assert not (tmp_path / "run" / "task_import").exists()
 
 
@@ -118,7 +121,8 @@ def test_eval_stimulate_and_ask_find_the_runs_artifacts_through_its_stages_file(
 
     run, _ = nsd_run
     shutil.rmtree(run / "evaluation")  # written again by the command, where the pipeline put it
-    assert main(["eval", "--run", str(run), "--config", tiny_config("eval_tiny"), "--set", "n_items=4", "n_fewshot_items=2"]) == 0
+    assert main(["eval", "--run", str(run), "--config", tiny_config("eval_tiny"),
+                 "--set", "n_items=4", "n_fewshot_items=2"]) == 0
     report = json.loads((run / "evaluation" / "report.json").read_text())
     assert report["items"]["captioned"] == 4 and report["protocol"]["splits"]["path"].endswith("splits.json")
     answer = answer_question(run, "0/0", "What is in the picture?", max_new_tokens=4)
