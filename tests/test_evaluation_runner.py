@@ -209,12 +209,14 @@ def test_ideal_observer_beats_chance_and_shuffled_control_is_deranged(report, ti
 
 def test_eval_refuses_existing_output_and_missing_corpus(report, tmp_path, capsys):
     out, _ = report
-    assert cli(["eval", "--config", tiny_config("eval_tiny"), "--set", f"corpus={tmp_path / 'none'}",
-                f"out={out}"]) == 2
+    paths = [f"corpus={tmp_path / 'none'}", f"tokenizer={tmp_path / 'none'}", f"model={tmp_path / 'none'}"]
+    assert cli(["eval", "--config", tiny_config("eval_tiny"), "--set", *paths, f"out={out}"]) == 2
     assert "already exists" in capsys.readouterr().err
-    assert cli(["eval", "--config", tiny_config("eval_tiny"), "--set", f"corpus={tmp_path / 'none'}",
-                f"out={tmp_path / 'new'}"]) == 2
+    assert cli(["eval", "--config", tiny_config("eval_tiny"), "--set", *paths, f"out={tmp_path / 'new'}"]) == 2
     assert "corpus.json" in capsys.readouterr().err and not (tmp_path / "new").exists()
+    # a run path left empty is named before anything is opened (eval_tiny leaves them to --set)
+    assert cli(["eval", "--config", tiny_config("eval_tiny"), "--set", paths[0], f"out={tmp_path / 'new'}"]) == 2
+    assert "field 'tokenizer': required" in capsys.readouterr().err and not (tmp_path / "new").exists()
 
 
 def test_ask_answers_about_one_scan(tiny_run, capsys):
