@@ -5,6 +5,12 @@ from __future__ import annotations
 from fmrilm.config import add_config_args, config_from_args
 
 
+def _output_args(parser) -> None:
+    """``--out`` and ``--force`` of a command that writes one dataset directory."""
+    parser.add_argument("--out", required=True, help="output dataset directory")
+    parser.add_argument("--force", action="store_true", help="replace an existing dataset")
+
+
 def register(sub) -> None:
     p = sub.add_parser("atlas", help="print the parcels of an atlas", description="Print an atlas's parcels.")
     p.add_argument("--parcels", type=int, default=100, help="Schaefer scale (100, 200, 300, 400, 1000)")
@@ -39,8 +45,7 @@ def register(sub) -> None:
     r.add_argument("--rh", help="right hemisphere run")
     r.add_argument("--confounds", help="confound table, one row per time point")
     r.add_argument("--tr", type=float, help="repetition time in seconds (default: from the header)")
-    r.add_argument("--out", required=True, help="output dataset directory")
-    r.add_argument("--force", action="store_true", help="replace an existing dataset")
+    _output_args(r)
     r.set_defaults(handler=_import_rest)
     d = srcs.add_parser("rest-dir", help="a directory of rest runs, one per subject (fmrilm.brain.rest_dir)",
                         description="Surface (SUB.lh/rh.mgz), volumetric (SUB.nii.gz + --labels-img) or "
@@ -49,8 +54,7 @@ def register(sub) -> None:
     d.add_argument("--participants", help="BIDS participants.tsv (default: DIR/participants.tsv if present)")
     d.add_argument("--labels-img", help="label atlas of NIfTI runs, one label per parcel")
     d.add_argument("--tr", type=float, help="repetition time in seconds (default: from the headers)")
-    d.add_argument("--out", required=True, help="output dataset directory")
-    d.add_argument("--force", action="store_true", help="replace an existing dataset")
+    _output_args(d)
     d.set_defaults(handler=_import_rest_dir)
     n = srcs.add_parser("nsd", help="NSD-style fsaverage betas + trial table + COCO captions",
                         description="Import NSD-style single-trial betas (see fmrilm.brain.nsd) → task dataset.")
@@ -59,8 +63,7 @@ def register(sub) -> None:
     n.add_argument("--captions", required=True, help="COCO-style captions JSON")
     n.add_argument("--subject", default="subj01")
     n.add_argument("--sessions", type=int, nargs="*", help="only these sessions (default: all in the table)")
-    n.add_argument("--out", required=True, help="output dataset directory")
-    n.add_argument("--force", action="store_true", help="replace an existing dataset")
+    _output_args(n)
     n.set_defaults(handler=_import_nsd)
 
 
