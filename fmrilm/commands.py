@@ -9,8 +9,8 @@ from fmrilm.config import add_config_args
 
 def register(sub) -> None:
     p = sub.add_parser("pipeline", help="run every stage on one run directory (the main job)",
-                       description="Run world → tokenizer → corpus → LM stages → index → evaluation on one "
-                                   "run directory, skipping finished stages.")
+                       description="Run import or world → splits → tokenizer → corpus → LM stages → index → "
+                                   "evaluation → stimulation on one run directory, skipping finished stages.")
     # --force names stages here (a list), so it is not the helper's flag
     add_config_args(p, "demo", "overrides, e.g. run_dir=runs/x", config_help="pipeline YAML path or shipped name")
     p.add_argument("--force", nargs="*", default=[], metavar="STAGE",

@@ -206,6 +206,12 @@ def test_out_of_range_arguments_are_refused_while_parsing(argv, option, capsys):
     assert f"argument {option}" in err and "expected an integer >= 1" in err
 
 
+def test_search_without_a_run_or_index_names_the_missing_option(capsys):
+    assert cli(["search", "--text", "a dog"]) == 2
+    err = _one_line_error(capsys)
+    assert "--run" in err and "--index" in err
+
+
 # ------------------------------------------------------------------------------------- last resort
 def test_unexpected_exception_is_one_line_unless_debugging(tmp_path, capsys, monkeypatch):
     (tmp_path / "corpus.json").write_text("{}")  # a corpus record without its fields: a KeyError inside

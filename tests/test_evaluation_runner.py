@@ -127,7 +127,7 @@ def test_report_has_every_section_with_controls(report):
     assert "## Held-out-subject adaptation" in (out / "report.md").read_text()
     assert {"sex", "diagnosis", "age"} <= set(rep["rest"]["phenotype"])
     for result in rep["rest"]["phenotype"].values():
-        assert {"model", "fc_baseline"} <= set(result)
+        assert {"model", "fc_baseline", "ideal_observer"} <= set(result)  # synthetic population: it has one
     assert {"model", "persistence", "linear_ar", "tokenizer_ceiling"} <= set(rep["rest"]["temporal"])
     assert len(rep["examples"]) == 3 and all(ex["generated"] is not None for ex in rep["examples"])
     for name in ("report.md", "brain_map.png", "items.json"):

@@ -83,7 +83,9 @@ def _headline_markdown(report: dict) -> list[str]:
         key = "mae" if name == "age" else "accuracy"
         base = result.get("constant_mean" if name == "age" else "majority_class", {})
         rows.append((f"{name} {key}", _with_interval(result["model"], key), f"base rate {_with_interval(base, key)}",
-                     f"FC {_with_interval(result['fc_baseline'], key)}", "—", "subjects resampled"))
+                     f"FC {_with_interval(result['fc_baseline'], key)}",
+                     f"ideal observer {_with_interval(result['ideal_observer'], key)}" if "ideal_observer" in result
+                     else "—", "subjects resampled"))
     t = rest.get("temporal") if not _skipped(rest) else None
     if t and not _skipped(t):
         rows.append(("next-scan R²", t["model"], f"persistence {_fmt(t['persistence'])}",
@@ -212,8 +214,11 @@ def _rest_markdown(rest: dict) -> list[str]:
         chance = result.get("constant_mean" if name == "age" else "majority_class", {})
         for key in ("mae",) if name == "age" else ("accuracy", "balanced_accuracy", "auc"):
             rows.append((name, key, *(_with_interval(scores, key) for scores in (result["model"], result["fc_baseline"],
-                                                                                   chance)), result["n_subjects"]))
-    out += _table(("phenotype", "metric", "LM", "FC baseline", "majority class / training mean", "subjects"), rows)
+                                                                                   chance)),
+                         _with_interval(result["ideal_observer"], key) if "ideal_observer" in result else "—",
+                         result["n_subjects"]))
+    out += _table(("phenotype", "metric", "LM", "FC baseline", "majority class / training mean", "ideal observer",
+                   "subjects"), rows)
     out += ["Phenotype intervals: 95 % bootstrap over the test subjects (the same resamples for every column); the "
             "base rate is the training subjects' majority class / mean age given to every test subject.", ""]
     rows, notes = [], []

@@ -12,7 +12,9 @@ Items are the corpus's ``test``-split rest samples (zero-shot ones), so subjects
   :func:`~fmrilm.evaluation.baselines.chance_baseline`). Each reports accuracy, balanced accuracy
   and AUC (the LM's from its constrained-decoding probability of the positive class, averaged over a
   subject's windows; the FC baseline's from its logistic probabilities) or MAE, with 95 % bootstrap
-  intervals over the test subjects (the same resamples for all three).
+  intervals over the test subjects (the same resamples for all three). On a synthetic population,
+  the ideal observer (:mod:`~fmrilm.evaluation.rest_ideal_observer`: whole run, true class
+  covariances) on the same subjects shows how much the runs carry.
 - Next scan: the LM's brain head predicts the target scan's tokens from the context scans
   (:func:`~fmrilm.llm.generate.generate_scan`); the tokenizer decodes them and the parcel means are
   compared with the true z-scored parcel signal of that TR. Beside it: persistence, a per-parcel
@@ -34,10 +36,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fmrilm.brain.rest_world import RestPopulation, RestWorldConfig
 from fmrilm.brain.store import Dataset
+from fmrilm.config import from_dict
 from fmrilm.errors import InputError
 from fmrilm.evaluation.baselines import chance_baseline, fc_features, phenotype_baseline
 from fmrilm.evaluation.regression import classification_scores, r2_score, regression_scores
+from fmrilm.evaluation.rest_ideal_observer import ideal_observer
 from fmrilm.evaluation.temporal_baselines import LinearAR, persistence_forecast
 from fmrilm.llm.generate import choose_answer, generate, generate_scan, number_tokens
 from fmrilm.tokenizer.data import zscore_time
@@ -78,6 +83,7 @@ def phenotype_section(model, samples: list, rest: Dataset, excluded: set, cfg) -
     rows = rest.table("subjects")
     index = {r["subject"]: i for i, r in enumerate(rows)}
     features = fc_features(np.asarray(rest.array("timeseries")))
+    population = _population(rest)
     out = {}
     for name in ("sex", "diagnosis", "age"):
         items = [s for s in samples if s["json"].get("phenotype") == name and not s["json"]["shots"]]
@@ -130,7 +136,26 @@ def phenotype_section(model, samples: list, rest: Dataset, excluded: set, cfg) -
                     scores[key] = None
         out[name] = {"model": lm, "fc_baseline": base, "constant_mean" if name == "age" else "majority_class": chance,
                      "n_subjects": len(test_subjects)}
+        if population is not None:
+            out[name]["ideal_observer"] = _ideal_observer_scores(population, rows, rest, test, name, cfg.seed)
     return out
+
+
+def _population(rest: Dataset):
+    """The simulator that generated a synthetic rest dataset (None for real data: no ideal observer)."""
+    if rest.manifest.get("source") != "synthetic":
+        return None
+    return RestPopulation(from_dict(RestWorldConfig, rest.config))
+
+
+def _ideal_observer_scores(population, rows: list[dict], rest: Dataset, test: list[int], name: str, seed: int):
+    series = np.asarray(rest.array("timeseries"))[test]
+    test_rows = [rows[i] for i in test]
+    observed = ideal_observer(population, test_rows, series, name)
+    truth = [r[name] for r in test_rows]
+    if name == "age":
+        return regression_scores(truth, observed["predictions"], seed)
+    return classification_scores(truth, observed["predictions"], observed["probabilities"], seed)
 
 
 REAL_RUN_STAGE = "real_rest_tokens"  # pipeline stage holding the real run's tokens (fmrilm/pipeline.py)

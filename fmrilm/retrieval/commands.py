@@ -23,8 +23,8 @@ def register(sub) -> None:
     p = sub.add_parser("search", help="nearest captions of a scan, or nearest scans of a text",
                        description="Nearest items of a saved SemanticIndex (fmrilm.retrieval.index), best "
                                    "first: a run's caption index for brain queries, its scan index for text.")
-    p.add_argument("--run", default="runs/demo",
-                   help="run directory whose retrieval/ indexes are searched (default: %(default)s)")
+    p.add_argument("--run", metavar="DIR",
+                   help="pipeline run whose retrieval stage (from its stages.json) is searched")
     p.add_argument("--index", help="search this saved index directory instead of the run's")
     query = p.add_mutually_exclusive_group(required=True)
     query.add_argument("--text", nargs="+", help="one or more text queries (embedded with MiniLM) → scans")
@@ -70,7 +70,10 @@ def _queries(args):
 
 def _search_dir(args):
     from fmrilm.artifacts import run_artifact
+    from fmrilm.errors import InputError
 
+    if not args.run:
+        raise InputError("--run", "run", "name a pipeline run directory (or --index DIR)")
     return run_artifact(args.run, "retrieval")
 
 
