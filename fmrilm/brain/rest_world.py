@@ -231,12 +231,15 @@ class RestPopulation:
                  "age": (row["age"] - centre) / 10.0}
         return np.array([codes[e.phenotype] for e in self.cfg.effects])
 
+    def planted_effects(self, row: dict) -> np.ndarray:
+        """The FC change (P, P) the planted phenotype effects make for one subject row."""
+        deltas = np.array([e.delta for e in self.cfg.effects])
+        return np.tensordot(self.phenotype_codes(row) * deltas, self.effect_masks, axes=1)
+
     def subject_fc(self, row: dict, rng: np.random.Generator) -> np.ndarray:
         """The subject's true FC (before site noise): group FC + effects + individual variability."""
-        deltas = np.array([e.delta for e in self.cfg.effects])
-        planted = np.tensordot(self.phenotype_codes(row) * deltas, self.effect_masks, axes=1)
         shift = network_shift(self.networks, self.cfg.individual_network_sd, rng)
-        target = nearest_correlation(self.group_fc + planted + shift)
+        target = nearest_correlation(self.group_fc + self.planted_effects(row) + shift)
         return wishart_correlation(target, self.cfg.individual_dof, rng)
 
     def subject(self, index: int) -> tuple[dict, np.ndarray]:

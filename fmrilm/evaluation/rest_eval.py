@@ -82,7 +82,8 @@ def phenotype_section(model, samples: list, rest: Dataset, excluded: set, cfg) -
     """LM vs FC-baseline vs chance phenotype scores on the test subjects of `samples`."""
     rows = rest.table("subjects")
     index = {r["subject"]: i for i, r in enumerate(rows)}
-    features = fc_features(np.asarray(rest.array("timeseries")))
+    series = np.asarray(rest.array("timeseries"))
+    features = fc_features(series)
     population = _population(rest)
     out = {}
     for name in ("sex", "diagnosis", "age"):
@@ -137,7 +138,7 @@ def phenotype_section(model, samples: list, rest: Dataset, excluded: set, cfg) -
         out[name] = {"model": lm, "fc_baseline": base, "constant_mean" if name == "age" else "majority_class": chance,
                      "n_subjects": len(test_subjects)}
         if population is not None:
-            out[name]["ideal_observer"] = _ideal_observer_scores(population, rows, rest, test, name, cfg.seed)
+            out[name]["ideal_observer"] = _ideal_observer_scores(population, rows, series[test], test, name, cfg.seed)
     return out
 
 
@@ -148,8 +149,8 @@ def _population(rest: Dataset):
     return RestPopulation(from_dict(RestWorldConfig, rest.config))
 
 
-def _ideal_observer_scores(population, rows: list[dict], rest: Dataset, test: list[int], name: str, seed: int):
-    series = np.asarray(rest.array("timeseries"))[test]
+def _ideal_observer_scores(population, rows: list[dict], series: np.ndarray, test: list[int], name: str,
+                           seed: int):
     test_rows = [rows[i] for i in test]
     observed = ideal_observer(population, test_rows, series, name)
     truth = [r[name] for r in test_rows]

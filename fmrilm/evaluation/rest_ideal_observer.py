@@ -50,9 +50,8 @@ def _innovations(z: np.ndarray) -> np.ndarray:
 
 
 def _log_likelihood(population, row: dict, innovations: np.ndarray, noise: float) -> float:
-    deltas = np.array([e.delta for e in population.cfg.effects])
-    planted = np.tensordot(population.phenotype_codes(row) * deltas, population.effect_masks, axes=1)
-    cov = (1.0 - noise) * nearest_correlation(population.group_fc + planted) + noise * np.eye(len(planted))
+    expected = nearest_correlation(population.group_fc + population.planted_effects(row))
+    cov = (1.0 - noise) * expected + noise * np.eye(len(expected))
     chol = np.linalg.cholesky(cov)
     white = np.linalg.solve(chol, innovations.T)
     return float(-0.5 * (white**2).sum() - len(innovations) * np.log(np.diag(chol)).sum())
