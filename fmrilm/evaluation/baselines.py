@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fmrilm.corpus.descriptors_rest import fisher_fc
+from fmrilm.brain.rest_covariance import fc_edges
 from fmrilm.errors import InputError, check_finite
 from fmrilm.evaluation.regression import classification_scores, regression_scores
 from fmrilm.retrieval.index import IndexConfig, SemanticIndex
@@ -94,8 +94,7 @@ def fc_features(timeseries) -> np.ndarray:
     if ts.ndim != 3 or ts.shape[1] < 3:
         raise InputError("timeseries", "shape", f"{ts.shape}; expected [S, T >= 3, P]")
     check_finite(ts, "timeseries")
-    upper = np.triu_indices(ts.shape[2], k=1)
-    return np.stack([fisher_fc(run)[upper] for run in ts]).astype(np.float32)
+    return np.stack([fc_edges(run) for run in ts]).astype(np.float32)
 
 
 def phenotype_baseline(train_features, train_targets, test_features, test_targets, task: str,

@@ -6,6 +6,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from fmrilm.brain.rest_covariance import fc_edges
+from fmrilm.tokenizer.data import rest_windows
 from fmrilm.tokenizer.health import UsageTracker
 
 
@@ -59,3 +61,40 @@ def evaluate_tokenizer(tokenizer, scans, batch_size: int = 256, progress: bool =
         r2.update(tokenizer.decode(tokens), batch["x"])
     overall, per_parcel = r2.result()
     return {"r2": overall, "r2_per_parcel": per_parcel.tolist(), **usage.report(), "n_scans": len(scans)}
+
+
+@torch.no_grad()
+def rest_run_fidelity(tokenizer, series: np.ndarray, source="timeseries", batch_size: int = 256) -> dict:
+    """How much of each whole run a rest tokenizer keeps: its windows encoded, decoded and stitched back.
+
+    Parameters
+    ----------
+    tokenizer : BrainTokenizer
+        A rest tokenizer (``input: rest``, window W).
+    series : ndarray [S, T, P]
+        Runs of held-out subjects; each is z-scored and cut into T // W windows as in training.
+
+    Returns
+    -------
+    dict
+        ``r2`` (pooled over the runs' samples), ``fc_r``: the mean over runs of the correlation between
+        the Fisher-z FC edges of the decoded run and of the input run, with ``fc_r_per_run``; and
+        ``tokens_per_run`` = P · T // W.
+    """
+    windows = rest_windows(series, tokenizer.width, source)  # [S, n, P, W]
+    n_subjects, n_windows, n_parcels, width = windows.shape
+    tokenizer.eval()
+    flat = torch.from_numpy(windows.reshape(-1, n_parcels, width))
+    decoded = np.concatenate([tokenizer.decode(tokenizer.encode(flat[i:i + batch_size], source)).numpy()
+                              for i in range(0, len(flat), batch_size)])
+
+    def to_runs(w):  # windows back to runs: [S, n, P, W] → [S, n·W, P]
+        return (w.reshape(n_subjects, n_windows, n_parcels, width).transpose(0, 1, 3, 2)
+                .reshape(n_subjects, n_windows * width, n_parcels))
+
+    original, restored = to_runs(windows), to_runs(decoded)
+    sse = float(((restored - original) ** 2).sum())
+    sst = float(((original - original.mean(1, keepdims=True)) ** 2).sum())
+    fc_r = [float(np.corrcoef(fc_edges(a), fc_edges(b))[0, 1]) for a, b in zip(original, restored)]
+    return {"r2": 1 - sse / sst, "fc_r": float(np.mean(fc_r)), "fc_r_per_run": fc_r,
+            "tokens_per_run": n_parcels * n_windows}
