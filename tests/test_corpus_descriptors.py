@@ -125,6 +125,13 @@ def test_population_zscore():
     assert np.isnan(population_zscore(v[:2])).all()  # too few subjects
 
 
+def test_population_zscore_takes_its_reference_from_the_given_rows_only():
+    v = np.array([[1.0], [2.0], [4.0], [100.0]])  # row 3: a held-out subject
+    z = population_zscore(v, reference=[0, 1, 2])
+    np.testing.assert_allclose(z[:3], population_zscore(v[:3]))  # the outlier moves nobody's z-score
+    assert z[3, 0] == pytest.approx((100.0 - 7 / 3) / v[:3, 0].std(ddof=1))
+
+
 def test_run_too_short_says_how_short():
     cfg = RestDescriptorConfig(min_timepoints=60)
     with pytest.raises(InputError, match=r"run too short to estimate FC: 40 TRs \(80 s at TR 2 s\); "

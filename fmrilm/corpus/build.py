@@ -128,8 +128,9 @@ def plan_corpus(cfg: CorpusConfig, inputs: CorpusInputs, progress: bool = True) 
         fewshot |= {r["subject"] for r, sp in zip(rows, rest_split, strict=True) if sp == "fewshot"}
         if {"describe", "text"} & tasks:
             tr = float(inputs.rest.manifest["tr"])
+            # z-scores and the gradient template from the training subjects only
             features = rest_features(inputs.rest.array("timeseries"), inputs.atlas, tr, cfg.descriptors, seed,
-                                     inputs.rest.path, progress)
+                                     inputs.rest.path, progress, np.flatnonzero(rest_split == "train"))
     builder = SampleBuilder(inputs, cfg.samples, seed, trial_split, rest_split, features,
                             novel_pattern(novel_categories), progress, heldout_captions)
     samples = builder.build()

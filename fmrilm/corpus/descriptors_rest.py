@@ -159,14 +159,16 @@ def lag1_autocorrelation(timeseries: np.ndarray) -> np.ndarray:
     return np.where(denom > 0, (a * b).sum(0) / np.where(denom > 0, denom, 1.0), 0.0)
 
 
-def population_zscore(values: np.ndarray) -> np.ndarray:
-    """z-score along axis 0 (subjects); NaN without a population reference or with zero spread."""
+def population_zscore(values: np.ndarray, reference=None) -> np.ndarray:
+    """z-score along axis 0 (subjects) against the mean and spread of the `reference` rows (None: all);
+    NaN without a population reference (fewer than ``MIN_POPULATION`` rows) or with zero spread."""
     values = np.asarray(values, np.float64)
-    if values.shape[0] < MIN_POPULATION:
+    population = values if reference is None else values[np.asarray(reference)]
+    if population.shape[0] < MIN_POPULATION:
         return np.full(values.shape, np.nan)
-    std = values.std(0, ddof=1)
+    std = population.std(0, ddof=1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(std > 0, (values - values.mean(0)) / std, np.nan)
+        return np.where(std > 0, (values - population.mean(0)) / std, np.nan)
 
 
 # --------------------------------------------------------------------- population
@@ -206,12 +208,14 @@ class RestFeatures:
         return NETWORKS[int(np.argmin(means))], NETWORKS[int(np.argmax(means))]
 
 
-def aligned_gradients(fcs: list[np.ndarray], nets: np.ndarray, n_components: int, seed: int):
-    """Principal gradients aligned to the population-mean gradients, and leading-eigenvalue shares."""
+def aligned_gradients(fcs: list[np.ndarray], nets: np.ndarray, n_components: int, seed: int, reference_rows=None):
+    """Principal gradients aligned to the gradients of the mean FC of `reference_rows` (None: all
+    subjects), and leading-eigenvalue shares."""
     from brainspace.gradient import GradientMaps
 
     kwargs = dict(n_components=n_components, approach="dm", kernel="normalized_angle", random_state=seed)
-    reference = GradientMaps(**kwargs).fit(np.tanh(np.mean(fcs, 0))).gradients_
+    template = np.mean(fcs if reference_rows is None else [fcs[i] for i in reference_rows], 0)
+    reference = GradientMaps(**kwargs).fit(np.tanh(template)).gradients_
     # orient the reference so the visual network is at the low end: diffusion-map signs are arbitrary
     if reference[nets == NETWORKS.index("Vis"), 0].mean() > 0:
         reference[:, 0] *= -1
@@ -223,8 +227,13 @@ def aligned_gradients(fcs: list[np.ndarray], nets: np.ndarray, n_components: int
 
 
 def rest_features(timeseries: np.ndarray, atlas: Atlas, tr: float, cfg: RestDescriptorConfig,
-                  seed: int = 0, source: str = "rest dataset", progress: bool = True) -> RestFeatures:
-    """All rest measures of a population ``[S, T, P]`` (validated: length, parcels, finiteness)."""
+                  seed: int = 0, source: str = "rest dataset", progress: bool = True,
+                  reference=None) -> RestFeatures:
+    """All rest measures of a population ``[S, T, P]`` (validated: length, parcels, finiteness).
+
+    `reference` (subject indices; None: all) is the population the z-scores and the gradient template
+    come from: the corpus passes its training subjects, so no held-out run shapes another's description.
+    """
     ts = np.asarray(timeseries)
     if ts.ndim != 3 or ts.shape[2] != atlas.n_parcels:
         raise InputError(source, "timeseries", f"shape {ts.shape}, expected [S, T, {atlas.n_parcels}]")
@@ -242,12 +251,12 @@ def rest_features(timeseries: np.ndarray, atlas: Atlas, tr: float, cfg: RestDesc
         alff.append(network_means(a, atlas))
         falff.append(network_means(f, atlas))
         ac.append(network_means(lag1_autocorrelation(run), atlas))
-    principal, share = aligned_gradients(fcs, nets, cfg.n_gradients, seed)
+    principal, share = aligned_gradients(fcs, nets, cfg.n_gradients, seed, reference)
     graph_arrays = {k: np.array([g[k] for g in graph]) for k in GRAPH_METRICS}
     net_fc, alff, falff, ac = (np.stack(v) for v in (net_fc, alff, falff, ac))
     return RestFeatures(
-        network_fc=net_fc, network_fc_z=population_zscore(net_fc), graph=graph_arrays,
-        graph_z={k: population_zscore(v) for k, v in graph_arrays.items()},
+        network_fc=net_fc, network_fc_z=population_zscore(net_fc, reference), graph=graph_arrays,
+        graph_z={k: population_zscore(v, reference) for k, v in graph_arrays.items()},
         gradient=principal, gradient_range=principal.max(1) - principal.min(1), gradient_share=share,
-        alff=alff, falff=falff, autocorr=ac, alff_z=population_zscore(alff),
-        falff_z=population_zscore(falff), autocorr_z=population_zscore(ac))
+        alff=alff, falff=falff, autocorr=ac, alff_z=population_zscore(alff, reference),
+        falff_z=population_zscore(falff, reference), autocorr_z=population_zscore(ac, reference))
