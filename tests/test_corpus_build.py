@@ -174,3 +174,31 @@ def test_no_held_out_caption_is_training_text(plan):
         check_leakage([s.meta for s in p.samples] + [
             {"task": "text", "split": "train", "answer": sorted(held_captions)[0]}], set(), [], p.fewshot_subjects,
             held_captions)
+
+
+def test_phenotype_paradigms_brain_descriptors_and_text_only(toy):
+    """fMRI-LM's three inputs: tokens, tokens + the run's descriptor text, the descriptor text alone."""
+    cfg = _cfg(toy, "samples.phenotype_inputs=[brain,brain_descriptors,descriptors]")
+    inputs = open_inputs(cfg.task_dataset, cfg.task_tokens, cfg.rest_dataset, cfg.rest_tokens)
+    samples = [s for s in plan_corpus(cfg, inputs, progress=False).samples if s.task == "phenotype"]
+    by = defaultdict(list)
+    for s in samples:
+        by[s.meta["paradigm"]].append(s)
+    assert set(by) == {"brain", "brain_descriptors", "descriptors"}
+    assert len(by["brain"]) == len(by["brain_descriptors"]) == len(by["descriptors"])
+    def zero_shot(group):
+        return [s for s in group if not s.meta["shots"]]
+
+    for s in zero_shot(by["brain"] + by["brain_descriptors"]):
+        assert len(s.scans) == 1 and s.meta["prompt"].count("<scan>") == 1
+    for s in zero_shot(by["descriptors"]):
+        assert s.scans == () and "<scan>" not in s.meta["prompt"]
+    for s in zero_shot(by["brain_descriptors"] + by["descriptors"]):
+        assert s.meta["prompt"].startswith("Description of the resting-state run: ")
+        assert re.search(r"[Ww]ithin-network|within networks", s.meta["prompt"])  # FC, from the whole run
+    # the brain-only questions are those of a corpus without paradigms, draw for draw (shots aside)
+    plain = [s for s in plan_corpus(_cfg(toy), inputs, progress=False).samples if s.task == "phenotype"]
+    assert [s.meta["prompt"].split("\n\n")[-1] for s in plain] == \
+        [s.meta["prompt"].split("\n\n")[-1] for s in by["brain"]]
+    with pytest.raises(InputError, match="samples.phenotype_inputs"):
+        _cfg(toy, "samples.phenotype_inputs=[brain,eyes]").validate()

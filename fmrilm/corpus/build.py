@@ -27,7 +27,7 @@ from fmrilm.config import save_config, to_dict
 from fmrilm.corpus import SPLITS, TASKS
 from fmrilm.corpus.descriptors_rest import RestDescriptorConfig, rest_features
 from fmrilm.corpus.inputs import CorpusInputs, open_inputs
-from fmrilm.corpus.samples import Sample, SampleBuilder, SampleConfig
+from fmrilm.corpus.samples import PHENOTYPE_INPUTS, Sample, SampleBuilder, SampleConfig
 from fmrilm.corpus.shards import SplitWriter, remove_stale
 from fmrilm.corpus.splits import check_leakage, novel_pattern, trial_splits
 from fmrilm.errors import InputError
@@ -80,6 +80,9 @@ class CorpusConfig:
         if self.shards.maxcount < 1 or self.shards.maxsize < 1:
             raise InputError(source, "shards", f"maxcount {self.shards.maxcount} and maxsize "
                              f"{self.shards.maxsize} must be positive")
+        bad = sorted(set(self.samples.phenotype_inputs) - set(PHENOTYPE_INPUTS))
+        if bad or not self.samples.phenotype_inputs:
+            raise InputError(source, "samples.phenotype_inputs", f"{bad or 'empty'}; known: {list(PHENOTYPE_INPUTS)}")
         if self.samples.temporal_context < 1 or self.samples.temporal_stride < 1:
             raise InputError(source, "samples.temporal_context/temporal_stride", "must be >= 1")
 
@@ -126,7 +129,7 @@ def plan_corpus(cfg: CorpusConfig, inputs: CorpusInputs, progress: bool = True) 
         rows = inputs.rest.table("subjects")
         rest_split = splits.rest_split(inputs.rest)
         fewshot |= {r["subject"] for r, sp in zip(rows, rest_split, strict=True) if sp == "fewshot"}
-        if {"describe", "text"} & tasks:
+        if {"describe", "text"} & tasks or ("phenotype" in tasks and set(cfg.samples.phenotype_inputs) - {"brain"}):
             tr = float(inputs.rest.manifest["tr"])
             # z-scores and the gradient template from the training subjects only
             features = rest_features(inputs.rest.array("timeseries"), inputs.atlas, tr, cfg.descriptors, seed,

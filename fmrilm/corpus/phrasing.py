@@ -76,6 +76,18 @@ def temporal_prompt(n_context: int, rng: np.random.Generator) -> str:
     return prompt("temporal", rng, scans=" ".join([SCAN] * n_context))
 
 
+def phenotype_with_description(description: str, question: str, with_scan: bool) -> str:
+    """fMRI-LM's phenotype prompt: the run's descriptor text before the question. Without the scan
+    (descriptors only) the question's scan placeholder becomes "this run"."""
+    if not with_scan:
+        question = question.replace(f"Resting-state scan: {SCAN}", "Resting-state run described above.")
+        question = question.replace(f"Based on this brain activity {SCAN}", "Based on this description")
+        question = question.replace(f"{SCAN} ", "")
+        if SCAN in question:
+            raise ValueError(f"phenotype prompt keeps a scan placeholder: {question!r}")
+    return f"Description of the resting-state run: {description}\n{question}"
+
+
 def with_shots(query_prompt: str, shots: list[tuple[str, str]]) -> str:
     """Prefix a query with in-context examples ``(prompt, answer)`` written in the same format."""
     return SHOT_SEPARATOR.join([f"{p} {a}" for p, a in shots] + [query_prompt])

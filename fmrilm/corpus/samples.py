@@ -20,6 +20,7 @@ from fmrilm.corpus.inputs import CorpusInputs
 from fmrilm.corpus.phrasing import (
     describe_rest,
     describe_task,
+    phenotype_with_description,
     prompt,
     sample_rng,
     temporal_prompt,
@@ -29,6 +30,9 @@ from fmrilm.corpus.splits import mentions
 
 PHENOTYPES = {"sex": ("class", ("female", "male")), "age": ("count", None),
               "diagnosis": ("class", ("control", "patient"))}
+# What a phenotype question shows the LM (fMRI-LM's paradigms): the run's brain tokens, the tokens and the
+# subject's descriptor text in the prompt, or the descriptor text alone.
+PHENOTYPE_INPUTS = ("brain", "brain_descriptors", "descriptors")
 SEX_WORDS = {"F": "female", "M": "male"}
 
 
@@ -44,6 +48,8 @@ class SampleConfig:
         Caption / VQA samples per task trial (distinct captions / questions, capped by what exists).
     rest_windows_per_subject : int
         Rest windows used per subject for describe / phenotype samples (evenly spaced; 0 = all).
+    phenotype_inputs : tuple of str
+        Paradigms of the phenotype samples (:data:`PHENOTYPE_INPUTS`); each gets its own samples.
     temporal_context, temporal_stride : int
         Context scans before the target, and the step between targets.
     top_parcels : int
@@ -59,6 +65,7 @@ class SampleConfig:
     captions_per_trial: int = 1
     questions_per_trial: int = 2
     rest_windows_per_subject: int = 4
+    phenotype_inputs: tuple[str, ...] = ("brain",)
     temporal_context: int = 3
     temporal_stride: int = 1
     top_parcels: int = 3
@@ -224,6 +231,8 @@ class SampleBuilder:
         return out
 
     def phenotype(self) -> list[Sample]:
+        """One sample per subject, phenotype, window and paradigm (:data:`PHENOTYPE_INPUTS`); a
+        ``descriptors`` sample has no scans, and its prompt text stands where the scan would."""
         out = []
         for s, row in enumerate(self.rest_subjects):
             for name, (answer_type, choices) in PHENOTYPES.items():
@@ -232,11 +241,20 @@ class SampleBuilder:
                     continue
                 answer = SEX_WORDS.get(value, value) if name == "sex" else (
                     str(int(round(float(value)))) if name == "age" else str(value))
-                for j in self._windows():
-                    rng = sample_rng(self.seed, "phenotype", name, s, j)
-                    meta = _meta("phenotype", prompt(name, rng), answer, str(self.rest_split[s]),
-                                 row["subject"], None, "rest", answer_type, choices, phenotype=name)
-                    out.append(Sample(meta, (("rest", s, int(j)),), f"phenotype-{name}"))
+                for paradigm in self.cfg.phenotype_inputs:
+                    for j in self._windows():
+                        # brain-only samples keep the draws they had before paradigms existed
+                        key = (name, s, j) if paradigm == "brain" else (name, s, j, paradigm)
+                        rng = sample_rng(self.seed, "phenotype", *key)
+                        question, scans = prompt(name, rng), (("rest", s, int(j)),)
+                        if paradigm != "brain":
+                            question = phenotype_with_description(
+                                describe_rest(self.features, s, self.inputs.atlas, rng), question,
+                                with_scan=paradigm == "brain_descriptors")
+                            scans = scans if paradigm == "brain_descriptors" else ()
+                        meta = _meta("phenotype", question, answer, str(self.rest_split[s]), row["subject"], None,
+                                     "rest", answer_type, choices, phenotype=name, paradigm=paradigm)
+                        out.append(Sample(meta, scans, f"phenotype-{name}-{paradigm}"))
         return out
 
     def temporal(self) -> list[Sample]:
