@@ -63,6 +63,7 @@ def build_tiny_run(root: Path, world: Path, rest: bool = False) -> Path:
     if rest:
         write_tokens_dataset(tokenizer, run / "rest_world", run / "rest_tokens", tokenizer_dir=str(tok_dir))
         sets = [*sets[:-1], "samples.tasks=[caption, vqa, phenotype, temporal, text]",
+                "samples.phenotype_inputs=[brain, brain_descriptors, descriptors]",
                 f"rest_dataset={run / 'rest_world'}", f"rest_tokens={run / 'rest_tokens'}"]
     cfg = load_config(CorpusConfig, tiny_config("corpus_tiny"), sets)
     build_corpus(cfg, run / "corpus", progress=False)
@@ -128,6 +129,8 @@ def test_report_has_every_section_with_controls(report):
     assert {"sex", "diagnosis", "age"} <= set(rep["rest"]["phenotype"])
     for result in rep["rest"]["phenotype"].values():
         assert {"model", "fc_baseline", "ideal_observer"} <= set(result)  # synthetic population: it has one
+        assert {"model_brain_descriptors", "model_descriptors"} <= set(result)  # fMRI-LM's paradigms b and c
+        assert result["model_descriptors"].get("n") == result["model"].get("n")  # the same test subjects
     assert {"model", "persistence", "linear_ar", "tokenizer_ceiling"} <= set(rep["rest"]["temporal"])
     assert len(rep["examples"]) == 3 and all(ex["generated"] is not None for ex in rep["examples"])
     for name in ("report.md", "brain_map.png", "items.json"):
@@ -225,6 +228,16 @@ def test_ask_answers_about_one_scan(tiny_run, capsys):
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["subject"] == "sub-01" and result["stimulus"] == "stim-000003"
     assert isinstance(result["answer"], str)
+    rest = ["ask", "--run", str(tiny_run), "--json", "--max-new-tokens", "3", "Is this participant female or male?"]
+    assert cli([*rest, "--rest", "1", "--window", "2"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    from fmrilm.brain.store import Dataset
+
+    first = Dataset(tiny_run / "rest_world").table("subjects")[1]
+    assert (result["subject"], result["window"]) == (first["subject"], 2) and isinstance(result["answer"], str)
+    assert result["phenotypes"]["sex"] == first["sex"]
+    assert cli([*rest, "--rest", "sub-nobody"]) == 2 and "no such subject" in capsys.readouterr().err
+    assert cli([*rest, "--rest", "0", "--window", "999"]) == 2 and "windows" in capsys.readouterr().err
     from fmrilm.brain.task_data import TaskData
     from fmrilm.retrieval.search import parse_scan_id
 

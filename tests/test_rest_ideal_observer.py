@@ -8,6 +8,7 @@ from fmrilm.brain.rest_world import RestPopulation, RestWorldConfig
 from fmrilm.config import load_config
 from fmrilm.errors import InputError
 from fmrilm.evaluation.baselines import fc_features, phenotype_baseline
+from fmrilm.evaluation.regression import classification_scores
 from fmrilm.evaluation.rest_ideal_observer import ideal_observer
 
 
@@ -32,6 +33,9 @@ def test_ideal_observer_beats_the_fc_baseline_on_held_out_subjects(population):
     baseline = phenotype_baseline(fc[train], [r["sex"] for r in rows[train]], fc[test], truth, "classification")
     assert io_accuracy >= baseline["accuracy"] and io_accuracy >= 0.8
     assert all(0.0 <= p <= 1.0 for p in observed["probabilities"])
+    # the probabilities are of the class classification_scores calls positive: a good observer's AUC > 0.5
+    scores = classification_scores(truth, observed["predictions"], observed["probabilities"])
+    assert scores["auc"] >= 0.8
 
 
 def test_age_posterior_mean_beats_the_constant_and_stays_in_range(population):

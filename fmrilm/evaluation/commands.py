@@ -4,18 +4,24 @@
     fmrilm eval --run runs/nsd --config eval_demo --force      # a pipeline run's artifacts, via its stages.json
     fmrilm ask --run runs/demo --scan sub-01/stim-000012 "What colour is the bus?"
     fmrilm ask --run runs/demo --scan 0/12 --backbone /models/Llama-3.1-8B "Describe the image."
+    fmrilm ask --run runs/demo --rest sub-0007 "Is this participant female or male?"
 
 A scan id names a subject and a stimulus of the run's task dataset: ``SUBJECT/STIMULUS`` where
 SUBJECT is a subject id (``sub-01``) or row, and STIMULUS a stimulus key (``stim-000012``) or row.
-The scan is that subject's repeats of the stimulus, averaged (the NSD test convention).
+The scan is that subject's repeats of the stimulus, averaged (the NSD test convention). ``--rest SUBJECT``
+(a subject id of the run's rest dataset, or its row) asks about that subject's rest run instead: the scan
+is one window of its rest tokens (``--window``, default the first), as the corpus's phenotype samples are.
 """
 
 from __future__ import annotations
 
 import json
 
+import numpy as np
+
 from fmrilm.cli import positive_int
 from fmrilm.config import add_config_args, config_from_args
+from fmrilm.corpus import SCAN
 
 
 def register(sub) -> None:
@@ -27,11 +33,14 @@ def register(sub) -> None:
                                                 "from its stages.json, output to DIR/evaluation (--set wins)")
     p.set_defaults(handler=_eval)
 
-    a = sub.add_parser("ask", help="answer a question about one scan of a run",
+    a = sub.add_parser("ask", help="answer a question about one scan or rest run of a run",
                        description="Generate an answer from the run's instruction-tuned model for the "
-                                   "averaged scan of one subject and stimulus.")
-    a.add_argument("--run", required=True, help="run directory (holds task_world, tokenizer, instruct)")
-    a.add_argument("--scan", required=True, help="SUBJECT/STIMULUS, e.g. sub-01/stim-000012 or 0/12")
+                                   "averaged scan of one subject and stimulus, or for a subject's rest run.")
+    a.add_argument("--run", required=True, help="pipeline run directory (its stages.json names the artifacts)")
+    which = a.add_mutually_exclusive_group(required=True)
+    which.add_argument("--scan", help="SUBJECT/STIMULUS of the task dataset, e.g. sub-01/stim-000012 or 0/12")
+    which.add_argument("--rest", metavar="SUBJECT", help="a subject of the rest dataset (id or row)")
+    a.add_argument("--window", type=int, default=0, help="with --rest: which window of the run (default: first)")
     a.add_argument("question", help="the question (or an instruction such as 'Describe the image.')")
     a.add_argument("--max-new-tokens", type=positive_int, default=32,
                    help="longest answer in tokens, >= 1 (default: %(default)s)")
@@ -97,10 +106,48 @@ def answer_question(run_dir, scan_id: str, question: str, max_new_tokens: int = 
             "question": question, "answer": answer, "reference_captions": data.stimuli[stimulus]["captions"]}
 
 
+REST_PROMPT = f"Resting-state scan: {SCAN}\n{{question}}"  # a phrasing of the corpus's phenotype prompts
+
+
+def answer_rest_question(run_dir, subject: str, question: str, window: int = 0, max_new_tokens: int = 32,
+                         backbone=None) -> dict:
+    """Answer `question` about rest subject `subject` (id or row) of the run in `run_dir`, from one window
+    of its rest tokens (stage ``rest_tokens``); `backbone` as in :func:`answer_question`."""
+    from pathlib import Path
+
+    from fmrilm.artifacts import check_compatible, resolve_model_dir, resolve_tokenizer_dir, run_artifact, run_dataset
+    from fmrilm.brain.store import Dataset
+    from fmrilm.errors import InputError
+    from fmrilm.llm.checkpoint import load_brainlm
+    from fmrilm.llm.generate import generate
+
+    run = Path(run_dir)
+    model_dir = resolve_model_dir(run_artifact(run, "instruct"))
+    check_compatible(resolve_tokenizer_dir(run_artifact(run, "tokenizer")), model_dir)
+    rest = Dataset(run_dataset(run, "rest"), kind="rest")
+    tokens = Dataset(run_artifact(run, "rest_tokens"), kind="tokens").array("tokens")
+    names = [r["subject"] for r in rest.table("subjects")]
+    row = names.index(subject) if subject in names else int(subject) if subject.isdigit() else None
+    if row is None or not 0 <= row < len(names) or row >= tokens.shape[0]:
+        raise InputError(rest.path / "subjects.jsonl", "--rest", f"{subject!r}: no such subject (ids "
+                         f"{names[:3]}…, or a row below {len(names)})")
+    if not 0 <= window < tokens.shape[1]:
+        raise InputError(run_artifact(run, "rest_tokens"), "--window", f"{window}: the runs have {tokens.shape[1]} "
+                         "windows")
+    model = load_brainlm(model_dir, backbone)
+    (answer,) = generate(model, [np.asarray(tokens[row, window])[None]], [REST_PROMPT.format(question=question)],
+                         max_new_tokens=max_new_tokens)
+    return {"subject": names[row], "window": window, "question": question, "answer": answer,
+            "phenotypes": {k: v for k, v in rest.table("subjects")[row].items() if k != "subject"}}
+
+
 def _ask(args) -> int:
-    result = answer_question(args.run, args.scan, args.question, args.max_new_tokens, args.backbone)
-    if args.json:
-        print(json.dumps(result))
+    if args.rest is not None:
+        result = answer_rest_question(args.run, args.rest, args.question, args.window, args.max_new_tokens,
+                                      args.backbone)
+        where = f"{result['subject']} (rest, window {result['window']})"
     else:
-        print(f"{result['subject']}/{result['stimulus']}: {result['question']}\n→ {result['answer']}")
+        result = answer_question(args.run, args.scan, args.question, args.max_new_tokens, args.backbone)
+        where = f"{result['subject']}/{result['stimulus']}"
+    print(json.dumps(result) if args.json else f"{where}: {result['question']}\n→ {result['answer']}")
     return 0

@@ -82,10 +82,13 @@ def _headline_markdown(report: dict) -> list[str]:
     for name, result in ({} if _skipped(rest) else rest.get("phenotype", {})).items():
         key = "mae" if name == "age" else "accuracy"
         base = result.get("constant_mean" if name == "age" else "majority_class", {})
-        rows.append((f"{name} {key}", _with_interval(result["model"], key), f"base rate {_with_interval(base, key)}",
-                     f"FC {_with_interval(result['fc_baseline'], key)}",
-                     f"ideal observer {_with_interval(result['ideal_observer'], key)}" if "ideal_observer" in result
-                     else "—", "subjects resampled"))
+        for paradigm, label in PARADIGM_LABELS.items():
+            if paradigm in result:
+                rows.append((f"{name} {key} ({label})", _with_interval(result[paradigm], key),
+                             f"base rate {_with_interval(base, key)}",
+                             f"FC {_with_interval(result['fc_baseline'], key)}",
+                             f"ideal observer {_with_interval(result['ideal_observer'], key)}"
+                             if "ideal_observer" in result else "—", "subjects resampled"))
     t = rest.get("temporal") if not _skipped(rest) else None
     if t and not _skipped(t):
         rows.append(("next-scan R²", t["model"], f"persistence {_fmt(t['persistence'])}",
@@ -213,12 +216,12 @@ def _rest_markdown(rest: dict) -> list[str]:
     for name, result in rest["phenotype"].items():
         chance = result.get("constant_mean" if name == "age" else "majority_class", {})
         for key in ("mae",) if name == "age" else ("accuracy", "balanced_accuracy", "auc"):
-            rows.append((name, key, *(_with_interval(scores, key) for scores in (result["model"], result["fc_baseline"],
-                                                                                   chance)),
+            lm = [_with_interval(result[p], key) if p in result else "—" for p in PARADIGM_LABELS]
+            rows.append((name, key, *lm, *(_with_interval(scores, key) for scores in (result["fc_baseline"], chance)),
                          _with_interval(result["ideal_observer"], key) if "ideal_observer" in result else "—",
                          result["n_subjects"]))
-    out += _table(("phenotype", "metric", "LM", "FC baseline", "majority class / training mean", "ideal observer",
-                   "subjects"), rows)
+    out += _table(("phenotype", "metric", *(f"LM: {label}" for label in PARADIGM_LABELS.values()), "FC baseline",
+                   "majority class / training mean", "ideal observer", "subjects"), rows)
     out += ["Phenotype intervals: 95 % bootstrap over the test subjects (the same resamples for every column); the "
             "base rate is the training subjects' majority class / mean age given to every test subject.", ""]
     rows, notes = [], []
@@ -233,6 +236,11 @@ def _rest_markdown(rest: dict) -> list[str]:
     if rows:
         out += _table(("next-scan R² (parcels)", "LM", "persistence", "linear AR", "tokenizer ceiling"), rows)
     return out + notes + ([""] if notes else [])
+
+
+# the LM's phenotype scores per input paradigm (fmrilm.evaluation.rest_eval.PARADIGM_KEYS) and their labels
+PARADIGM_LABELS = {"model": "tokens", "model_brain_descriptors": "tokens + descriptors",
+                   "model_descriptors": "descriptors only"}
 
 
 def _with_interval(scores: dict, key: str) -> str:

@@ -2,7 +2,9 @@
 
 Items are the corpus's ``test``-split rest samples (zero-shot ones), so subjects are held out.
 
-- Phenotypes: sex and diagnosis by constrained decoding among the sample's choices
+- Phenotypes, for each input paradigm the corpus holds (``model``: brain tokens; ``model_brain_descriptors``:
+  tokens + the run's descriptor text; ``model_descriptors``: the text alone, :data:`PARADIGM_KEYS`): sex and
+  diagnosis by constrained decoding among the sample's choices
   (:func:`~fmrilm.llm.generate.choose_answer`), age by greedy generation of at most two digits
   (:func:`~fmrilm.llm.generate.number_tokens`) parsed as a number; the
   windows of a subject are pooled (majority vote, mean age). Baseline on the same test subjects:
@@ -78,8 +80,48 @@ def _first_windows(items: list, k: int) -> list:
     return kept
 
 
+# report keys of the LM's scores per phenotype input paradigm (fmrilm.corpus.samples.PHENOTYPE_INPUTS)
+PARADIGM_KEYS = {"brain": "model", "brain_descriptors": "model_brain_descriptors",
+                 "descriptors": "model_descriptors"}
+
+
+def _lm_phenotype(model, items: list, name: str, rows: list[dict], cfg) -> tuple[list[str], dict]:
+    """The LM's answers to one phenotype's items, pooled per subject, scored: (test subjects, scores)."""
+    index = {r["subject"]: i for i, r in enumerate(rows)}
+    prompts = [s["json"]["prompt"] for s in items]
+    tokens = [s["tokens.npy"] for s in items]
+    per_subject, positive = defaultdict(list), defaultdict(list)
+    if name == "age":
+        # a whole number of years below 100: at most two single-digit pieces (the numeric analogue
+        # of choose_answer; free text made the compact LM run on, "755", "7777")
+        answers = generate(model, tokens, prompts, max_new_tokens=2, batch_size=cfg.batch_size,
+                           allowed_tokens=number_tokens(model.tokenizer))
+        fallback = float(np.median([r["age"] for r in rows if r.get("age") is not None]))
+        parsed = [_number(a) for a in answers]
+        for s, value in zip(items, parsed):
+            per_subject[s["json"]["subject"]].append(fallback if value is None else value)
+    else:
+        choices = [s["json"]["choices"] for s in items]
+        answers, log_likelihoods = choose_answer(model, tokens, prompts, choices)
+        for s, a, c, ll in zip(items, answers, choices, log_likelihoods):
+            per_subject[s["json"]["subject"]].append(a)
+            positive[s["json"]["subject"]].append(_positive_probability(c, ll, name))
+    subjects = sorted(per_subject)
+    if name == "age":
+        pred = [float(np.mean(per_subject[s])) for s in subjects]
+        truth = [float(rows[index[s]]["age"]) for s in subjects]
+        unparsed = sum(v is None for v in parsed)
+        return subjects, {**regression_scores(truth, pred, cfg.seed), "unparsed_answers": unparsed}
+    # Majority vote over a subject's windows; ties go to the first label alphabetically.
+    pred = [max(sorted(set(v)), key=v.count) for v in (per_subject[s] for s in subjects)]
+    truth = [rows[index[s]][name] for s in subjects]
+    pred = [SEX_LABELS.get(p, p) for p in pred] if name == "sex" else pred
+    score = [float(np.mean(positive[s])) for s in subjects]
+    return subjects, classification_scores(truth, pred, score, cfg.seed)
+
+
 def phenotype_section(model, samples: list, rest: Dataset, excluded: set, cfg) -> dict:
-    """LM vs FC-baseline vs chance phenotype scores on the test subjects of `samples`."""
+    """LM (per input paradigm) vs FC-baseline vs chance phenotype scores on the test subjects of `samples`."""
     rows = rest.table("subjects")
     index = {r["subject"]: i for i, r in enumerate(rows)}
     series = np.asarray(rest.array("timeseries"))
@@ -88,55 +130,31 @@ def phenotype_section(model, samples: list, rest: Dataset, excluded: set, cfg) -
     out = {}
     for name in ("sex", "diagnosis", "age"):
         items = [s for s in samples if s["json"].get("phenotype") == name and not s["json"]["shots"]]
-        items = _first_windows(items, cfg.phenotype_windows)
-        if not items:
+        result, test_subjects = {}, set()
+        for paradigm, key in PARADIGM_KEYS.items():
+            chosen = _first_windows([s for s in items if s["json"].get("paradigm", "brain") == paradigm],
+                                    cfg.phenotype_windows)
+            if chosen:
+                subjects, result[key] = _lm_phenotype(model, chosen, name, rows, cfg)
+                test_subjects |= set(subjects)
+        if not result:
             continue
-        prompts = [s["json"]["prompt"] for s in items]
-        tokens = [s["tokens.npy"] for s in items]
-        per_subject, positive = defaultdict(list), defaultdict(list)
-        if name == "age":
-            # a whole number of years below 100: at most two single-digit pieces (the numeric analogue
-            # of choose_answer; free text made the compact LM run on, "755", "7777")
-            answers = generate(model, tokens, prompts, max_new_tokens=2, batch_size=cfg.batch_size,
-                               allowed_tokens=number_tokens(model.tokenizer))
-            fallback = float(np.median([r["age"] for r in rows if r.get("age") is not None]))
-            parsed = [_number(a) for a in answers]
-            for s, value in zip(items, parsed):
-                per_subject[s["json"]["subject"]].append(fallback if value is None else value)
-        else:
-            choices = [s["json"]["choices"] for s in items]
-            answers, log_likelihoods = choose_answer(model, tokens, prompts, choices)
-            for s, a, c, ll in zip(items, answers, choices, log_likelihoods):
-                per_subject[s["json"]["subject"]].append(a)
-                positive[s["json"]["subject"]].append(_positive_probability(c, ll, name))
-        test_subjects = sorted(per_subject)
-        if name == "age":
-            pred = [float(np.mean(per_subject[s])) for s in test_subjects]
-            truth = [float(rows[index[s]]["age"]) for s in test_subjects]
-            lm = {**regression_scores(truth, pred, cfg.seed), "unparsed_answers": sum(v is None for v in parsed)}
-        else:
-            # Majority vote over a subject's windows; ties go to the first label alphabetically.
-            pred = [max(sorted(set(v)), key=v.count) for v in (per_subject[s] for s in test_subjects)]
-            truth = [rows[index[s]][name] for s in test_subjects]
-            pred = [SEX_LABELS.get(p, p) for p in pred] if name == "sex" else pred
-            score = [float(np.mean(positive[s])) for s in test_subjects]
-            lm = classification_scores(truth, pred, score, cfg.seed)
         # subjects whose value is unknown (own data: an empty participants.tsv cell) train no baseline
         train = [i for i, r in enumerate(rows)
-                 if r["subject"] not in set(test_subjects) | excluded and r.get(name) is not None]
-        test = [index[s] for s in test_subjects]
+                 if r["subject"] not in test_subjects | excluded and r.get(name) is not None]
+        test = [index[s] for s in sorted(test_subjects)]
         task = "regression" if name == "age" else "classification"
         target = [rows[i][name] for i in train], [rows[i][name] for i in test]
         base = phenotype_baseline(features[train], target[0], features[test], target[1], task, cfg.seed)
         base.pop("predictions")
         chance = chance_baseline(target[0], target[1], task, cfg.seed)
-        for scores in (lm, base, chance):
+        for scores in (*result.values(), base, chance):
             # Pearson r (constant predictions) and R² (one test subject) can be undefined: JSON gets null.
             for key in ("pearson_r", "r2"):
                 if scores.get(key) is not None and not np.isfinite(scores[key]):
                     scores[key] = None
-        out[name] = {"model": lm, "fc_baseline": base, "constant_mean" if name == "age" else "majority_class": chance,
-                     "n_subjects": len(test_subjects)}
+        out[name] = {**result, "fc_baseline": base, "constant_mean" if name == "age" else "majority_class": chance,
+                     "n_subjects": len(test)}
         if population is not None:
             out[name]["ideal_observer"] = _ideal_observer_scores(population, rows, series[test], test, name, cfg.seed)
     return out

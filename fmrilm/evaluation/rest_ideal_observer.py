@@ -86,7 +86,8 @@ def ideal_observer(population, rows: list[dict], series, phenotype: str, age_gri
     -------
     dict
         ``{"predictions": [...]}`` (class labels or ages) and, for classes, ``"probabilities"``: the
-        posterior of the first class (``F``, ``patient``).
+        posterior of the positive class as :func:`~fmrilm.evaluation.regression.classification_scores`
+        takes it, the larger sorted label (``M``, ``patient``).
     """
     series = np.asarray(series)
     if series.ndim != 3 or len(series) != len(rows):
@@ -104,5 +105,5 @@ def ideal_observer(population, rows: list[dict], series, phenotype: str, age_gri
             predictions.append(float(np.dot(post, values)))
         else:
             predictions.append(values[int(np.argmax(post))])
-            probabilities.append(float(post[0]))
+            probabilities.append(float(post[values.index(max(values))]))
     return {"predictions": predictions, **({"probabilities": probabilities} if probabilities else {})}
