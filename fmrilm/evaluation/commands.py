@@ -4,7 +4,7 @@
     fmrilm eval --run runs/nsd --config eval_demo --force      # a pipeline run's artifacts, via its stages.json
     fmrilm ask --run runs/demo --scan sub-01/stim-000012 "What colour is the bus?"
     fmrilm ask --run runs/demo --scan 0/12 --backbone /models/Llama-3.1-8B "Describe the image."
-    fmrilm ask --run runs/demo --rest sub-0007 "Is this participant female or male?"
+    fmrilm ask --run runs/demo --rest sub-007 "Is this participant female or male?"
 
 A scan id names a subject and a stimulus of the run's task dataset: ``SUBJECT/STIMULUS`` where
 SUBJECT is a subject id (``sub-01``) or row, and STIMULUS a stimulus key (``stim-000012``) or row.
