@@ -44,9 +44,9 @@ from fmrilm.tokenizer.quantizer import CHUNK_ROWS
 TEST_CONFIGS = Path(__file__).resolve().parents[1] / "tests" / "configs"
 
 
-def train_stage(out_dir: Path, overrides: list[str]) -> Path:
+def train_stage(out_dir: Path, overrides: list[str], config: str = "tokenizer_demo") -> Path:
     """Run the stage-1 entry point as its own process (as a user would) and return the tokenizer dir."""
-    cmd = [sys.executable, "-m", "fmrilm.stages.tokenizer", "--config", "tokenizer_demo",
+    cmd = [sys.executable, "-m", "fmrilm.stages.tokenizer", "--config", config,
            "--set", f"out_dir={out_dir}", *overrides]
     subprocess.run(cmd, check=True, env=dict(os.environ, TQDM_DISABLE="1"))
     (artifact,) = out_dir.glob("tokenizer_*")
@@ -221,11 +221,7 @@ def rest_tokenizer_figures(root: Path, data: Path, splits: Path, steps: int) -> 
     patch R², usage and whole-run FC fidelity on its val subjects."""
     overrides = [f"data.dataset={data}", f"data.splits={splits}", f"engine.max_steps={steps}",
                  f"engine.log_every={steps // 4}"]
-    cmd = [sys.executable, "-m", "fmrilm.stages.tokenizer", "--config", "rest_tokenizer_demo",
-           "--set", f"out_dir={root}", *overrides]
-    subprocess.run(cmd, check=True, env=dict(os.environ, TQDM_DISABLE="1"))
-    (artifact,) = root.glob("tokenizer_*")
-    model = BrainTokenizer.from_pretrained(artifact)
+    model = BrainTokenizer.from_pretrained(train_stage(root, overrides, "rest_tokenizer_demo"))
     _, held = load_splits(data, model, read_splits(splits), with_text=False)
     report = evaluate_tokenizer(model, held)
     ds = Dataset(data)

@@ -126,7 +126,8 @@ def answer_rest_question(run_dir, subject: str, question: str, window: int = 0, 
     check_compatible(resolve_tokenizer_dir(run_artifact(run, "tokenizer")), model_dir)
     rest = Dataset(run_dataset(run, "rest"), kind="rest")
     tokens = Dataset(run_artifact(run, "rest_tokens"), kind="tokens").array("tokens")
-    names = [r["subject"] for r in rest.table("subjects")]
+    rows = rest.table("subjects")
+    names = [r["subject"] for r in rows]
     row = names.index(subject) if subject in names else int(subject) if subject.isdigit() else None
     if row is None or not 0 <= row < len(names) or row >= tokens.shape[0]:
         raise InputError(rest.path / "subjects.jsonl", "--rest", f"{subject!r}: no such subject (ids "
@@ -138,7 +139,7 @@ def answer_rest_question(run_dir, subject: str, question: str, window: int = 0, 
     (answer,) = generate(model, [np.asarray(tokens[row, window])[None]], [REST_PROMPT.format(question=question)],
                          max_new_tokens=max_new_tokens)
     return {"subject": names[row], "window": window, "question": question, "answer": answer,
-            "phenotypes": {k: v for k, v in rest.table("subjects")[row].items() if k != "subject"}}
+            "phenotypes": {k: v for k, v in rows[row].items() if k != "subject"}}
 
 
 def _ask(args) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from fmrilm.evaluation.rest_eval import PARADIGM_KEYS
 from fmrilm.io import atomic_path
 
 CAPTION_COLUMNS = ("semscore", "BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
@@ -238,9 +239,9 @@ def _rest_markdown(rest: dict) -> list[str]:
     return out + notes + ([""] if notes else [])
 
 
-# the LM's phenotype scores per input paradigm (fmrilm.evaluation.rest_eval.PARADIGM_KEYS) and their labels
-PARADIGM_LABELS = {"model": "tokens", "model_brain_descriptors": "tokens + descriptors",
-                   "model_descriptors": "descriptors only"}
+# report key of the LM's phenotype scores per input paradigm → its column label
+PARADIGM_LABELS = {PARADIGM_KEYS[p]: label for p, label in (("brain", "tokens"), ("brain_descriptors",
+                   "tokens + descriptors"), ("descriptors", "descriptors only"))}
 
 
 def _with_interval(scores: dict, key: str) -> str:
