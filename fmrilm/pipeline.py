@@ -98,7 +98,8 @@ class StageContext:
 # override them: an artifact of another run would mix two runs (checked before any stage runs).
 FILLED_KEYS = {
     "splits": ("task_dataset", "rest_dataset", "out"),
-    "tokenizer": ("data.dataset", "data.splits", "out_dir"),
+    "rest_tokenizer": ("data.dataset", "data.splits", "out_dir"),
+    "tokenizer": ("data.dataset", "data.splits", "out_dir", "rest_tokenizer"),
     "retrieval": ("out", "corpus", "tokenizer", "splits"),
     "corpus": ("splits", "task_dataset", "task_tokens", "rest_dataset", "rest_tokens"),
     "backbone": ("out_dir", "corpus"),
@@ -153,13 +154,20 @@ def _splits(ctx: StageContext) -> Path:
                             overwrite=True)
 
 
-def _tokenizer(ctx: StageContext) -> Path:
-    from fmrilm.stages.tokenizer import TokenizerStageConfig, run
+def _tokenizer_stage(kind: str):
+    """Stage 1 on the run's `kind` dataset; the task tokenizer carries a finished ``rest_tokenizer``
+    as its rest companion (rest patches beside task codes in one LM vocabulary)."""
 
-    cfg = ctx.load(TokenizerStageConfig, "engine.seed",
-                   [f"data.dataset={ctx.dataset('task')}", f"data.splits={ctx.artifact('splits')}",
-                    f"out_dir={ctx.out_dir}"])
-    return run(cfg)
+    def runner(ctx: StageContext) -> Path:
+        from fmrilm.stages.tokenizer import TokenizerStageConfig, run
+
+        filled = [f"data.dataset={ctx.dataset(kind)}", f"data.splits={ctx.artifact('splits')}",
+                  f"out_dir={ctx.out_dir}"]
+        if kind == "task" and "rest_tokenizer" in ctx.artifacts:
+            filled.append(f"rest_tokenizer={ctx.artifact('rest_tokenizer')}")
+        return run(ctx.load(TokenizerStageConfig, "engine.seed", filled))
+
+    return runner
 
 
 def _retrieval(ctx: StageContext) -> Path:
@@ -292,7 +300,8 @@ STAGES = {
     "task_world": _task_world,
     "rest_world": _rest_world,
     "splits": _splits,
-    "tokenizer": _tokenizer,
+    "rest_tokenizer": _tokenizer_stage("rest"),
+    "tokenizer": _tokenizer_stage("task"),
     "task_tokens": _tokens("task"),
     "rest_tokens": _tokens("rest"),
     "corpus": _corpus,

@@ -178,7 +178,7 @@ def test_no_held_out_caption_is_training_text(plan):
 
 def test_phenotype_paradigms_brain_descriptors_and_text_only(toy):
     """fMRI-LM's three inputs: tokens, tokens + the run's descriptor text, the descriptor text alone."""
-    cfg = _cfg(toy, "samples.phenotype_inputs=[brain,brain_descriptors,descriptors]")
+    cfg = _cfg(toy, "samples.phenotype_inputs=[brain,brain_descriptors,descriptors]", "samples.phenotype_scans=0")
     inputs = open_inputs(cfg.task_dataset, cfg.task_tokens, cfg.rest_dataset, cfg.rest_tokens)
     samples = [s for s in plan_corpus(cfg, inputs, progress=False).samples if s.task == "phenotype"]
     by = defaultdict(list)
@@ -189,16 +189,36 @@ def test_phenotype_paradigms_brain_descriptors_and_text_only(toy):
     def zero_shot(group):
         return [s for s in group if not s.meta["shots"]]
 
+    n_windows = inputs.rest_tokens.tokens.shape[1]
     for s in zero_shot(by["brain"] + by["brain_descriptors"]):
-        assert len(s.scans) == 1 and s.meta["prompt"].count("<scan>") == 1
+        # every window (rest patch) of the run, in order, in one sample (samples.phenotype_scans: 0)
+        assert [ref[2] for ref in s.scans] == list(range(n_windows))
+        assert s.meta["prompt"].count("<scan>") == n_windows  # one placeholder per window
     for s in zero_shot(by["descriptors"]):
         assert s.scans == () and "<scan>" not in s.meta["prompt"]
     for s in zero_shot(by["brain_descriptors"] + by["descriptors"]):
         assert s.meta["prompt"].startswith("Description of the resting-state run: ")
         assert re.search(r"[Ww]ithin-network|within networks", s.meta["prompt"])  # FC, from the whole run
     # the brain-only questions are those of a corpus without paradigms, draw for draw (shots aside)
-    plain = [s for s in plan_corpus(_cfg(toy), inputs, progress=False).samples if s.task == "phenotype"]
+    plain = [s for s in plan_corpus(_cfg(toy, "samples.phenotype_scans=0"), inputs, progress=False).samples
+             if s.task == "phenotype"]
     assert [s.meta["prompt"].split("\n\n")[-1] for s in plain] == \
         [s.meta["prompt"].split("\n\n")[-1] for s in by["brain"]]
     with pytest.raises(InputError, match="samples.phenotype_inputs"):
         _cfg(toy, "samples.phenotype_inputs=[brain,eyes]").validate()
+
+
+def test_phenotype_samples_carry_the_configured_windows_of_the_run(toy):
+    inputs = open_inputs(toy["task_dataset"], toy["task_tokens"], toy["rest_dataset"], toy["rest_tokens"])
+    n_windows = inputs.rest_tokens.tokens.shape[1]
+    assert n_windows >= 3
+
+    def phenotype(k):
+        plan = plan_corpus(_cfg(toy, f"samples.phenotype_scans={k}", "samples.shots=0"), inputs, progress=False)
+        return [s for s in plan.samples if s.task == "phenotype"]
+
+    whole, spread, single = phenotype(0), phenotype(2), phenotype(1)
+    assert {len(s.scans) for s in whole} == {n_windows}
+    assert {tuple(r[2] for r in s.scans) for s in spread} == {(0, n_windows - 1)}  # evenly spaced, ends included
+    # one window per sample: a sample per window of rest_windows_per_subject (the corpus_tiny 3)
+    assert {len(s.scans) for s in single} == {1} and len(single) == 3 * len(whole)

@@ -186,6 +186,12 @@ def test_constrained_answers_and_next_scan(backbone):
     ]
     nxt = generate_scan(model, [SCANS[:2], SCANS[:1]], tokens_per_scan=SCANS.shape[1])
     assert nxt.shape == (2, SCANS.shape[1]) and ((nxt >= 0) & (nxt < CODEBOOK)).all()
+    # a rest patch among the rest codes of a vocabulary that also holds task codes
+    low, high = CODEBOOK // 2, CODEBOOK // 2 + 3
+    kept = generate_scan(model, [SCANS[:2]], tokens_per_scan=SCANS.shape[1], codes=(low, high))
+    assert ((kept >= low) & (kept < high)).all()
+    with pytest.raises(InputError, match="codes"):
+        generate_scan(model, [SCANS[:1]], tokens_per_scan=SCANS.shape[1], codes=(3, CODEBOOK + 1))
 
 
 def test_numeric_answers_hold_only_digits(backbone):
@@ -197,6 +203,9 @@ def test_numeric_answers_hold_only_digits(backbone):
     answers = generate(model, [SCANS[:1], SCANS[1:2]], prompts, max_new_tokens=4, allowed_tokens=digits)
     assert all(a.isdigit() for a in answers), answers  # at least one digit, nothing else
     assert answers != free  # the untrained model's free answers are not numbers
+    # as many digits as the training ages have: no stop before min_new_tokens
+    two = generate(model, [SCANS[:1], SCANS[1:2]], prompts, max_new_tokens=2, allowed_tokens=digits, min_new_tokens=2)
+    assert all(len(a.replace(" ", "")) == 2 and a.replace(" ", "").isdigit() for a in two), two
     with pytest.raises(InputError, match="allowed_tokens"):
         generate(model, [SCANS[:1]], prompts[:1], allowed_tokens=[len(model.tokenizer) + 5])
 

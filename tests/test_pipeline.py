@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from tiny_configs import tiny_config
 
+from fmrilm.brain.store import Dataset
 from fmrilm.errors import InputError
 from fmrilm.pipeline import STAGES, load_pipeline_config, read_state, run_pipeline
 
@@ -33,6 +34,17 @@ def test_every_configured_stage_ran_in_order_and_left_an_artifact(tiny_run):
     assert (Path(state["instruct"]) / "retriever" / "retriever.json").is_file()
     report = json.loads((Path(state["evaluation"]) / "report.json").read_text())
     assert {"no_retrieval", "retrieved_caption"} <= set(report["captioning"]["conditions"])
+    # rest patches (the rest_tokenizer stage, carried as the tokenizer's rest companion): the corpus
+    # holds rest ids after the task codes, and next-patch prediction is scored on synthetic held-out
+    # subjects and on the real run beside its bounds
+    tokenizer = corpus["tokenizer"]
+    assert tokenizer["rest"]["offset"] == tokenizer["codebook_size"]
+    rest_tokens = Dataset(state["rest_tokens"], kind="tokens")
+    assert rest_tokens.manifest["rest_input"] == "patch"
+    assert rest_tokens.array("tokens").min() >= tokenizer["rest"]["offset"]
+    for section in ("temporal", "temporal_real_run"):
+        scores = report["rest"][section]
+        assert scores["unit"].startswith("patch") and {"persistence", "linear_ar", "tokenizer_ceiling"} <= set(scores)
 
 
 def test_retrieved_captions_prefix_task_scans_only(tiny_run):

@@ -83,6 +83,9 @@ class CorpusConfig:
         bad = sorted(set(self.samples.phenotype_inputs) - set(PHENOTYPE_INPUTS))
         if bad or not self.samples.phenotype_inputs:
             raise InputError(source, "samples.phenotype_inputs", f"{bad or 'empty'}; known: {list(PHENOTYPE_INPUTS)}")
+        if self.samples.phenotype_scans < 0:
+            raise InputError(source, "samples.phenotype_scans", f"{self.samples.phenotype_scans}: windows per "
+                             "phenotype sample, >= 0 (0: every window of the run)")
         if self.samples.temporal_context < 1 or self.samples.temporal_stride < 1:
             raise InputError(source, "samples.temporal_context/temporal_stride", "must be >= 1")
 

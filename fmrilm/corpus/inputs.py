@@ -84,11 +84,11 @@ def _open_tokens(path, data: Dataset, atlas: Atlas, expect_leading: tuple) -> To
     if tokens.shape[-1] != per_scan:
         raise InputError(ds.path / "tokens.npy", "shape", f"{tokens.shape[-1]} tokens per scan, expected "
                          f"P·L = {atlas.n_parcels}·{tokenizer['levels']} = {per_scan}")
-    vocab = int(tokenizer["codebook_size"]) * int(tokenizer["levels"])
+    # vocab_size: every brain id of the LM vocabulary (a rest companion's patch codes follow the task codes)
+    vocab = int(tokenizer.get("vocab_size") or int(tokenizer["codebook_size"]) * int(tokenizer["levels"]))
     if tokens.size and (int(tokens.min()) < 0 or int(tokens.max()) >= vocab):
         raise InputError(ds.path / "tokens.npy", "values",
-                         f"ids in [{tokens.min()}, {tokens.max()}], outside [0, {vocab}) for codebook "
-                         f"{tokenizer['codebook_size']} × {tokenizer['levels']} levels")
+                         f"ids in [{tokens.min()}, {tokens.max()}], outside the tokenizer's [0, {vocab})")
     return TokenSet(ds.path, tokens, tokenizer)
 
 

@@ -71,9 +71,14 @@ def prompt(kind: str, rng: np.random.Generator, **fields) -> str:
     return choose(PROMPTS[kind], rng).format(**fields)
 
 
+def scan_placeholders(n: int) -> str:
+    """`n` scan placeholders in time order (one per scan: a run of windows, a temporal context)."""
+    return " ".join([SCAN] * n)
+
+
 def temporal_prompt(n_context: int, rng: np.random.Generator) -> str:
     """Instruction holding `n_context` scan placeholders in time order."""
-    return prompt("temporal", rng, scans=" ".join([SCAN] * n_context))
+    return prompt("temporal", rng, scans=scan_placeholders(n_context))
 
 
 def phenotype_with_description(description: str, question: str, with_scan: bool) -> str:

@@ -23,6 +23,7 @@ from fmrilm.corpus.phrasing import (
     phenotype_with_description,
     prompt,
     sample_rng,
+    scan_placeholders,
     temporal_prompt,
     with_shots,
 )
@@ -47,7 +48,11 @@ class SampleConfig:
     captions_per_trial, questions_per_trial : int
         Caption / VQA samples per task trial (distinct captions / questions, capped by what exists).
     rest_windows_per_subject : int
-        Rest windows used per subject for describe / phenotype samples (evenly spaced; 0 = all).
+        Rest windows used per subject for describe samples, and for phenotype samples when
+        `phenotype_scans` is 1 (evenly spaced; 0 = all).
+    phenotype_scans : int
+        Windows (rest patches) one phenotype sample carries, evenly spaced over the run; 0 = every one
+        (fMRI-LM: the whole run's ROI × patch tokens); 1 = one window per sample, a sample per window.
     phenotype_inputs : tuple of str
         Paradigms of the phenotype samples (:data:`PHENOTYPE_INPUTS`); each gets its own samples.
     temporal_context, temporal_stride : int
@@ -65,6 +70,7 @@ class SampleConfig:
     captions_per_trial: int = 1
     questions_per_trial: int = 2
     rest_windows_per_subject: int = 4
+    phenotype_scans: int = 0
     phenotype_inputs: tuple[str, ...] = ("brain",)
     temporal_context: int = 3
     temporal_stride: int = 1
@@ -164,10 +170,17 @@ class SampleBuilder:
         subject = self.task_subjects[self.trial_subject[i]]
         return str(self.trial_split[i]), subject, int(self.trial_stimulus[i])
 
-    def _windows(self) -> np.ndarray:
+    def _windows(self, k: int | None = None) -> np.ndarray:
+        """`k` (default ``rest_windows_per_subject``) evenly spaced windows of a run; all when k <= 0."""
         n = self.inputs.rest_tokens.tokens.shape[1]
-        k = self.cfg.rest_windows_per_subject
+        k = self.cfg.rest_windows_per_subject if k is None else k
         return np.arange(n) if k <= 0 or k >= n else np.unique(np.linspace(0, n - 1, k).round().astype(int))
+
+    def _phenotype_scans(self) -> list[np.ndarray]:
+        """The windows of each phenotype sample of a subject (:attr:`SampleConfig.phenotype_scans`)."""
+        if self.cfg.phenotype_scans == 1:
+            return [np.array([j]) for j in self._windows()]
+        return [self._windows(self.cfg.phenotype_scans)]
 
     # ----------------------------------------------------------------- task data
     def caption(self) -> list[Sample]:
@@ -231,7 +244,7 @@ class SampleBuilder:
         return out
 
     def phenotype(self) -> list[Sample]:
-        """One sample per subject, phenotype, window and paradigm (:data:`PHENOTYPE_INPUTS`); a
+        """One sample per subject, phenotype, window group and paradigm (:data:`PHENOTYPE_INPUTS`); a
         ``descriptors`` sample has no scans, and its prompt text stands where the scan would."""
         out = []
         for s, row in enumerate(self.rest_subjects):
@@ -242,14 +255,18 @@ class SampleBuilder:
                 answer = SEX_WORDS.get(value, value) if name == "sex" else (
                     str(int(round(float(value)))) if name == "age" else str(value))
                 for paradigm in self.cfg.phenotype_inputs:
-                    for j in self._windows():
+                    for windows in self._phenotype_scans():
                         # brain-only samples keep the draws they had before paradigms existed
+                        j = int(windows[0])
                         key = (name, s, j) if paradigm == "brain" else (name, s, j, paradigm)
                         rng = sample_rng(self.seed, "phenotype", *key)
-                        question, scans = prompt(name, rng), (("rest", s, int(j)),)
+                        one = prompt(name, rng)  # one placeholder per window carried
+                        question = one.replace(SCAN, scan_placeholders(len(windows)))
+                        scans = tuple(("rest", s, int(w)) for w in windows)
                         if paradigm != "brain":
                             question = phenotype_with_description(
-                                describe_rest(self.features, s, self.inputs.atlas, rng), question,
+                                describe_rest(self.features, s, self.inputs.atlas, rng),
+                                question if paradigm == "brain_descriptors" else one,
                                 with_scan=paradigm == "brain_descriptors")
                             scans = scans if paradigm == "brain_descriptors" else ()
                         meta = _meta("phenotype", question, answer, str(self.rest_split[s]), row["subject"], None,

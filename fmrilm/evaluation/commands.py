@@ -9,8 +9,9 @@
 A scan id names a subject and a stimulus of the run's task dataset: ``SUBJECT/STIMULUS`` where
 SUBJECT is a subject id (``sub-01``) or row, and STIMULUS a stimulus key (``stim-000012``) or row.
 The scan is that subject's repeats of the stimulus, averaged (the NSD test convention). ``--rest SUBJECT``
-(a subject id of the run's rest dataset, or its row) asks about that subject's rest run instead: the scan
-is one window of its rest tokens (``--window``, default the first), as the corpus's phenotype samples are.
+(a subject id of the run's rest dataset, or its row) asks about that subject's rest run instead: the scans
+are every window of its rest tokens (rest patches with a rest companion), as the corpus's phenotype samples
+carry them, or the one window ``--window J``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 
 from fmrilm.cli import positive_int
 from fmrilm.config import add_config_args, config_from_args
-from fmrilm.corpus import SCAN
+from fmrilm.corpus.phrasing import scan_placeholders
 
 
 def register(sub) -> None:
@@ -40,7 +41,8 @@ def register(sub) -> None:
     which = a.add_mutually_exclusive_group(required=True)
     which.add_argument("--scan", help="SUBJECT/STIMULUS of the task dataset, e.g. sub-01/stim-000012 or 0/12")
     which.add_argument("--rest", metavar="SUBJECT", help="a subject of the rest dataset (id or row)")
-    a.add_argument("--window", type=int, default=0, help="with --rest: which window of the run (default: first)")
+    a.add_argument("--window", type=int, default=None,
+                   help="with --rest: only this window of the run (default: every window, as phenotype samples)")
     a.add_argument("question", help="the question (or an instruction such as 'Describe the image.')")
     a.add_argument("--max-new-tokens", type=positive_int, default=32,
                    help="longest answer in tokens, >= 1 (default: %(default)s)")
@@ -106,13 +108,13 @@ def answer_question(run_dir, scan_id: str, question: str, max_new_tokens: int = 
             "question": question, "answer": answer, "reference_captions": data.stimuli[stimulus]["captions"]}
 
 
-REST_PROMPT = f"Resting-state scan: {SCAN}\n{{question}}"  # a phrasing of the corpus's phenotype prompts
+REST_PROMPT = "Resting-state scan: {scans}\n{question}"  # a phrasing of the corpus's phenotype prompts
 
 
-def answer_rest_question(run_dir, subject: str, question: str, window: int = 0, max_new_tokens: int = 32,
+def answer_rest_question(run_dir, subject: str, question: str, window: int | None = None, max_new_tokens: int = 32,
                          backbone=None) -> dict:
-    """Answer `question` about rest subject `subject` (id or row) of the run in `run_dir`, from one window
-    of its rest tokens (stage ``rest_tokens``); `backbone` as in :func:`answer_question`."""
+    """Answer `question` about rest subject `subject` (id or row) of the run in `run_dir` from its rest tokens
+    (stage ``rest_tokens``): every window of the run, or only `window`; `backbone` as in :func:`answer_question`."""
     from pathlib import Path
 
     from fmrilm.artifacts import check_compatible, resolve_model_dir, resolve_tokenizer_dir, run_artifact, run_dataset
@@ -132,13 +134,15 @@ def answer_rest_question(run_dir, subject: str, question: str, window: int = 0, 
     if row is None or not 0 <= row < len(names) or row >= tokens.shape[0]:
         raise InputError(rest.path / "subjects.jsonl", "--rest", f"{subject!r}: no such subject (ids "
                          f"{names[:3]}…, or a row below {len(names)})")
-    if not 0 <= window < tokens.shape[1]:
+    if window is not None and not 0 <= window < tokens.shape[1]:
         raise InputError(run_artifact(run, "rest_tokens"), "--window", f"{window}: the runs have {tokens.shape[1]} "
                          "windows")
     model = load_brainlm(model_dir, backbone)
-    (answer,) = generate(model, [np.asarray(tokens[row, window])[None]], [REST_PROMPT.format(question=question)],
-                         max_new_tokens=max_new_tokens)
-    return {"subject": names[row], "window": window, "question": question, "answer": answer,
+    scans = np.asarray(tokens[row]) if window is None else np.asarray(tokens[row, window])[None]
+    prompt = REST_PROMPT.format(scans=scan_placeholders(len(scans)), question=question)
+    (answer,) = generate(model, [scans], [prompt], max_new_tokens=max_new_tokens)
+    return {"subject": names[row], "window": "all" if window is None else window, "windows": len(scans),
+            "question": question, "answer": answer,
             "phenotypes": {k: v for k, v in rows[row].items() if k != "subject"}}
 
 

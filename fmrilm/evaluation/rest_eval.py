@@ -5,8 +5,9 @@ Items are the corpus's ``test``-split rest samples (zero-shot ones), so subjects
 - Phenotypes, for each input paradigm the corpus holds (``model``: brain tokens; ``model_brain_descriptors``:
   tokens + the run's descriptor text; ``model_descriptors``: the text alone, :data:`PARADIGM_KEYS`): sex and
   diagnosis by constrained decoding among the sample's choices
-  (:func:`~fmrilm.llm.generate.choose_answer`), age by greedy generation of at most two digits
-  (:func:`~fmrilm.llm.generate.number_tokens`) parsed as a number; the
+  (:func:`~fmrilm.llm.generate.choose_answer`), age by greedy generation of digits only
+  (:func:`~fmrilm.llm.generate.number_tokens`), as many as the training subjects' ages have, parsed as a
+  number; the
   windows of a subject are pooled (majority vote, mean age). Baseline on the same test subjects:
   logistic / ridge regression on Fisher-z FC, trained on the subjects of neither test, val nor
   few-shot (:func:`~fmrilm.evaluation.baselines.phenotype_baseline`), and the base rate from those
@@ -21,6 +22,10 @@ Items are the corpus's ``test``-split rest samples (zero-shot ones), so subjects
   (:func:`~fmrilm.llm.generate.generate_scan`); the tokenizer decodes them and the parcel means are
   compared with the true z-scored parcel signal of that TR. Beside it: persistence, a per-parcel
   AR(1) fitted on training subjects, and the tokenizer ceiling (decoding the true target's tokens).
+- With a rest companion in the tokenizer (rest patches beside task codes, fMRI-LM's F2F), the unit is a
+  W-TR patch: the brain head's prediction is kept among the rest codes, the companion decodes it, and
+  the baselines are the previous patch and a per-parcel ridge map from the previous patch
+  (:class:`~fmrilm.evaluation.temporal_baselines.PatchAR`); R² pools parcels and the patch's TRs.
 - Next scan on a real run (``temporal_real_run``): the same comparison on the last ``n_temporal`` TRs
   of the real run the pipeline imports and tokenizes after training (stage ``real_rest_tokens``, found
   through the run's ``stages.json`` beside the corpus), which the LM never saw. The target is the
@@ -45,9 +50,9 @@ from fmrilm.errors import InputError
 from fmrilm.evaluation.baselines import chance_baseline, fc_features, phenotype_baseline
 from fmrilm.evaluation.regression import classification_scores, r2_score, regression_scores
 from fmrilm.evaluation.rest_ideal_observer import ideal_observer
-from fmrilm.evaluation.temporal_baselines import LinearAR, persistence_forecast
+from fmrilm.evaluation.temporal_baselines import LinearAR, PatchAR, persistence_forecast
 from fmrilm.llm.generate import choose_answer, generate, generate_scan, number_tokens
-from fmrilm.tokenizer.data import zscore_time
+from fmrilm.tokenizer.data import rest_windows, zscore_time
 
 SEX_LABELS = {"female": "F", "male": "M"}
 
@@ -85,19 +90,23 @@ PARADIGM_KEYS = {"brain": "model", "brain_descriptors": "model_brain_descriptors
                  "descriptors": "model_descriptors"}
 
 
-def _lm_phenotype(model, items: list, name: str, rows: list[dict], cfg) -> tuple[list[str], dict]:
+def _lm_phenotype(model, items: list, name: str, rows: list[dict], train_ages: list[float],
+                  cfg) -> tuple[list[str], dict]:
     """The LM's answers to one phenotype's items, pooled per subject, scored: (test subjects, scores)."""
     index = {r["subject"]: i for i, r in enumerate(rows)}
     prompts = [s["json"]["prompt"] for s in items]
     tokens = [s["tokens.npy"] for s in items]
     per_subject, positive = defaultdict(list), defaultdict(list)
     if name == "age":
-        # a whole number of years below 100: at most two single-digit pieces (the numeric analogue
-        # of choose_answer; free text made the compact LM run on, "755", "7777")
-        answers = generate(model, tokens, prompts, max_new_tokens=2, batch_size=cfg.batch_size,
-                           allowed_tokens=number_tokens(model.tokenizer))
-        fallback = float(np.median([r["age"] for r in rows if r.get("age") is not None]))
-        parsed = [_number(a) for a in answers]
+        # a whole number with as many digits as the training subjects' ages (the numeric analogue of
+        # choose_answer: free text made the compact LM run on, "755", and stopping after one digit
+        # answered "7" for a 70-year-old)
+        digits = [len(str(int(round(a)))) for a in train_ages] or [1, 2]
+        answers = generate(model, tokens, prompts, max_new_tokens=max(digits), batch_size=cfg.batch_size,
+                           allowed_tokens=number_tokens(model.tokenizer), min_new_tokens=min(digits))
+        fallback = float(np.median(train_ages)) if train_ages else float("nan")
+        # digit pieces may carry a word-start space ("Ġ7"): "6 8" is the two digits 68
+        parsed = [_number(a.replace(" ", "")) for a in answers]
         for s, value in zip(items, parsed):
             per_subject[s["json"]["subject"]].append(fallback if value is None else value)
     else:
@@ -111,7 +120,8 @@ def _lm_phenotype(model, items: list, name: str, rows: list[dict], cfg) -> tuple
         pred = [float(np.mean(per_subject[s])) for s in subjects]
         truth = [float(rows[index[s]]["age"]) for s in subjects]
         unparsed = sum(v is None for v in parsed)
-        return subjects, {**regression_scores(truth, pred, cfg.seed), "unparsed_answers": unparsed}
+        return subjects, {**regression_scores(truth, pred, cfg.seed), "unparsed_answers": unparsed,
+                          "answers": dict(Counter(answers).most_common(8))}  # what the LM says, for diagnosis
     # Majority vote over a subject's windows; ties go to the first label alphabetically.
     pred = [max(sorted(set(v)), key=v.count) for v in (per_subject[s] for s in subjects)]
     truth = [rows[index[s]][name] for s in subjects]
@@ -130,12 +140,14 @@ def phenotype_section(model, samples: list, rest: Dataset, excluded: set, cfg) -
     out = {}
     for name in ("sex", "diagnosis", "age"):
         items = [s for s in samples if s["json"].get("phenotype") == name and not s["json"]["shots"]]
+        asked = {s["json"]["subject"] for s in items} | excluded
+        train_ages = [float(r["age"]) for r in rows if r["subject"] not in asked and r.get("age") is not None]
         result, test_subjects = {}, set()
         for paradigm, key in PARADIGM_KEYS.items():
             chosen = _first_windows([s for s in items if s["json"].get("paradigm", "brain") == paradigm],
                                     cfg.phenotype_windows)
             if chosen:
-                subjects, result[key] = _lm_phenotype(model, chosen, name, rows, cfg)
+                subjects, result[key] = _lm_phenotype(model, chosen, name, rows, train_ages, cfg)
                 test_subjects |= set(subjects)
         if not result:
             continue
@@ -191,16 +203,43 @@ def _parcel_means(tokenizer, tokens: np.ndarray) -> np.ndarray:
     return _masked_parcel_mean(tokenizer, tokenizer.decode(torch.as_tensor(np.asarray(tokens, np.int64))))
 
 
+def _patch_scores(model, tokenizer, contexts, targets, previous, autoreg, true_tokens) -> dict:
+    """Next-patch R² (pooled over parcels and the patch's TRs) of the LM's brain head, kept among the rest
+    codes and decoded by the rest companion, beside persistence, the patch AR and the tokenizer ceiling."""
+    predicted = generate_scan(model, contexts, tokenizer.tokens_per_scan,
+                              codes=(tokenizer.vocab_size, tokenizer.total_vocab_size))
+
+    def decode(tokens):
+        return tokenizer.decode_rest(np.asarray(tokens, np.int64)).numpy()
+
+    return {"model": r2_score(targets, decode(predicted)), "persistence": r2_score(targets, previous),
+            "linear_ar": r2_score(targets, autoreg), "tokenizer_ceiling": r2_score(targets, decode(true_tokens)),
+            "unit": f"patch of {tokenizer.rest.width} TRs", "n_targets": len(targets)}
+
+
+def _temporal_patches(model, tokenizer, items: list, rest: Dataset, index: dict, train: list) -> dict:
+    windows = rest_windows(np.asarray(rest.array("timeseries"), np.float32), tokenizer.rest.width)
+    where = [(index[s["json"]["subject"]], int(s["json"]["window"])) for s in items]
+    ar = PatchAR(order=1).fit(windows[train])
+    previous = np.stack([windows[i, j - 1] for i, j in where])
+    return _patch_scores(model, tokenizer, [s["tokens.npy"][:-1] for s in items],
+                         np.stack([windows[i, j] for i, j in where]), previous, ar.predict(previous[:, None]),
+                         np.stack([s["tokens.npy"][-1] for s in items]))
+
+
 def temporal_section(model, tokenizer, samples: list, rest: Dataset, excluded: set, cfg) -> dict:
-    """Next-scan R² of the LM beside persistence, AR(1) and the tokenizer ceiling."""
+    """Next-scan R² of the LM beside persistence, AR(1) and the tokenizer ceiling; with a rest companion,
+    next-patch R² (fMRI-LM's F2F) beside persistence, the patch AR and the companion's ceiling."""
     items = [s for s in samples if s["json"]["task"] == "temporal"][: cfg.n_temporal]
     if not items:
         return {"status": "skipped", "reason": "no temporal samples in the test split"}
     rows = rest.table("subjects")
     index = {r["subject"]: i for i, r in enumerate(rows)}
-    series = zscore_time(np.asarray(rest.array("timeseries"), np.float32))
     test_ids = {s["json"]["subject"] for s in items}
     train = [i for i, r in enumerate(rows) if r["subject"] not in test_ids | excluded]
+    if tokenizer.rest is not None:
+        return {**_temporal_patches(model, tokenizer, items, rest, index, train), "source": rest.manifest.get("source")}
+    series = zscore_time(np.asarray(rest.array("timeseries"), np.float32))
     ar = LinearAR(order=1).fit(series[train])
     per_scan = tokenizer.tokens_per_scan
     predicted = generate_scan(model, [s["tokens.npy"][:-1] for s in items], per_scan)
@@ -258,14 +297,15 @@ def real_run_temporal(model, tokenizer, tokens_dir, n_context: int, n_targets: i
     """
     tokens_ds = Dataset(tokens_dir, kind="tokens")
     manifest = tokens_ds.manifest
-    if manifest.get("rest_input") != "vertex":
-        return {"status": "skipped", "reason": f"{tokens_dir}: not one scan per TR (tokenize the run with a "
-                                               "task tokenizer)"}
     fingerprint = tokenizer.describe()["fingerprint"]
     if manifest["tokenizer"].get("fingerprint") != fingerprint:
         raise InputError(Path(tokens_dir) / "manifest.json", "tokenizer.fingerprint",
                          f"{manifest['tokenizer'].get('fingerprint')}, the evaluated tokenizer is {fingerprint}")
     rest = Dataset(manifest["source_dataset"], kind="rest")
+    if manifest.get("rest_input") == "patch" and tokenizer.rest is not None:
+        return _real_run_patches(model, tokenizer, tokens_ds, rest, n_context, n_targets)
+    if manifest.get("rest_input") != "vertex":
+        return {"status": "skipped", "reason": f"{tokens_dir}: neither one scan per TR nor rest patches"}
     if "vertex_timeseries" not in rest.manifest["arrays"]:
         return {"status": "skipped", "reason": f"{rest.path}: no vertex_timeseries (not a real run)"}
     tokens = np.asarray(tokens_ds.array("tokens")[0], np.int64)  # [T, P·L]
@@ -284,6 +324,23 @@ def real_run_temporal(model, tokenizer, tokens_dir, n_context: int, n_targets: i
             "tokenizer_ceiling": r2_score(targets, _parcel_means(tokenizer, tokens[first:])),
             "n_targets": int(len(targets)), "first_target_tr": int(first), "n_context": int(n_context),
             "n_timepoints": int(len(tokens)), "tr": rest.manifest.get("tr"), "source": rest.manifest.get("source")}
+
+
+def _real_run_patches(model, tokenizer, tokens_ds: Dataset, rest: Dataset, n_context: int, n_targets: int) -> dict:
+    """:func:`real_run_temporal` on rest patches: the last `n_targets` patches (at most half the run, the
+    first half fits the patch AR), each from the `n_context` patches before it."""
+    windows = rest_windows(np.asarray(rest.array("timeseries")[:1], np.float32), tokenizer.rest.width)[0]
+    tokens = np.asarray(tokens_ds.array("tokens")[0], np.int64)  # [n_patches, P·L]
+    first = max(len(tokens) - n_targets, len(tokens) // 2, n_context, 2)
+    if first >= len(tokens):
+        return {"status": "skipped", "reason": f"{len(tokens)} patches leave no target after {n_context} context "
+                                               "patches and half the run for the AR"}
+    ar = PatchAR(order=1).fit(windows[None, :first])
+    previous = windows[first - 1:-1]
+    out = _patch_scores(model, tokenizer, [tokens[j - n_context:j] for j in range(first, len(tokens))],
+                        windows[first:], previous, ar.predict(previous[:, None]), tokens[first:])
+    return {**out, "first_target_patch": int(first), "n_context": int(n_context), "n_patches": int(len(tokens)),
+            "tr": rest.manifest.get("tr"), "source": rest.manifest.get("source")}
 
 
 def rest_section(model, tokenizer, heldout, cfg) -> dict:

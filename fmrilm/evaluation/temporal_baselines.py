@@ -11,6 +11,10 @@ predictions can be scored against the same targets with :func:`fmrilm.evaluation
 
 Coefficients are fitted by ridge regression on training runs only (centred with training means,
 so the intercept is not penalised).
+
+At patch resolution (fMRI-LM's F2F, windows ``[S, n_patches, P, W]`` of
+:func:`fmrilm.tokenizer.data.rest_windows`), :class:`PatchAR` is the linear AR: each parcel's next
+W-TR patch from its previous `order` patches.
 """
 
 from __future__ import annotations
@@ -116,3 +120,50 @@ def temporal_baselines(train, test, order: int = 1, mode: str = "per_parcel", al
     return {"persistence": r2_score(targets, persistence_forecast(test, order)),
             "linear_ar": r2_score(targets, ar.predict(test)),
             "order": order, "mode": mode, "n_targets": int(len(targets))}
+
+
+class PatchAR:
+    """Ridge map from a parcel's previous `order` patches (order·W values) to its next patch (W values),
+    one map per parcel: the linear AR of next-patch prediction.
+
+    Parameters
+    ----------
+    order : int
+        Past patches used.
+    alpha : float
+        Ridge penalty per training sample (as :class:`LinearAR`).
+    """
+
+    def __init__(self, order: int = 1, alpha: float = 1e-3):
+        self.order, self.alpha, self.coef = order, alpha, None
+
+    def _lags(self, windows, field: str) -> tuple[np.ndarray, np.ndarray]:
+        """``[S, n, P, W]`` → inputs ``[N, P, order·W]`` (oldest patch first) and targets ``[N, P, W]``."""
+        w = np.asarray(windows, np.float64)
+        if w.ndim != 4 or self.order < 1 or w.shape[1] <= self.order:
+            raise InputError(field, "shape", f"{w.shape}: expected [S, n_patches, P, W] with n_patches > "
+                             f"order={self.order}")
+        check_finite(w, field)
+        n = w.shape[1]
+        x = np.concatenate([w[:, k:n - self.order + k] for k in range(self.order)], axis=-1)
+        return x.reshape(-1, *x.shape[2:]), w[:, self.order:].reshape(-1, *w.shape[2:])
+
+    def fit(self, windows) -> PatchAR:
+        """Fit on training runs' patches ``[S, n_patches, P, W]``."""
+        x, y = self._lags(windows, "train")
+        self.x_mean, self.y_mean = x.mean(0), y.mean(0)
+        x, y = x - self.x_mean, y - self.y_mean
+        gram = np.einsum("npk,npl->pkl", x, x) + self.alpha * len(x) * np.eye(x.shape[-1])
+        self.coef = np.linalg.solve(gram, np.einsum("npk,npw->pkw", x, y))  # [P, order·W, W]
+        return self
+
+    def predict(self, context) -> np.ndarray:
+        """Next patch ``[N, P, W]`` from context ``[N, order, P, W]`` (oldest first)."""
+        if self.coef is None:
+            raise InputError("PatchAR", "coef", "not fitted; call fit() on training runs first")
+        c = np.asarray(context, np.float64)
+        if c.ndim != 4 or c.shape[1] != self.order or c.shape[2:] != (self.coef.shape[0], self.coef.shape[2]):
+            raise InputError("context", "shape", f"{c.shape}: expected [N, {self.order}, {self.coef.shape[0]}, "
+                             f"{self.coef.shape[2]}]")
+        x = np.concatenate(list(c.transpose(1, 0, 2, 3)), axis=-1) - self.x_mean
+        return np.einsum("npk,pkw->npw", x, self.coef) + self.y_mean

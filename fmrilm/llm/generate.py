@@ -54,12 +54,12 @@ def _pick(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator) 
 
 def _decode(
     model: BrainLM, prompts: list[list[int]], steps: int, head, sampling: Sampling, stop_id: int | None,
-    allowed: torch.Tensor | None = None, latents: dict | None = None,
+    allowed: torch.Tensor | None = None, latents: dict | None = None, min_tokens: int = 1,
 ):
     """Left-padded, KV-cached autoregressive decoding; `head` maps hidden [B, d] → (logits, id offset).
 
     `allowed` (bool over the head's logits) restricts every step's choice; the stop token is allowed
-    from the second step on, so at least one allowed token is written. `latents` (the batch fields of
+    from step `min_tokens` on, so at least that many allowed tokens are written. `latents` (the batch fields of
     :func:`~fmrilm.llm.brain_input.pad_latents`) are read by the prompts' brain tokens.
     """
     pad = model.tokenizer.eos_token_id
@@ -79,7 +79,7 @@ def _decode(
     for step in range(steps):
         logits, offset = head(hidden[:, -1])
         if allowed is not None:
-            logits = logits.masked_fill(~(allowed if step == 0 else then_stop), float("-inf"))
+            logits = logits.masked_fill(~(allowed if step < min_tokens else then_stop), float("-inf"))
         token = _pick(logits, sampling, generator) + offset
         if stop_id is not None:
             token = token.masked_fill(done, stop_id)
@@ -159,6 +159,7 @@ def generate(
     progress: bool = False,
     allowed_tokens: list[int] | None = None,
     brain_latents=None,
+    min_new_tokens: int = 1,
 ) -> list[str]:
     """Answers / captions for prompts that may refer to brain scans.
 
@@ -170,7 +171,7 @@ def generate(
     sampling : Sampling, optional
         Greedy by default.
     allowed_tokens : list of int, optional
-        Text token ids the answer may use (end-of-sequence too, after the first token), e.g.
+        Text token ids the answer may use (end-of-sequence too, after `min_new_tokens` of them), e.g.
         :func:`number_tokens` for a numeric answer.
     brain_latents : array [n_scans, P, d_code] or None, or a list of them (one per prompt), optional
         The tokenizer encoder's outputs of the same scans, for a model with ``brain_input:
@@ -205,7 +206,7 @@ def generate(
             batch, steps = encoded[start : start + batch_size], min(room[start : start + batch_size])
             eos = model.tokenizer.eos_token_id
             out = _decode(model, batch, steps, lambda h: (model.text_logits(h), 0), sampling, eos, allowed,
-                          _latent_batch(model, latents[start : start + batch_size]))
+                          _latent_batch(model, latents[start : start + batch_size]), min_new_tokens)
             for row in out.tolist():
                 row = row[: row.index(eos)] if eos in row else row
                 texts.append(model.tokenizer.decode(row, skip_special_tokens=True).strip())
@@ -265,8 +266,23 @@ def choose_answer(model: BrainLM, brain_tokens, prompts, candidates, batch_size:
 
 
 @torch.no_grad()
-def generate_scan(model: BrainLM, runs, tokens_per_scan: int, sampling: Sampling | None = None) -> np.ndarray:
-    """Predict the next scan of each run [n_scans, P·L] with the brain head → codebook ids [B, P·L]."""
+def _code_range(logits: torch.Tensor, codes: tuple[int, int] | None) -> torch.Tensor:
+    """Brain-head logits with every code outside ``[low, high)`` at −inf (unchanged for None)."""
+    if codes is None:
+        return logits
+    low, high = codes
+    if not 0 <= low < high <= logits.shape[-1]:
+        raise InputError("generate_scan", "codes", f"{codes}: not a range inside the {logits.shape[-1]} brain codes")
+    outside = torch.ones(logits.shape[-1], dtype=torch.bool, device=logits.device)
+    outside[low:high] = False
+    return logits.masked_fill(outside, float("-inf"))
+
+
+def generate_scan(model: BrainLM, runs, tokens_per_scan: int, sampling: Sampling | None = None,
+                  codes: tuple[int, int] | None = None) -> np.ndarray:
+    """Predict the next scan of each run [n_scans, P·L] with the brain head → codebook ids [B, P·L];
+    `codes` ``(low, high)`` keeps the prediction among those ids (a rest patch among the rest codes of a
+    vocabulary that holds task codes too)."""
     runs = [np.asarray(r) for r in runs]
     prompts = [
         model.vocab.run_ids(r, f"run {i}") + [model.vocab.time_sep, model.vocab.scan_start]
@@ -286,7 +302,7 @@ def generate_scan(model: BrainLM, runs, tokens_per_scan: int, sampling: Sampling
             model,
             prompts,
             tokens_per_scan,
-            lambda h: (model.brain_logits(h), model.vocab.brain_offset),
+            lambda h: (_code_range(model.brain_logits(h), codes), model.vocab.brain_offset),
             sampling or Sampling(),
             None,
         )

@@ -59,7 +59,12 @@ class TokenizerDataConfig:
 
 @dataclass
 class TokenizerStageConfig:
+    """Stage 1's config; ``rest_tokenizer`` (a trained temporal-patch tokenizer on the same atlas and
+    splits, e.g. ``rest_tokenizer_demo``) is carried as the task tokenizer's rest companion: one
+    artifact, one fingerprint, rest codes after the task codes in the LM vocabulary."""
+
     out_dir: str = field(default="", metadata={"required": True})  # fmrilm.config.required_path(): no demo default
+    rest_tokenizer: str = ""
     data: TokenizerDataConfig = field(default_factory=TokenizerDataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
@@ -90,7 +95,7 @@ class TokenizerRecipe(Recipe):
 
     def __init__(self, cfg: TokenizerStageConfig):
         super().__init__(cfg)
-        self.train_set = self.heldout = None
+        self.train_set = self.heldout = self.rest = None
 
     def setup(self) -> None:
         """Validate the config, build the tokenizer, the data splits and the engine."""
@@ -109,6 +114,7 @@ class TokenizerRecipe(Recipe):
         world = torch.distributed.get_world_size()
         torch.manual_seed(cfg.engine.seed)  # identical initial weights on every rank
         model = tokenizer_for_dataset(cfg.tokenizer, cfg.data.dataset, sync_codebook=world > 1)
+        self.rest = self._rest_companion(model, splits) if cfg.rest_tokenizer else None
         use_text = cfg.tokenizer.contrastive != "none" and cfg.tokenizer.contrastive_weight > 0
         self.train_set, self.heldout = load_splits(cfg.data.dataset, model, splits, use_text)
         model.provenance = training_record(cfg.data.dataset, splits)
@@ -116,6 +122,21 @@ class TokenizerRecipe(Recipe):
             raise InputError(cfg.data.dataset, "scans",
                              f"{len(self.train_set)} training scans, fewer than one global batch")
         self.engine = TrainEngine(model, cfg.engine, Path(cfg.out_dir) / "train")
+
+    def _rest_companion(self, model, splits):
+        """The configured rest tokenizer, checked (before any training) to fit `model` and the splits."""
+        from fmrilm.tokenizer.model import BrainTokenizer
+
+        source = Path(self.cfg.rest_tokenizer) / "config.json"
+        rest = BrainTokenizer.from_pretrained(self.cfg.rest_tokenizer, model.atlas_info)
+        if rest.cfg.input != "rest":
+            raise InputError(source, "tokenizer.input", f"{rest.cfg.input!r}: rest_tokenizer must be a rest "
+                             "(temporal-patch) tokenizer")
+        if (rest.provenance.get("splits") or {}).get("sha256") != splits.record().get("sha256"):
+            raise InputError(source, "provenance.splits", f"trained under {rest.provenance.get('splits')}, not "
+                             f"this run's splits {splits.record()}: its codebook may have seen held-out subjects")
+        model.check_rest(rest, source)  # attached at save: its weights stay out of this stage's optimizer
+        return rest
 
     def train(self) -> int:
         """Optimizer steps up to ``engine.max_steps``, resuming from a checkpoint; returns the last step."""
@@ -159,6 +180,8 @@ class TokenizerRecipe(Recipe):
             report.update(codebook_rank_spread=spread, world_size=engine.world_size, steps=cfg.engine.max_steps)
             save_config(cfg, out / "stage_config.yaml")
             write_json(out / "eval.json", report)
+            if self.rest is not None:
+                model.attach_rest(self.rest, self.cfg.rest_tokenizer)
             model.save_pretrained(out)  # config.json last: marks the artifact complete
             nan = float("nan")
             print(f"tokenizer saved to {out}: held-out r2={report.get('r2', nan):.3f} "

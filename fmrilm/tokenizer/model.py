@@ -14,6 +14,14 @@ Artifacts
 and ``config.json`` (architecture, atlas identity, input layout, weights fingerprint);
 ``from_pretrained(dir)`` rebuilds the module, verifies the fingerprint and, if given an atlas,
 refuses a tokenizer built for another one. Nothing is unpickled.
+
+Rest companion (fMRI-LM's two kinds of brain tokens in one LM vocabulary)
+--------------------------------------------------------------------------
+A task (vertex-pattern) tokenizer can carry a rest (temporal-patch) tokenizer on the same atlas,
+:meth:`BrainTokenizer.attach_rest`. Its ids follow the task ids: rest code k is token
+``vocab_size + k``, so one LM vocabulary holds both (:attr:`BrainTokenizer.total_vocab_size`) and
+``code_embeddings`` stacks both tables. The companion is a submodule: its weights are in the same
+``model.safetensors``, so the one fingerprint covers both.
 """
 
 from __future__ import annotations
@@ -88,6 +96,7 @@ class BrainTokenizer(nn.Module):
         self.decoder = ParcelDecoder(self.mask, cfg.hidden_dim, cfg.code_dim)
         self.contrast = (ContrastiveHead(cfg.contrastive, mask.shape[0], cfg.code_dim, cfg.text_dim)
                          if cfg.contrastive != "none" else None)
+        self.rest: BrainTokenizer | None = None
         self.fingerprint: str | None = None
         # What the tokenizer was trained on (splits record, train stimuli and subjects): saved in
         # config.json so later stages can check it against their own splits file.
@@ -113,7 +122,33 @@ class BrainTokenizer(nn.Module):
 
     @property
     def vocab_size(self) -> int:
+        """Ids of this tokenizer's own codes, [0, vocab_size) (without the rest companion)."""
         return self.cfg.vocab_size
+
+    @property
+    def total_vocab_size(self) -> int:
+        """Brain token ids of the LM vocabulary: own codes, then the rest companion's."""
+        return self.vocab_size + (self.rest.vocab_size if self.rest is not None else 0)
+
+    def attach_rest(self, rest: BrainTokenizer, source="rest_tokenizer") -> None:
+        """Carry `rest` (a temporal-patch tokenizer on the same atlas) as the rest companion."""
+        self.check_rest(rest, source)
+        self.rest = rest
+
+    def check_rest(self, rest: BrainTokenizer, source="rest_tokenizer") -> None:
+        """InputError unless `rest` can be this tokenizer's rest companion (:meth:`attach_rest`)."""
+        if self.cfg.input != "task" or rest.cfg.input != "rest" or rest.rest is not None:
+            raise InputError(source, "tokenizer.input", f"a {rest.cfg.input!r} tokenizer cannot be the rest "
+                             f"companion of a {self.cfg.input!r} one (expected a rest tokenizer beside a task one)")
+        check_atlas(self.atlas_info, rest.atlas_info, source)
+        if rest.tokens_per_scan != self.tokens_per_scan:
+            raise InputError(source, "tokenizer.quantizer.levels",
+                             f"{rest.cfg.levels} levels ({rest.tokens_per_scan} tokens per patch); the task "
+                             f"tokenizer has {self.cfg.levels} ({self.tokens_per_scan} per scan): they share "
+                             "the LM's parcel-position slots, so they need the same levels")
+        if rest.cfg.code_dim != self.cfg.code_dim:
+            raise InputError(source, "tokenizer.code_dim", f"{rest.cfg.code_dim}, the task tokenizer's is "
+                             f"{self.cfg.code_dim}: one code-embedding table needs one width")
 
     @property
     def tokens_per_scan(self) -> int:
@@ -231,8 +266,25 @@ class BrainTokenizer(nn.Module):
         return self.decode(self.encode(x, source))
 
     def code_embeddings(self) -> torch.Tensor:
-        """``[vocab_size, code_dim]`` float: row i is token id i's vector (to initialise LM embeddings)."""
-        return self.quantizer.code_embeddings()
+        """``[total_vocab_size, code_dim]`` float: row i is token id i's vector (to initialise LM
+        embeddings); the rest companion's codes follow this tokenizer's."""
+        own = self.quantizer.code_embeddings()
+        return own if self.rest is None else torch.cat([own, self.rest.code_embeddings()])
+
+    @torch.no_grad()
+    def encode_rest(self, x: torch.Tensor, source="batch") -> tuple[torch.Tensor, torch.Tensor]:
+        """Rest patches ``[B, P, W]`` through the companion → LM-vocabulary ids ``[B, P·L]`` and latents."""
+        if self.rest is None:
+            raise InputError("tokenizer", "rest", "this tokenizer carries no rest companion")
+        tokens, latents = self.rest.encode_with_latents(x, source)
+        return tokens + self.vocab_size, latents
+
+    @torch.no_grad()
+    def decode_rest(self, tokens, source="tokens") -> torch.Tensor:
+        """LM-vocabulary rest ids ``[B, P·L]`` (from :meth:`encode_rest`) → patches ``[B, P, W]``."""
+        if self.rest is None:
+            raise InputError("tokenizer", "rest", "this tokenizer carries no rest companion")
+        return self.rest.decode(torch.as_tensor(tokens).long() - self.vocab_size, source)
 
     def lm_exports(self) -> dict[str, torch.Tensor]:
         """What the LM stages read (``code_embeddings.safetensors``), so they never import this package.
@@ -258,10 +310,16 @@ class BrainTokenizer(nn.Module):
     def describe(self) -> dict:
         """Identity stored in every tokens dataset (``manifest["tokenizer"]``)."""
         q = self.cfg.quantizer
-        return {"name": q.kind, "codebook_size": q.codebook_size, "levels": q.levels,
-                "vocab_size": self.vocab_size, "input": self.cfg.input, "width": self.width,
-                "code_dim": self.cfg.code_dim, "fingerprint": self.fingerprint, "atlas": self.atlas_info,
-                "splits": self.provenance.get("splits")}
+        out = {"name": q.kind, "codebook_size": q.codebook_size, "levels": q.levels,
+               "vocab_size": self.total_vocab_size, "input": self.cfg.input, "width": self.width,
+               "code_dim": self.cfg.code_dim, "fingerprint": self.fingerprint, "atlas": self.atlas_info,
+               "splits": self.provenance.get("splits")}
+        if self.rest is not None:
+            # rest ids are [offset, offset + vocab_size) of the same LM vocabulary
+            out["rest"] = {"offset": self.vocab_size, "vocab_size": self.rest.vocab_size, "width": self.rest.width,
+                           "codebook_size": self.rest.cfg.quantizer.codebook_size, "splits":
+                           self.rest.provenance.get("splits")}
+        return out
 
     def save_pretrained(self, out_dir) -> Path:
         """Write ``model.safetensors``, ``code_embeddings.safetensors`` and ``config.json`` into `out_dir`.
@@ -283,7 +341,10 @@ class BrainTokenizer(nn.Module):
         write_json(out_dir / CONFIG, {"format": "fmrilm-brain-tokenizer", "version": 1,
                                       "tokenizer": dataclasses.asdict(self.cfg), "atlas": self.atlas_info,
                                       "width": self.width, "task_layout": self.vertex_index is not None,
-                                      "fingerprint": self.fingerprint, "provenance": self.provenance})
+                                      "fingerprint": self.fingerprint, "provenance": self.provenance,
+                                      "rest": None if self.rest is None else {
+                                          "tokenizer": dataclasses.asdict(self.rest.cfg), "width": self.rest.width,
+                                          "provenance": self.rest.provenance}})
         return out_dir
 
     @classmethod
@@ -306,6 +367,11 @@ class BrainTokenizer(nn.Module):
         # Placeholders of the right shape; load_state_dict overwrites them with the saved layout.
         index = np.zeros((n_parcels, width), np.int64) if meta["task_layout"] else None
         model = cls(cfg, meta["atlas"], np.ones((n_parcels, width), bool), index)
+        if meta.get("rest"):
+            rest_cfg = from_dict(TokenizerConfig, meta["rest"]["tokenizer"], str(path / CONFIG))
+            model.attach_rest(cls(rest_cfg, meta["atlas"], np.ones((n_parcels, meta["rest"]["width"]), bool)),
+                              path / CONFIG)
+            model.rest.provenance = meta["rest"].get("provenance") or {}
         try:
             model.load_state_dict(load_file(str(weights)), strict=True)
         except RuntimeError as err:

@@ -11,8 +11,12 @@ The tokens dataset (manifest kind ``"tokens"``) is all that later stages read of
 - manifest extras ``tokenizer`` (name, codebook_size, levels, vocab_size, fingerprint, atlas, ...),
   ``source_dataset`` (absolute path), ``source_kind``, and for rest ``window`` and ``tr``.
 
-A rest dataset can also go through a *task* (vertex-pattern) tokenizer, so one codebook serves
-both kinds of data (one corpus, one brain vocabulary): every TR becomes one scan, its vertex
+A rest dataset given a task tokenizer that carries a rest companion (:meth:`~fmrilm.tokenizer.model.
+BrainTokenizer.attach_rest`) goes through the companion: fMRI-LM's temporal patches, ``[S, T / W, P·L]``
+with ids after the task codes (manifest ``rest_input: "patch"``, as for a rest tokenizer alone).
+
+Without a companion a rest dataset can still go through a *task* (vertex-pattern) tokenizer, so one
+codebook serves both kinds of data (one corpus, one brain vocabulary): every TR becomes one scan, its vertex
 pattern taken from ``vertex_timeseries`` (real runs) or from
 :func:`fmrilm.brain.rest_world.expand_to_vertices` (synthetic runs), z-scored per vertex over
 time like task betas are over trials. The tokens are then ``[S, T, P·L]`` with ``window`` 1.
@@ -55,16 +59,17 @@ class TokensConfig:
 class _Encoded:
     """The arrays one tokens dataset writes: tokens, and the encoder outputs when asked for."""
 
-    def __init__(self, writer: DatasetWriter, tokenizer, leading: tuple, latents: bool):
-        self.tokenizer = tokenizer
+    def __init__(self, writer: DatasetWriter, tokenizer, leading: tuple, latents: bool, patches: bool = False):
+        # rest patches go through the companion, their ids after the task codes
+        self.encode = tokenizer.encode_rest if patches else tokenizer.encode_with_latents
         self.tokens = writer.create_array("tokens", (*leading, tokenizer.tokens_per_scan),
-                                          token_dtype(tokenizer.vocab_size))
+                                          token_dtype(tokenizer.total_vocab_size))
         self.latents = writer.create_array("latents", (*leading, tokenizer.n_parcels, tokenizer.cfg.code_dim),
                                            np.float16) if latents else None
 
     def put(self, index, x: torch.Tensor, source) -> None:
         """Encode scans ``x`` [B, P, D] into rows `index` (an index into the leading axes)."""
-        tokens, latents = self.tokenizer.encode_with_latents(x, source)
+        tokens, latents = self.encode(x, source)
         self.tokens[index] = tokens.numpy().astype(self.tokens.dtype)
         if self.latents is not None:
             self.latents[index] = latents.numpy().astype(np.float16)
@@ -79,22 +84,24 @@ def write_tokens_dataset(tokenizer, dataset, out, batch_size: int = 256, overwri
     if batch_size < 1:
         raise InputError("tokens config", "batch_size", f"must be >= 1, got {batch_size}")
     ds = Dataset(dataset)
-    if ds.kind == "rest" and tokenizer.cfg.input == "task":
+    patches = ds.kind == "rest" and tokenizer.rest is not None
+    if ds.kind == "rest" and tokenizer.cfg.input == "task" and not patches:
         return _write_rest_as_vertex_scans(tokenizer, ds, out, batch_size, overwrite, tokenizer_dir, latents)
-    scans = all_scans(ds.path, tokenizer)
+    reader = tokenizer.rest if patches else tokenizer
+    scans = all_scans(ds.path, reader)
     extras = {"tokenizer": tokenizer.describe(),
               "source_dataset": str(ds.path.resolve()), "source_kind": ds.kind}
     if ds.kind == "rest":
         n_subjects = ds.manifest["arrays"]["timeseries"]["shape"][0]
         shape = (n_subjects, len(scans) // n_subjects, tokenizer.tokens_per_scan)
-        extras.update(window=tokenizer.width, tr=ds.manifest.get("tr"))
+        extras.update(window=reader.width, tr=ds.manifest.get("tr"), rest_input="patch")
     else:
         shape = (len(scans), tokenizer.tokens_per_scan)
     if len(scans) == 0:
         raise InputError(ds.path, "scans", "no scans to tokenize")
     config = {"tokenizer": tokenizer_dir, "dataset": str(ds.path), "batch_size": batch_size, "latents": latents}
     with DatasetWriter(out, "tokens", tokenizer.atlas_info, config, seed=0, overwrite=overwrite) as writer:
-        arrays = _Encoded(writer, tokenizer, shape[:-1], latents)
+        arrays = _Encoded(writer, tokenizer, shape[:-1], latents, patches)
         # one flat row per scan, in dataset order (rest: subject-major windows)
         arrays.tokens = arrays.tokens.reshape(len(scans), -1)
         if arrays.latents is not None:
