@@ -188,8 +188,17 @@ def test_constrained_answers_and_next_scan(backbone):
     assert nxt.shape == (2, SCANS.shape[1]) and ((nxt >= 0) & (nxt < CODEBOOK)).all()
     # a rest patch among the rest codes of a vocabulary that also holds task codes
     low, high = CODEBOOK // 2, CODEBOOK // 2 + 3
+    forward, grad_enabled = model.hidden_states, []
+
+    def recording(*args, **kwargs):
+        grad_enabled.append(torch.is_grad_enabled())
+        return forward(*args, **kwargs)
+
+    model.hidden_states = recording
     kept = generate_scan(model, [SCANS[:2]], tokens_per_scan=SCANS.shape[1], codes=(low, high))
+    del model.hidden_states
     assert ((kept >= low) & (kept < high)).all()
+    assert grad_enabled and not any(grad_enabled)  # no autograd graph: its KV steps would keep every activation
     with pytest.raises(InputError, match="codes"):
         generate_scan(model, [SCANS[:1]], tokens_per_scan=SCANS.shape[1], codes=(3, CODEBOOK + 1))
 

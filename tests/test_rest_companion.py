@@ -95,6 +95,13 @@ def test_patch_ar_recovers_a_planted_patch_map_and_beats_persistence():
     test = windows[32:]
     previous, targets = test[:, :-1].reshape(-1, p, W), test[:, 1:].reshape(-1, p, W)
     assert r2_score(targets, ar.predict(previous[:, None])) > r2_score(targets, previous) + 0.1
+    # one map for every parcel, from a single short run: the pooled fit stays near the planted map's mean
+    shared, one_run = maps[0], np.zeros((1, 120, p, W))
+    one_run[0, 0] = rng.normal(size=(p, W))
+    for j in range(1, 120):
+        one_run[0, j] = one_run[0, j - 1] @ shared + rng.normal(size=(p, W))
+    pooled = PatchAR(order=1, pooled=True).fit(one_run)
+    assert np.allclose(pooled.coef, pooled.coef[:1]) and np.abs(pooled.coef[0] - shared).max() < 0.2
     with pytest.raises(InputError, match="n_patches"):
         PatchAR(order=2).fit(windows[:, :2])
 

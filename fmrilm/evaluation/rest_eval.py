@@ -335,7 +335,7 @@ def _real_run_patches(model, tokenizer, tokens_ds: Dataset, rest: Dataset, n_con
     if first >= len(tokens):
         return {"status": "skipped", "reason": f"{len(tokens)} patches leave no target after {n_context} context "
                                                "patches and half the run for the AR"}
-    ar = PatchAR(order=1).fit(windows[None, :first])
+    ar = PatchAR(order=1, pooled=True).fit(windows[None, :first])  # one run: a map shared by the parcels
     previous = windows[first - 1:-1]
     out = _patch_scores(model, tokenizer, [tokens[j - n_context:j] for j in range(first, len(tokens))],
                         windows[first:], previous, ar.predict(previous[:, None]), tokens[first:])

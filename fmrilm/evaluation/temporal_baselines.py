@@ -132,10 +132,13 @@ class PatchAR:
         Past patches used.
     alpha : float
         Ridge penalty per training sample (as :class:`LinearAR`).
+    pooled : bool
+        One map shared by every parcel, fitted on all of them: for a single short run, where P maps
+        of (order·W)² coefficients each would have fewer training patches than coefficients.
     """
 
-    def __init__(self, order: int = 1, alpha: float = 1e-3):
-        self.order, self.alpha, self.coef = order, alpha, None
+    def __init__(self, order: int = 1, alpha: float = 1e-3, pooled: bool = False):
+        self.order, self.alpha, self.pooled, self.coef = order, alpha, pooled, None
 
     def _lags(self, windows, field: str) -> tuple[np.ndarray, np.ndarray]:
         """``[S, n, P, W]`` → inputs ``[N, P, order·W]`` (oldest patch first) and targets ``[N, P, W]``."""
@@ -154,7 +157,10 @@ class PatchAR:
         self.x_mean, self.y_mean = x.mean(0), y.mean(0)
         x, y = x - self.x_mean, y - self.y_mean
         gram = np.einsum("npk,npl->pkl", x, x) + self.alpha * len(x) * np.eye(x.shape[-1])
-        self.coef = np.linalg.solve(gram, np.einsum("npk,npw->pkw", x, y))  # [P, order·W, W]
+        cross = np.einsum("npk,npw->pkw", x, y)
+        if self.pooled:  # the same map for every parcel: sums over parcels, repeated
+            gram, cross = (np.broadcast_to(a.sum(0), a.shape) for a in (gram, cross))
+        self.coef = np.linalg.solve(gram, cross)  # [P, order·W, W]
         return self
 
     def predict(self, context) -> np.ndarray:

@@ -265,7 +265,6 @@ def choose_answer(model: BrainLM, brain_tokens, prompts, candidates, batch_size:
     return answers, log_likelihoods
 
 
-@torch.no_grad()
 def _code_range(logits: torch.Tensor, codes: tuple[int, int] | None) -> torch.Tensor:
     """Brain-head logits with every code outside ``[low, high)`` at −inf (unchanged for None)."""
     if codes is None:
@@ -278,6 +277,7 @@ def _code_range(logits: torch.Tensor, codes: tuple[int, int] | None) -> torch.Te
     return logits.masked_fill(outside, float("-inf"))
 
 
+@torch.no_grad()
 def generate_scan(model: BrainLM, runs, tokens_per_scan: int, sampling: Sampling | None = None,
                   codes: tuple[int, int] | None = None) -> np.ndarray:
     """Predict the next scan of each run [n_scans, P·L] with the brain head → codebook ids [B, P·L];
