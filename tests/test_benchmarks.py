@@ -27,9 +27,14 @@ def test_quick_benchmark_prints_its_figures(script, tmp_path):
         # the script's own --backbone path on a tiny Llama: every loop, child process and figure, without
         # the packaged GGUF's conversion and 135M-parameter steps (≈ 6 of the suite's minutes); `make bench`
         # runs it on the real backbone
-        from test_llm_backbone import make_backbone
+        from test_llm_backbone import TEXTS, TINY
 
-        extra = ["--backbone", str(make_backbone(tmp_path / "backbone"))]
+        from fmrilm.llm.backbone import bootstrap_backbone
+        from fmrilm.llm.config import BootstrapConfig
+
+        # the demo stage configs' sequences (≈ 450 tokens) need more context than the unit tests' 192
+        cfg = BootstrapConfig(**{**TINY.__dict__, "max_position_embeddings": 1024})
+        extra = ["--backbone", str(bootstrap_backbone(TEXTS, tmp_path / "backbone", cfg))]
     run = subprocess.run([sys.executable, str(script), "--quick", *extra], capture_output=True, text=True,
                          cwd=tmp_path, env=env, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
