@@ -76,7 +76,9 @@ def test_sample_contract(built):
         if meta["task"] == "text":
             assert tokens.shape[0] == 0 and meta["prompt"] == ""
         if meta["shots"]:
-            assert tokens.shape[0] == len(meta["shots"]) + 1
+            # every example carries as many scans as the query: a phenotype sample phenotype_scans windows
+            per_example = cfg.samples.phenotype_scans if meta["task"] == "phenotype" else 1
+            assert tokens.shape[0] == (len(meta["shots"]) + 1) * per_example
             key = "stimulus" if meta["stimulus"] is not None else "subject"
             assert all(sh[key] != meta[key] for sh in meta["shots"])
         if meta["answer_type"] in ("yesno", "class"):
