@@ -265,16 +265,16 @@ def choose_answer(model: BrainLM, brain_tokens, prompts, candidates, batch_size:
     return answers, log_likelihoods
 
 
-def _code_range(logits: torch.Tensor, codes: tuple[int, int] | None) -> torch.Tensor:
-    """Brain-head logits with every code outside ``[low, high)`` at −inf (unchanged for None)."""
+def _outside_codes(codes: tuple[int, int] | None, n_codes: int) -> torch.Tensor | None:
+    """Mask of the brain codes outside ``[low, high)`` (None for None), built once per generation."""
     if codes is None:
-        return logits
+        return None
     low, high = codes
-    if not 0 <= low < high <= logits.shape[-1]:
-        raise InputError("generate_scan", "codes", f"{codes}: not a range inside the {logits.shape[-1]} brain codes")
-    outside = torch.ones(logits.shape[-1], dtype=torch.bool, device=logits.device)
+    if not 0 <= low < high <= n_codes:
+        raise InputError("generate_scan", "codes", f"{codes}: not a range inside the {n_codes} brain codes")
+    outside = torch.ones(n_codes, dtype=torch.bool)
     outside[low:high] = False
-    return logits.masked_fill(outside, float("-inf"))
+    return outside
 
 
 @torch.no_grad()
@@ -295,6 +295,7 @@ def generate_scan(model: BrainLM, runs, tokens_per_scan: int, sampling: Sampling
                 "length",
                 f"{len(p)} tokens + {tokens_per_scan} exceed the context of {model.max_length}",
             )
+    outside = _outside_codes(codes, model.vocab.codebook_size)
     was_training = model.training
     model.eval()
     try:
@@ -302,7 +303,9 @@ def generate_scan(model: BrainLM, runs, tokens_per_scan: int, sampling: Sampling
             model,
             prompts,
             tokens_per_scan,
-            lambda h: (_code_range(model.brain_logits(h), codes), model.vocab.brain_offset),
+            lambda h: (model.brain_logits(h) if outside is None else
+                       model.brain_logits(h).masked_fill(outside.to(h.device), float("-inf")),
+                       model.vocab.brain_offset),
             sampling or Sampling(),
             None,
         )

@@ -129,9 +129,6 @@ class TokenizerRecipe(Recipe):
 
         source = Path(self.cfg.rest_tokenizer) / "config.json"
         rest = BrainTokenizer.from_pretrained(self.cfg.rest_tokenizer, model.atlas_info)
-        if rest.cfg.input != "rest":
-            raise InputError(source, "tokenizer.input", f"{rest.cfg.input!r}: rest_tokenizer must be a rest "
-                             "(temporal-patch) tokenizer")
         if (rest.provenance.get("splits") or {}).get("sha256") != splits.record().get("sha256"):
             raise InputError(source, "provenance.splits", f"trained under {rest.provenance.get('splits')}, not "
                              f"this run's splits {splits.record()}: its codebook may have seen held-out subjects")

@@ -271,20 +271,21 @@ class BrainTokenizer(nn.Module):
         own = self.quantizer.code_embeddings()
         return own if self.rest is None else torch.cat([own, self.rest.code_embeddings()])
 
+    def _companion(self) -> BrainTokenizer:
+        if self.rest is None:
+            raise InputError("tokenizer", "rest", "this tokenizer carries no rest companion")
+        return self.rest
+
     @torch.no_grad()
     def encode_rest(self, x: torch.Tensor, source="batch") -> tuple[torch.Tensor, torch.Tensor]:
         """Rest patches ``[B, P, W]`` through the companion → LM-vocabulary ids ``[B, P·L]`` and latents."""
-        if self.rest is None:
-            raise InputError("tokenizer", "rest", "this tokenizer carries no rest companion")
-        tokens, latents = self.rest.encode_with_latents(x, source)
+        tokens, latents = self._companion().encode_with_latents(x, source)
         return tokens + self.vocab_size, latents
 
     @torch.no_grad()
     def decode_rest(self, tokens, source="tokens") -> torch.Tensor:
         """LM-vocabulary rest ids ``[B, P·L]`` (from :meth:`encode_rest`) → patches ``[B, P, W]``."""
-        if self.rest is None:
-            raise InputError("tokenizer", "rest", "this tokenizer carries no rest companion")
-        return self.rest.decode(torch.as_tensor(tokens).long() - self.vocab_size, source)
+        return self._companion().decode(torch.as_tensor(tokens).long() - self.vocab_size, source)
 
     def lm_exports(self) -> dict[str, torch.Tensor]:
         """What the LM stages read (``code_embeddings.safetensors``), so they never import this package.
