@@ -172,6 +172,28 @@ def test_generation_batched_equals_one_by_one(backbone):
     assert model.training  # generation restores the mode it found
 
 
+def test_constrained_scores_from_one_prompt_pass_match_whole_sequences(backbone):
+    """choose_answer runs a prompt once and continues each candidate from its cache; the scores must be
+    those of each whole sequence run alone (unequal prompts, candidate counts and answer lengths, and
+    candidates sharing a first token, whose score must still count it)."""
+    model = _model(backbone).eval()
+    prompts = ["Is there a zebra? <scan>", "How many animals are in this scan <scan> <scan>?", "Age? <scan>"]
+    tokens = [SCANS[:1], SCANS[1:3], SCANS[2:]]
+    candidates = [["yes", "no"], ["0", "1", "2", "3"], ["2", "20", "27 years"]]
+    _, scores = choose_answer(model, tokens, prompts, candidates, batch_size=3)
+    for p, t, cands, got in zip(prompts, tokens, candidates, scores):
+        whole = []
+        for c in cands:
+            batch = collate([encode_instruction(model.tokenizer, model.vocab, {"prompt": p, "answer": c, "tokens": t},
+                                                "test")], model.tokenizer.eos_token_id)
+            with torch.no_grad():
+                hidden, _ = model.hidden_states(batch["input_ids"], batch["attention_mask"])
+                whole.append(-float(model.token_losses(hidden, batch["labels"])[0].sum()))
+        np.testing.assert_allclose(got, whole, rtol=0, atol=1e-5)  # a position off by one: 5e-4
+    with pytest.raises(InputError, match="context holds"):
+        choose_answer(model, SCANS[:1], "zebra " * 1100 + "<scan>", ["yes", "no"])
+
+
 def test_constrained_answers_and_next_scan(backbone):
     model = _model(backbone)
     answers, scores = choose_answer(
@@ -198,6 +220,12 @@ def test_constrained_answers_and_next_scan(backbone):
     kept = generate_scan(model, [SCANS[:2]], tokens_per_scan=SCANS.shape[1], codes=(low, high))
     del model.hidden_states
     assert ((kept >= low) & (kept < high)).all()
+    again, probabilities = generate_scan(model, [SCANS[:2]], tokens_per_scan=SCANS.shape[1], codes=(low, high),
+                                         probabilities=True)
+    assert probabilities.shape == (1, SCANS.shape[1], high - low)
+    np.testing.assert_allclose(probabilities.sum(-1), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(again, kept)
+    np.testing.assert_array_equal(low + probabilities.argmax(-1), kept)  # greedy: the most likely code each step
     assert grad_enabled and not any(grad_enabled)  # no autograd graph: its KV steps would keep every activation
     with pytest.raises(InputError, match="codes"):
         generate_scan(model, [SCANS[:1]], tokens_per_scan=SCANS.shape[1], codes=(3, CODEBOOK + 1))

@@ -55,6 +55,22 @@ def test_the_companion_round_trips_under_one_fingerprint_and_one_code_table(pair
     assert torch.allclose(loaded.decode_rest(ids), loaded.rest.reconstruct(patches))
 
 
+def test_expected_patches_average_each_parcels_decoded_codes(paired, rest_world):
+    tokenizer, _ = paired
+    patches = all_scans(rest_world, tokenizer.rest).batch(np.arange(3))["x"]
+    ids, _ = tokenizer.encode_rest(patches)
+    codes = (ids - K_TASK).long()
+    one_hot = torch.nn.functional.one_hot(codes, K_REST).float()  # certain: the decoded codes themselves
+    assert torch.allclose(tokenizer.expected_rest_patches(one_hot), tokenizer.decode_rest(ids), atol=1e-6)
+    # half on each of two codes: the mean of the two decodings, parcel by parcel
+    other = (codes + 1) % K_REST
+    mixed = 0.5 * one_hot + 0.5 * torch.nn.functional.one_hot(other, K_REST).float()
+    halfway = 0.5 * (tokenizer.decode_rest(ids) + tokenizer.decode_rest(other + K_TASK))
+    assert torch.allclose(tokenizer.expected_rest_patches(mixed), halfway, atol=1e-6)
+    with pytest.raises(InputError, match="shape"):
+        tokenizer.expected_rest_patches(one_hot[:, :, :-1])
+
+
 def test_rest_data_is_tokenized_in_patches_after_the_task_codes(paired, rest_world, tiny_task_world, tmp_path):
     tokenizer, out = paired
     tokens = write_tokens_dataset(tokenizer, rest_world, tmp_path / "rest_tokens", tokenizer_dir=str(out))

@@ -233,9 +233,11 @@ def _rest_markdown(rest: dict) -> list[str]:
         if _skipped(t):
             notes.append(f"next scan on the {label} skipped: {t['reason']}")
         else:
-            rows.append((label, t["model"], t["persistence"], t["linear_ar"], t["tokenizer_ceiling"]))
-    if rows:
-        out += _table(("next-scan R² (parcels)", "LM", "persistence", "linear AR", "tokenizer ceiling"), rows)
+            rows.append((label, t["model"], t.get("model_greedy"), t["persistence"], t["linear_ar"],
+                         t["tokenizer_ceiling"]))
+    if rows:  # rest patches: LM = the expected patch under the brain head, greedy = its most likely codes
+        out += _table(("next-scan R² (parcels)", "LM", "LM greedy codes", "persistence", "linear AR",
+                       "tokenizer ceiling"), rows)
     return out + notes + ([""] if notes else [])
 
 

@@ -205,16 +205,24 @@ def _parcel_means(tokenizer, tokens: np.ndarray) -> np.ndarray:
 
 def _patch_scores(model, tokenizer, contexts, targets, previous, autoreg, true_tokens) -> dict:
     """Next-patch R² (pooled over parcels and the patch's TRs) of the LM's brain head, kept among the rest
-    codes and decoded by the rest companion, beside persistence, the patch AR and the tokenizer ceiling."""
-    predicted = generate_scan(model, contexts, tokenizer.tokens_per_scan,
-                              codes=(tokenizer.vocab_size, tokenizer.total_vocab_size))
+    codes and decoded by the rest companion, beside persistence, the patch AR and the tokenizer ceiling.
+
+    ``model`` is the expected patch under the head's distribution at each parcel's token (the forecast of
+    least squared error it implies); ``model_greedy`` decodes the most likely codes, which are patches of
+    full variance however uncertain the head is."""
+    predicted, probabilities = generate_scan(model, contexts, tokenizer.tokens_per_scan, probabilities=True,
+                                             codes=(tokenizer.vocab_size, tokenizer.total_vocab_size))
 
     def decode(tokens):
         return tokenizer.decode_rest(np.asarray(tokens, np.int64)).numpy()
 
-    return {"model": r2_score(targets, decode(predicted)), "persistence": r2_score(targets, previous),
+    greedy = r2_score(targets, decode(predicted))
+    expected = (r2_score(targets, tokenizer.expected_rest_patches(probabilities).numpy())
+                if tokenizer.rest.cfg.levels == 1 else greedy)
+    return {"model": expected, "model_greedy": greedy, "persistence": r2_score(targets, previous),
             "linear_ar": r2_score(targets, autoreg), "tokenizer_ceiling": r2_score(targets, decode(true_tokens)),
-            "unit": f"patch of {tokenizer.rest.width} TRs", "n_targets": len(targets)}
+            "unit": f"patch of {tokenizer.rest.width} TRs", "n_targets": len(targets),
+            "decoding": "expected patch" if tokenizer.rest.cfg.levels == 1 else "greedy codes"}
 
 
 def _temporal_patches(model, tokenizer, items: list, rest: Dataset, index: dict, train: list) -> dict:

@@ -18,8 +18,8 @@ from tqdm.auto import tqdm
 
 from fmrilm.errors import InputError
 from fmrilm.llm.brain_input import latent_rows, pad_latents
-from fmrilm.llm.formatting import collate, encode_instruction, encode_prompt
-from fmrilm.llm.model import BrainLM
+from fmrilm.llm.formatting import encode_instruction, encode_prompt
+from fmrilm.llm.model import IGNORE, BrainLM
 
 
 @dataclass
@@ -215,13 +215,59 @@ def generate(
     return texts
 
 
+def _shared_prompt(group: list[dict]) -> int:
+    """Length of the start that every candidate's sequence of one prompt shares and that scores no
+    token: it is run once, and each candidate continues from its cache."""
+    first = group[0]["input_ids"]
+    limit = min(next(i for i, label in enumerate(s["labels"]) if label != IGNORE) for s in group)
+    n = 0
+    while n < limit and all(s["input_ids"][n] == first[n] for s in group):
+        n += 1
+    return n
+
+
+def _candidate_scores(model: BrainLM, groups: list[list[dict]], latents: dict | None) -> torch.Tensor:
+    """Summed log-probability of every candidate of `groups` (one group per prompt), in order: each
+    prompt runs once (left-padded, cached) and its candidates' tails continue it side by side."""
+    pad = model.tokenizer.eos_token_id
+    cut = [_shared_prompt(g) for g in groups]
+    prefixes = [g[0]["input_ids"][:n] for g, n in zip(groups, cut, strict=True)]
+    width = max(len(p) for p in prefixes)
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prefixes])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prefixes])
+    model.check_ids(ids, "prompt")
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    hidden, state = model.hidden_states(ids, mask, positions, use_cache=True, **(latents or {}))
+    rows = torch.tensor([i for i, g in enumerate(groups) for _ in g])
+    tails = [(s["input_ids"][n:], s["labels"][n:]) for g, n in zip(groups, cut, strict=True) for s in g]
+    length = max(len(t) for t, _ in tails)
+    tail_ids = torch.full((len(tails), length), pad, dtype=torch.long)
+    tail_labels = torch.full((len(tails), length), IGNORE, dtype=torch.long)
+    tail_mask = torch.zeros((len(tails), length), dtype=torch.long)
+    for r, (t, label) in enumerate(tails):
+        tail_ids[r, : len(t)], tail_labels[r, : len(t)], tail_mask[r, : len(t)] = (
+            torch.tensor(t), torch.tensor(label), 1)
+    hidden_tail, _ = model.hidden_states(tail_ids, torch.cat([mask[rows], tail_mask], 1),
+                                         positions[rows, -1:] + 1 + torch.arange(length), state.select(rows),
+                                         use_cache=True)
+    # the prompt's last position predicts each tail's first token; the IGNORE column is its own label
+    h = torch.cat([hidden[rows, -1:].to(hidden_tail.dtype), hidden_tail], 1)
+    losses, _, _ = model.token_losses(h, torch.cat([torch.full((len(tails), 1), IGNORE), tail_labels], 1))
+    return -losses.sum(dim=1)
+
+
 @torch.no_grad()
 def choose_answer(model: BrainLM, brain_tokens, prompts, candidates, batch_size: int = 32, brain_latents=None):
     """Constrained decoding: the most likely answer among `candidates` for each prompt.
 
+    Each prompt (with its brain tokens) is run once; its candidates are scored from its KV cache, so a
+    long run of brain tokens costs one pass however many answers it is asked to choose between.
+
     Parameters
     ----------
     candidates : list of str, or list of lists of str (one candidate set per prompt)
+    batch_size : int
+        Candidate sequences per batch (a prompt's candidates always share one).
     brain_latents : optional
         As for :func:`generate`.
 
@@ -237,28 +283,29 @@ def choose_answer(model: BrainLM, brain_tokens, prompts, candidates, batch_size:
         candidates = [list(candidates)] * len(prompts)
     if len(candidates) != len(prompts) or any(len(c) == 0 for c in candidates):
         raise InputError("choose_answer", "candidates", "need a non-empty candidate list for every prompt")
-    samples = [
-        {**encode_instruction(model.tokenizer, model.vocab, {"prompt": p, "answer": c, "tokens": t}, f"prompt {i}"),
-         "brain_latents": x}
-        for i, (p, t, cands, x) in enumerate(zip(prompts, brain_tokens, candidates, latents, strict=True))
-        for c in cands
+    groups = [
+        [encode_instruction(model.tokenizer, model.vocab, {"prompt": p, "answer": c, "tokens": t}, f"prompt {i}")
+         for c in cands]
+        for i, (p, t, cands) in enumerate(zip(prompts, brain_tokens, candidates, strict=True))
     ]
+    for i, group in enumerate(groups):
+        longest = max(len(s["input_ids"]) for s in group)
+        if model.max_length is not None and longest > model.max_length:
+            raise InputError(f"prompt {i}", "length",
+                             f"{longest} tokens with an answer, the context holds {model.max_length}")
     was_training = model.training
     model.eval()
-    scores = []
+    scores, start = [], 0
     try:
-        for start in range(0, len(samples), batch_size):
-            batch = collate(
-                samples[start : start + batch_size], model.tokenizer.eos_token_id, model.max_length
-            )
-            hidden, _ = model.hidden_states(batch["input_ids"], batch["attention_mask"],
-                                            brain_latents=batch.get("brain_latents"),
-                                            brain_latent_count=batch.get("brain_latent_count"))
-            losses, _, _ = model.token_losses(hidden, batch["labels"])
-            scores.append(-losses.sum(dim=1))
+        while start < len(groups):
+            stop, rows = start + 1, len(groups[start])
+            while stop < len(groups) and rows + len(groups[stop]) <= batch_size:
+                rows, stop = rows + len(groups[stop]), stop + 1
+            scores.append(_candidate_scores(model, groups[start:stop], _latent_batch(model, latents[start:stop])))
+            start = stop
     finally:
         model.train(was_training)
-    flat = torch.cat(scores).numpy()
+    flat = torch.cat(scores).float().numpy()
     bounds = np.cumsum([0] + [len(c) for c in candidates])
     log_likelihoods = [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
     answers = [cands[int(np.argmax(ll))] for cands, ll in zip(candidates, log_likelihoods, strict=True)]
@@ -279,10 +326,12 @@ def _outside_codes(codes: tuple[int, int] | None, n_codes: int) -> torch.Tensor 
 
 @torch.no_grad()
 def generate_scan(model: BrainLM, runs, tokens_per_scan: int, sampling: Sampling | None = None,
-                  codes: tuple[int, int] | None = None) -> np.ndarray:
+                  codes: tuple[int, int] | None = None, probabilities: bool = False):
     """Predict the next scan of each run [n_scans, P·L] with the brain head → codebook ids [B, P·L];
     `codes` ``(low, high)`` keeps the prediction among those ids (a rest patch among the rest codes of a
-    vocabulary that holds task codes too)."""
+    vocabulary that holds task codes too). With `probabilities`, also the head's distribution at each
+    token of the prediction, ``[B, P·L, high - low]`` (over `codes`, or the whole codebook), each step
+    conditioned on the tokens chosen before it."""
     runs = [np.asarray(r) for r in runs]
     prompts = [
         model.vocab.run_ids(r, f"run {i}") + [model.vocab.time_sep, model.vocab.scan_start]
@@ -296,19 +345,22 @@ def generate_scan(model: BrainLM, runs, tokens_per_scan: int, sampling: Sampling
                 f"{len(p)} tokens + {tokens_per_scan} exceed the context of {model.max_length}",
             )
     outside = _outside_codes(codes, model.vocab.codebook_size)
+    kept = slice(*codes) if codes is not None else slice(None)
+    steps = []
+
+    def head(h):
+        logits = model.brain_logits(h)
+        if outside is not None:
+            logits = logits.masked_fill(outside.to(h.device), float("-inf"))
+        if probabilities:
+            steps.append(logits[:, kept].softmax(-1))
+        return logits, model.vocab.brain_offset
+
     was_training = model.training
     model.eval()
     try:
-        out = _decode(
-            model,
-            prompts,
-            tokens_per_scan,
-            lambda h: (model.brain_logits(h) if outside is None else
-                       model.brain_logits(h).masked_fill(outside.to(h.device), float("-inf")),
-                       model.vocab.brain_offset),
-            sampling or Sampling(),
-            None,
-        )
+        out = _decode(model, prompts, tokens_per_scan, head, sampling or Sampling(), None)
     finally:
         model.train(was_training)
-    return model.vocab.ids_to_codes(out.numpy())
+    predicted = model.vocab.ids_to_codes(out.numpy())
+    return (predicted, torch.stack(steps, 1).cpu().numpy()) if probabilities else predicted

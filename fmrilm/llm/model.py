@@ -46,6 +46,13 @@ class DecodeState:
     condition: torch.Tensor | None
     slot: torch.Tensor | None = None
 
+    def select(self, rows: torch.Tensor) -> DecodeState:
+        """The state of batch rows `rows` (repeats allowed: several continuations of one prefix). The
+        cache is re-indexed in place, so this state is spent."""
+        self.cache.batch_select_indices(rows)
+        return DecodeState(self.cache, None if self.condition is None else self.condition[rows],
+                           None if self.slot is None else self.slot[rows])
+
 
 def cache_keyword(decoder: nn.Module) -> str:
     """The name `decoder.forward` takes (and returns) the KV cache under. transformers renamed

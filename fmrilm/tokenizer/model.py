@@ -287,6 +287,23 @@ class BrainTokenizer(nn.Module):
         """LM-vocabulary rest ids ``[B, P·L]`` (from :meth:`encode_rest`) → patches ``[B, P, W]``."""
         return self._companion().decode(torch.as_tensor(tokens).long() - self.vocab_size, source)
 
+    @torch.no_grad()
+    def expected_rest_patches(self, probabilities, source="probabilities") -> torch.Tensor:
+        """Rest-code probabilities ``[B, P, K_rest]`` (e.g. an LM's brain head at each parcel's token of a
+        patch) → the expected patches ``[B, P, W]``: each parcel's decoded codes averaged with their
+        probabilities, the forecast of least squared error under them. The decoder is per parcel, so each
+        code is decoded once for every parcel. Needs one code per parcel (``levels: 1``)."""
+        rest = self._companion()
+        probabilities = torch.as_tensor(probabilities, dtype=torch.float32)
+        if rest.cfg.levels != 1:
+            raise InputError("tokenizer", "levels", f"{rest.cfg.levels}: expected patches need one code per parcel")
+        shape = (rest.n_parcels, rest.vocab_size)
+        if probabilities.ndim != 3 or tuple(probabilities.shape[1:]) != shape:
+            raise InputError(source, "shape", f"{tuple(probabilities.shape)}: expected [B, {shape[0]}, {shape[1]}]")
+        every_code = torch.arange(rest.vocab_size)[:, None].expand(-1, rest.n_parcels)
+        decoded = rest.decode(every_code)  # [K, P, W]
+        return torch.einsum("bpk,kpw->bpw", probabilities, decoded)
+
     def lm_exports(self) -> dict[str, torch.Tensor]:
         """What the LM stages read (``code_embeddings.safetensors``), so they never import this package.
 
