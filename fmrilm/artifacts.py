@@ -392,7 +392,8 @@ def run_dataset(run, kind: str) -> Path:
 
 # Config key → the pipeline stage whose artifact it names, for each command that reads a finished run.
 RUN_PATHS = {"evaluation": {"corpus": "corpus", "splits": "splits", "tokenizer": "tokenizer", "model": "instruct"},
-             "stimulation": {"corpus": "corpus", "tokenizer": "tokenizer", "model": "instruct"}}
+             "stimulation": {"corpus": "corpus", "tokenizer": "tokenizer", "model": "instruct"},
+             "rest_fewshot": {"corpus": "corpus", "splits": "splits", "tokenizer": "tokenizer", "model": "instruct"}}
 
 
 def run_paths(run, command: str) -> list[str]:

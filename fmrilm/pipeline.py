@@ -107,6 +107,7 @@ FILLED_KEYS = {
     "instruct": ("out_dir", "corpus", "model", "retrieval"),
     "evaluation": ("out", "corpus", "splits", "tokenizer", "model"),
     "stimulation": ("out", "corpus", "tokenizer", "model"),
+    "rest_fewshot": ("out", "corpus", "splits", "tokenizer", "model"),
 }
 
 
@@ -289,6 +290,16 @@ def _stimulation(ctx: StageContext) -> Path:
     return Path(cfg.out)
 
 
+def _rest_fewshot(ctx: StageContext) -> Path:
+    from fmrilm.evaluation.rest_fewshot import RestFewShotConfig, run_rest_fewshot
+
+    cfg = ctx.load(RestFewShotConfig, "seed", [
+        f"out={ctx.out_dir}", f"corpus={ctx.artifact('corpus')}", f"splits={ctx.artifact('splits')}",
+        f"tokenizer={ctx.artifact('tokenizer')}", f"model={ctx.artifact('instruct')}"])
+    run_rest_fewshot(cfg, overwrite=True)
+    return Path(cfg.out)
+
+
 # Stage name → runner, in execution order. The splits are decided once, before anything is fitted,
 # and handed to every stage that fits or scores on data. A forced stage redoes every later one, so each stage sits
 # as late as its consumers allow: the search indexes just before stage 3 (whose prompts carry the
@@ -313,6 +324,7 @@ STAGES = {
     "real_rest_tokens": _tokens("real_rest"),
     "evaluation": _evaluation,
     "stimulation": _stimulation,
+    "rest_fewshot": _rest_fewshot,
 }
 
 

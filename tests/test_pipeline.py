@@ -8,6 +8,7 @@ import pytest
 from tiny_configs import tiny_config
 
 from fmrilm.brain.store import Dataset
+from fmrilm.corpus.reader import read_split
 from fmrilm.errors import InputError
 from fmrilm.pipeline import STAGES, load_pipeline_config, read_state, run_pipeline
 
@@ -45,6 +46,28 @@ def test_every_configured_stage_ran_in_order_and_left_an_artifact(tiny_run):
     for section in ("temporal", "temporal_real_run"):
         scores = report["rest"][section]
         assert scores["unit"].startswith("patch") and {"persistence", "linear_ar", "tokenizer_ceiling"} <= set(scores)
+        assert scores["decoding"] == "expected patch" and scores["model"] is not None and "model_greedy" in scores
+
+
+def test_few_shot_phenotypes_learn_from_held_out_runs_only_and_answer_test_subjects(tiny_run):
+    _, run_dir, _ = tiny_run
+    state = read_state(run_dir)
+    report = json.loads((Path(state["rest_fewshot"]) / "report.json").read_text())
+    splits = json.loads(Path(state["splits"]).read_text())["rest"]["subjects"]
+    sex = report["phenotypes"]["sex"]
+    draw = sex["k"]["2"]["draws"][0]
+    assert len(draw["examples"]) == 2 and {splits[s] for s in draw["examples"]} == {"fewshot"}
+    # one query / pool run per subject with a shot-free sex sample (the tiny corpus gives half its samples a shot)
+    samples = {split: read_split(state["corpus"], split, ("phenotype",), progress=False)[0]
+               for split in ("test", "fewshot")}
+    unshot = {split: {s["json"]["subject"] for s in found if s["json"]["phenotype"] == "sex" and not s["json"]["shots"]}
+              for split, found in samples.items()}
+    assert sex["n_queries"] == min(3, len(unshot["test"])) and sex["pool"] == len(unshot["fewshot"]) >= 2
+    assert 0 <= sex["zero_shot"]["accuracy"] <= 1
+    for condition in ("fc_logistic", "in_context", "lora"):
+        assert 0 <= draw[condition]["accuracy"] <= 1, condition
+    assert len(draw["lora"]["train_loss"]) == 2 and draw["in_context"]["example_windows"] >= 1
+    assert "## sex" in (Path(state["rest_fewshot"]) / "report.md").read_text()
 
 
 def test_retrieved_captions_prefix_task_scans_only(tiny_run):

@@ -1,7 +1,9 @@
-"""`fmrilm eval` (the evaluation report of a run) and `fmrilm ask` (a question about one scan).
+"""`fmrilm eval` (the evaluation report of a run), `fmrilm rest-fewshot` (few-shot phenotypes) and `fmrilm ask`
+(a question about one scan).
 
     fmrilm eval --config eval_demo [--set n_items=300 ...] [--force]
     fmrilm eval --run runs/nsd --config eval_demo --force      # a pipeline run's artifacts, via its stages.json
+    fmrilm rest-fewshot --run runs/demo --config rest_fewshot_demo --force  # k labelled held-out rest runs
     fmrilm ask --run runs/demo --scan sub-01/stim-000012 "What colour is the bus?"
     fmrilm ask --run runs/demo --scan 0/12 --backbone /models/Llama-3.1-8B "Describe the image."
     fmrilm ask --run runs/demo --rest sub-007 "Is this participant female or male?"
@@ -34,6 +36,15 @@ def register(sub) -> None:
                                                 "from its stages.json, output to DIR/evaluation (--set wins)")
     p.set_defaults(handler=_eval)
 
+    f = sub.add_parser("rest-fewshot", help="few-shot phenotypes from k held-out rest runs (LoRA, in-context)",
+                       description="k balanced labelled runs of the held-out few-shot subjects, learnt from by LoRA "
+                                   "fine-tuning, in-context examples and an FC logistic, scored on test subjects "
+                                   "beside the zero-shot model and the base rate; writes report.json and report.md.")
+    add_config_args(f, "rest_fewshot_demo", force_help="replace an existing output directory")
+    f.add_argument("--run", metavar="DIR", help="a pipeline run: corpus, splits, tokenizer and model from its "
+                                                "stages.json, output to DIR/rest_fewshot (--set wins)")
+    f.set_defaults(handler=_rest_fewshot)
+
     a = sub.add_parser("ask", help="answer a question about one scan or rest run of a run",
                        description="Generate an answer from the run's instruction-tuned model for the "
                                    "averaged scan of one subject and stimulus, or for a subject's rest run.")
@@ -61,6 +72,19 @@ def _eval(args) -> int:
     report = run_evaluation(cfg, overwrite=args.force)
     for name, t in report["targets"].items():
         print(f"{name:34s} {t['measured']:+.3f} (threshold {t['threshold']}) {'met' if t['met'] else 'MISSED'}")
+    print(f"report: {cfg.out}/report.md")
+    return 0
+
+
+def _rest_fewshot(args) -> int:
+    from fmrilm.artifacts import run_paths
+    from fmrilm.evaluation.rest_fewshot import RestFewShotConfig, run_rest_fewshot
+
+    cfg = config_from_args(RestFewShotConfig, args, run_paths(args.run, "rest_fewshot"))
+    report = run_rest_fewshot(cfg, overwrite=args.force)
+    for name, section in report["phenotypes"].items():
+        for k, result in section["k"].items():
+            print(f"{name} k={k}: {result.get('mean_accuracy', result.get('reason'))}")
     print(f"report: {cfg.out}/report.md")
     return 0
 

@@ -259,3 +259,24 @@ def write_markdown(report: dict, path) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(render_markdown(report))
     return path
+
+
+def render_rest_fewshot(report: dict) -> str:
+    """Markdown of a few-shot phenotype report (:mod:`fmrilm.evaluation.rest_fewshot`): accuracy with its
+    95 % interval over the queries (draw 0) per k and condition, beside zero-shot and the base rate."""
+    out = ["# Few-shot phenotypes on held-out rest subjects", "", report["protocol"]["note"], ""]
+    for name, section in report["phenotypes"].items():
+        fixed = (f"zero-shot {_with_interval(section['zero_shot'], 'accuracy')}; majority class "
+                 f"{_with_interval(section['majority_class'], 'accuracy')}; {section['n_queries']} test subjects "
+                 f"answered, {section['pool']} runs in the few-shot pool")
+        rows = []
+        for k, result in section["k"].items():
+            if _skipped(result):
+                rows.append((k, f"skipped: {result['reason']}", "", ""))
+                continue
+            first = result["draws"][0]
+            rows.append((k, *(f"skipped: {first[c]['reason']}" if _skipped(first.get(c, {})) else
+                              _with_interval(first[c], "accuracy") if c in first else "—"
+                              for c in ("in_context", "lora", "fc_logistic"))))
+        out += [f"## {name}", "", fixed, "", *_table(("k", "in-context", "LoRA", "FC logistic"), rows)]
+    return "\n".join(out) + "\n"

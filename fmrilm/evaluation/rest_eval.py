@@ -62,7 +62,7 @@ def _number(text: str) -> float | None:
     return float(match.group()) if match else None
 
 
-def _positive_probability(candidates: list[str], log_likelihoods: np.ndarray, name: str) -> float:
+def positive_probability(candidates: list[str], log_likelihoods: np.ndarray, name: str) -> float:
     """The constrained-decoding probability of the positive class (the larger sorted label, as
     :func:`~fmrilm.evaluation.regression.classification_scores` takes it) among a window's choices."""
     labels = [SEX_LABELS.get(c, c) if name == "sex" else c for c in candidates]
@@ -114,7 +114,7 @@ def _lm_phenotype(model, items: list, name: str, rows: list[dict], train_ages: l
         answers, log_likelihoods = choose_answer(model, tokens, prompts, choices)
         for s, a, c, ll in zip(items, answers, choices, log_likelihoods):
             per_subject[s["json"]["subject"]].append(a)
-            positive[s["json"]["subject"]].append(_positive_probability(c, ll, name))
+            positive[s["json"]["subject"]].append(positive_probability(c, ll, name))
     subjects = sorted(per_subject)
     if name == "age":
         pred = [float(np.mean(per_subject[s])) for s in subjects]
