@@ -225,6 +225,16 @@ def add_config_args(parser, default_config: str | None, set_help: str = "config 
         parser.add_argument("--force", action="store_true", help=force_help)
 
 
+def add_run_args(parser, default_config: str, output: str, handler) -> None:
+    """The arguments of a command that scores a pipeline run: ``--config``/``--set``/``--force``
+    (:func:`add_config_args`) and ``--run DIR``, whose ``stages.json`` gives the inputs and whose
+    ``DIR/<output>`` takes the output (:func:`fmrilm.artifacts.run_paths`); `handler` runs it."""
+    add_config_args(parser, default_config, force_help="replace an existing output directory")
+    parser.add_argument("--run", metavar="DIR", help=f"a pipeline run: the inputs from its stages.json, the output "
+                                                     f"to DIR/{output} (--set wins)")
+    parser.set_defaults(handler=handler)
+
+
 def config_from_args(cls: type[T], args, overrides: list[str] | None = None) -> T:
     """`cls` loaded from the ``--config`` and ``--set`` of parsed `args` (:func:`add_config_args`).
 

@@ -23,7 +23,7 @@ import json
 import numpy as np
 
 from fmrilm.cli import positive_int
-from fmrilm.config import add_config_args, config_from_args
+from fmrilm.config import add_run_args, config_from_args
 from fmrilm.corpus.phrasing import scan_placeholders
 
 
@@ -31,19 +31,13 @@ def register(sub) -> None:
     p = sub.add_parser("eval", help="evaluate a run on its held-out test set (report.json + report.md)",
                        description="Captioning, VQA, retrieval, zero/few-shot, rest and controls on the "
                                    "corpus's test split; writes report.json, report.md and brain_map.png.")
-    add_config_args(p, "eval_demo", force_help="replace an existing output directory")
-    p.add_argument("--run", metavar="DIR", help="evaluate this pipeline run: corpus, splits, tokenizer and model "
-                                                "from its stages.json, output to DIR/evaluation (--set wins)")
-    p.set_defaults(handler=_eval)
+    add_run_args(p, "eval_demo", "evaluation", _eval)
 
     f = sub.add_parser("rest-fewshot", help="few-shot phenotypes from k held-out rest runs (LoRA, in-context)",
                        description="k balanced labelled runs of the held-out few-shot subjects, learnt from by LoRA "
                                    "fine-tuning, in-context examples and an FC logistic, scored on test subjects "
                                    "beside the zero-shot model and the base rate; writes report.json and report.md.")
-    add_config_args(f, "rest_fewshot_demo", force_help="replace an existing output directory")
-    f.add_argument("--run", metavar="DIR", help="a pipeline run: corpus, splits, tokenizer and model from its "
-                                                "stages.json, output to DIR/rest_fewshot (--set wins)")
-    f.set_defaults(handler=_rest_fewshot)
+    add_run_args(f, "rest_fewshot_demo", "rest_fewshot", _rest_fewshot)
 
     a = sub.add_parser("ask", help="answer a question about one scan or rest run of a run",
                        description="Generate an answer from the run's instruction-tuned model for the "

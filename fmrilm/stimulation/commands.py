@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from fmrilm.config import add_config_args, config_from_args
+from fmrilm.config import add_run_args, config_from_args
 
 
 def register(sub) -> None:
@@ -16,10 +16,7 @@ def register(sub) -> None:
                                    "observer; compare with random patches of the same size and shape and "
                                    "another category's patch, with bootstrap intervals. Writes "
                                    "stimulation.json and two PNGs.")
-    add_config_args(p, "stimulation_demo", force_help="replace an existing output directory")
-    p.add_argument("--run", metavar="DIR", help="stimulate this pipeline run: corpus, tokenizer and model from "
-                                                "its stages.json, output to DIR/stimulation (--set wins)")
-    p.set_defaults(handler=_stimulate)
+    add_run_args(p, "stimulation_demo", "stimulation", _stimulate)
 
 
 def _stimulate(args) -> int:
