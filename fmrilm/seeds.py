@@ -56,8 +56,8 @@ STREAMS: dict[str, int] = {
     "eval.vqa_questions": 11,
     "eval.fewshot_shots": 13,
     "eval.adaptation_pool": 17,  # the held-out subject's k adaptation stimuli
-    "eval.rest_fewshot_examples": 100,  # ids: (phenotype, k, draw); the k labelled few-shot runs
-    "eval.rest_fewshot_queries": 101,  # ids: (phenotype,); the test subjects answering
+    "eval.rest_fewshot_examples": 19,  # ids: (phenotype, k, draw); the k labelled few-shot runs
+    "eval.rest_fewshot_queries": 23,  # ids: (phenotype,); the test subjects answering
     # stimulation
     "stimulation.patches": 0,  # control-patch placement
     "stimulation.scans": 1,  # the scans perturbed

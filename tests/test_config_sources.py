@@ -110,6 +110,11 @@ def test_the_demo_yamls_state_the_run_paths_and_the_evaluation_targets():
     assert all(v is None for v in dataclasses.asdict(EvalConfig().targets).values())  # none in code
     stim = load_config(StimulationConfig, "stimulation_demo")
     assert (stim.targets.spearman_min, stim.targets.specificity_min) == (0.9, 3.0)
+    from fmrilm.evaluation.rest_fewshot import RestFewShotConfig
+
+    few = load_config(RestFewShotConfig, "rest_fewshot_demo")
+    few.validate()
+    assert few.ks == (2, 4, 10) and few.lora.steps > 0 and few.out == "runs/demo/rest_fewshot"
 
 
 def test_seed_stream_names_are_unique_but_for_the_listed_legacy_shares():

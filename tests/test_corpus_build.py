@@ -65,7 +65,7 @@ def test_splits_do_not_leak(plan):
     assert p.dropped_novel > 0  # toy stimuli 0, 4, 8... ask about zebras: dropped from training
     # the novel category's words still reach the LM through text-only training data
     assert any("zebra" in s.meta["answer"] and s.split == "train" for s in p.samples if s.task == "text")
-    assert len(p.fewshot_subjects) == 7  # 6 rest + 1 task subject
+    assert len(p.fewshot_subjects) == 3  # 2 rest + 1 task subject
 
 
 def test_check_leakage_catches_violations(plan):

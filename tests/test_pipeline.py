@@ -319,7 +319,7 @@ def test_lm_stages_run_on_two_cpu_ranks_under_the_launcher(tiny_run, tmp_path, c
     _, run_dir, _ = tiny_run
     copy = tmp_path / "ranks"
     shutil.copytree(run_dir, copy)
-    later = ("real_rest", "real_rest_tokens", "evaluation", "stimulation")
+    later = ("real_rest", "real_rest_tokens", "evaluation", "stimulation", "rest_fewshot")
     cfg = load_pipeline_config(tiny_config("pipeline_tiny"), [f"run_dir={copy}", "stages.joint.nproc=2",
                                                               "stages.instruct.nproc=2",
                                                               *[f"stages.{s}.enabled=false" for s in later]])

@@ -219,7 +219,9 @@ def _conditions(model, examples: list[dict], queries: list[dict], features, row_
     prompts, used = _in_context(model, examples, queries, cfg)
     out["in_context"] = {**classification_scores(truth, *_answers(model, prompts, choices, name, cfg), cfg.seed),
                          **used} if prompts else used
-    if cfg.lora.steps:
+    if cfg.lora.steps and not any("lora_" in n for n, _ in model.named_parameters()):
+        out["lora"] = {"status": "skipped", "reason": "the model has no LoRA adapters (a merged checkpoint)"}
+    elif cfg.lora.steps:
         with lora_adapted(model, examples, cfg.lora, cfg.seed) as losses:
             full = [(q["json"]["prompt"], np.asarray(q["tokens.npy"], np.int64)) for q in queries]
             out["lora"] = {**classification_scores(truth, *_answers(model, full, choices, name, cfg), cfg.seed),
