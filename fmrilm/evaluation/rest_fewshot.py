@@ -176,6 +176,7 @@ def lora_adapted(model, examples: list[dict], settings: FewShotLoRA, seed: int):
     encoded = [encode_instruction(model.tokenizer, model.vocab, {"prompt": s["json"]["prompt"], "answer":
                                   s["json"]["answer"], "tokens": s["tokens.npy"]}, s["__key__"]) for s in examples]
     torch.manual_seed(seed)  # LoRA dropout
+    device = next(iter(lora.values())).device.type
     was_training, losses = model.training, []
     try:
         for n, p in named.items():
@@ -188,7 +189,7 @@ def lora_adapted(model, examples: list[dict], settings: FewShotLoRA, seed: int):
             for start in range(0, len(encoded), settings.micro_batch):
                 chunk = encoded[start:start + settings.micro_batch]
                 batch = collate(chunk, model.tokenizer.eos_token_id, model.max_length)
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=settings.precision == "bf16"):
+                with torch.autocast(device, dtype=torch.bfloat16, enabled=settings.precision == "bf16"):
                     loss = model(**batch)["loss"] * (len(chunk) / len(encoded))
                 loss.backward()
                 total += float(loss.detach())
