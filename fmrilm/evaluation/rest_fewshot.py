@@ -195,7 +195,6 @@ def lora_adapted(model, examples: list[dict], settings: FewShotLoRA, seed: int):
                 total += float(loss.detach())
             optimizer.step()
             losses.append(round(total, 4))
-        model.train(was_training)
         yield losses
     finally:
         with torch.no_grad():
@@ -207,8 +206,10 @@ def lora_adapted(model, examples: list[dict], settings: FewShotLoRA, seed: int):
         model.train(was_training)
 
 
-def _conditions(model, examples: list[dict], queries: list[dict], features, row_of: dict, name: str, cfg) -> dict:
-    """FC logistic, in-context and LoRA scores of one set of examples on the queries."""
+def _conditions(model, examples: list[dict], queries: list[dict], full: list, features, row_of: dict, name: str,
+                cfg) -> dict:
+    """FC logistic, in-context and LoRA scores of one set of examples on the queries (`full`: their prompts
+    and tokens as asked zero-shot)."""
     choices = [sorted(q["json"]["choices"]) for q in queries]
     truth = [q["json"]["answer"] for q in queries]
     labels = [s["json"]["answer"] for s in examples]
@@ -224,7 +225,6 @@ def _conditions(model, examples: list[dict], queries: list[dict], features, row_
         out["lora"] = {"status": "skipped", "reason": "the model has no LoRA adapters (a merged checkpoint)"}
     elif cfg.lora.steps:
         with lora_adapted(model, examples, cfg.lora, cfg.seed) as losses:
-            full = [(q["json"]["prompt"], np.asarray(q["tokens.npy"], np.int64)) for q in queries]
             out["lora"] = {**classification_scores(truth, *_answers(model, full, choices, name, cfg), cfg.seed),
                            "train_loss": losses}
     return out
@@ -246,7 +246,7 @@ def phenotype_fewshot(model, name: str, pool: list[dict], queries: list[dict], f
         if reason is not None:
             out["k"][str(k)] = {"status": "skipped", "reason": reason}
             continue
-        draws = [_conditions(model, examples, queries, features, row_of, name, cfg) for examples in picked]
+        draws = [_conditions(model, examples, queries, full, features, row_of, name, cfg) for examples in picked]
         scored = [c for c in ("fc_logistic", "in_context", "lora") if all("accuracy" in d.get(c, {}) for d in draws)]
         out["k"][str(k)] = {"draws": draws,
                             "mean_accuracy": {c: float(np.mean([d[c]["accuracy"] for d in draws])) for c in scored}}
