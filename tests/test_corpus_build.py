@@ -15,6 +15,7 @@ from fmrilm.config import load_config
 from fmrilm.corpus import commands
 from fmrilm.corpus.build import CorpusConfig, build_corpus, plan_corpus
 from fmrilm.corpus.inputs import open_inputs
+from fmrilm.corpus.samples import SampleBuilder
 from fmrilm.corpus.splits import LeakageError, check_leakage
 from fmrilm.corpus.toy import write_toy_inputs, write_toy_rest, write_toy_tokens
 from fmrilm.errors import InputError
@@ -222,3 +223,21 @@ def test_phenotype_samples_carry_the_configured_windows_of_the_run(toy):
     assert {tuple(r[2] for r in s.scans) for s in spread} == {(0, n_windows - 1)}  # evenly spaced, ends included
     # one window per sample: a sample per window of rest_windows_per_subject (the corpus_tiny 3)
     assert {len(s.scans) for s in single} == {1} and len(single) == 3 * len(whole)
+
+
+def test_site_questions_name_the_datasets_sites_and_need_two_of_them(toy):
+    inputs = open_inputs(toy["task_dataset"], toy["task_tokens"], toy["rest_dataset"], toy["rest_tokens"])
+    sites = sorted({r["site"] for r in inputs.rest.table("subjects")})
+    assert sites == ["site-1", "site-2"]
+    plan = plan_corpus(_cfg(toy, "samples.shots=0"), inputs, progress=False)
+    site = [s for s in plan.samples if s.task == "phenotype" and s.meta["phenotype"] == "site"]
+    rows = inputs.rest.table("subjects")
+    assert len(site) == len(rows)  # corpus_tiny: one sample of evenly spaced windows per subject
+    for s in site:
+        assert s.meta["choices"] == sites and s.meta["answer"] in sites and s.meta["answer_type"] == "class"
+        assert "site-1 or site-2" in s.meta["prompt"]
+    # one site (or none recorded): a question with a single answer teaches nothing, so none is asked
+    builder = SampleBuilder(inputs, _cfg(toy).samples, seed=0, rest_split=np.array(["train"] * len(rows)))
+    for value in ("site-1", None):
+        builder.rest_subjects = [{**r, "site": value} for r in rows]
+        assert {s.meta["phenotype"] for s in builder.phenotype()} == {"sex", "age", "diagnosis"}

@@ -126,7 +126,9 @@ def test_report_has_every_section_with_controls(report):
     assert adaptation["subject"] == "sub-03"  # the tiny world's last subject, unseen by tokenizer and LM
     assert list(adaptation["conditions"]) == ["k=0", "k=4", "k=16", "reference sub-01"]
     assert "## Held-out-subject adaptation" in (out / "report.md").read_text()
-    assert {"sex", "diagnosis", "age"} <= set(rep["rest"]["phenotype"])
+    assert {"sex", "diagnosis", "site", "age"} <= set(rep["rest"]["phenotype"])  # rest_world_tiny: two sites
+    site = rep["rest"]["phenotype"]["site"]
+    assert site["fc_baseline"]["n"] == site["model"]["n"] and site["ideal_observer"]["accuracy"] >= 0.5
     for result in rep["rest"]["phenotype"].values():
         assert {"model", "fc_baseline", "ideal_observer"} <= set(result)  # synthetic population: it has one
         assert {"model_brain_descriptors", "model_descriptors"} <= set(result)  # fMRI-LM's paradigms b and c

@@ -46,6 +46,18 @@ def test_age_posterior_mean_beats_the_constant_and_stays_in_range(population):
     assert np.abs(predicted - ages).mean() < np.abs(ages.mean() - ages).mean()
 
 
+def test_site_posterior_weighs_each_sites_scale_and_noise(population):
+    pop, rows, series = population
+    observed = ideal_observer(pop, rows, series, "site")
+    truth = [r["site"] for r in rows]
+    assert len(set(truth)) == 2 and set(observed["predictions"]) <= {s["site"] for s in pop.sites}
+    # the raw run carries the site's per-parcel offset and gain: the observer is near perfect
+    assert np.mean(np.array(observed["predictions"]) == truth) >= 0.95
+    # and without them (runs z-scored per parcel, as the tokenizer sees them) the posterior must fall
+    z = (series - series.mean(1, keepdims=True)) / series.std(1, keepdims=True)
+    assert np.mean(np.array(ideal_observer(pop, rows, z, "site")["predictions"]) == truth) < 0.95
+
+
 def test_unknown_phenotype_and_site_are_refused(population):
     pop, rows, series = population
     with pytest.raises(InputError, match="expected age"):

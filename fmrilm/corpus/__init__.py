@@ -59,8 +59,8 @@ Sample fields (one tar member per field, all sharing the sample's ``__key__``)
       ``["rest", subject, window]``, rows of the corpus's input tokens datasets (``corpus.json``
       ``inputs``); an LM with ``brain_input: continuous`` reads their ``latents`` there.
     - ``source``: ``"task"``, ``"rest"`` or ``"text"``: where the scans come from. Extras by task:
-      ``question_type`` (vqa, the stimulus table's qa "type"), ``phenotype`` (``"sex"``, ``"age"`` or
-      ``"diagnosis"``), ``window`` (temporal: index of the target window in the subject's run).
+      ``question_type`` (vqa, the stimulus table's qa "type"), ``phenotype`` (``"sex"``, ``"age"``,
+      ``"diagnosis"`` or ``"site"``), ``window`` (temporal: index of the target window in the subject's run).
 
 Reading::
 

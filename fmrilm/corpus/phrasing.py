@@ -46,6 +46,10 @@ PROMPTS = {
     "diagnosis": (f"{SCAN} Is this participant a control or a patient?",
                   f"Resting-state scan: {SCAN}\nDiagnosis (control or patient)?",
                   f"Based on this brain activity {SCAN}, is the person a patient or a healthy control?"),
+    # the sites differ between datasets, so the question names them ({sites}: "site-1, site-2 or site-3")
+    "site": (f"{SCAN} At which site was this participant scanned ({{sites}})?",
+             f"Resting-state scan: {SCAN}\nAcquisition site ({{sites}})?",
+             f"Based on this brain activity {SCAN}, which scanner site recorded it: {{sites}}?"),
 }
 SHOT_SEPARATOR = "\n\n"
 

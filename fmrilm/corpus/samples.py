@@ -29,8 +29,9 @@ from fmrilm.corpus.phrasing import (
 )
 from fmrilm.corpus.splits import mentions
 
+# name: (answer type, classes); the site classes (None) are the sites the rest dataset holds
 PHENOTYPES = {"sex": ("class", ("female", "male")), "age": ("count", None),
-              "diagnosis": ("class", ("control", "patient"))}
+              "diagnosis": ("class", ("control", "patient")), "site": ("class", None)}
 # What a phenotype question shows the LM (fMRI-LM's paradigms): the run's brain tokens, the tokens and the
 # subject's descriptor text in the prompt, or the descriptor text alone.
 PHENOTYPE_INPUTS = ("brain", "brain_descriptors", "descriptors")
@@ -243,13 +244,22 @@ class SampleBuilder:
                 out.append(Sample(meta, (("rest", s, int(j)),), "describe-rest"))
         return out
 
+    def _phenotype_classes(self) -> dict[str, tuple | None]:
+        """Each phenotype's classes; ``site``'s are the dataset's sites, and a dataset of one site (or none
+        recorded) asks no site question, which would have a single answer."""
+        sites = tuple(sorted({str(r["site"]) for r in self.rest_subjects if r.get("site") is not None}))
+        return {name: (sites if name == "site" else choices) for name, (_, choices) in PHENOTYPES.items()
+                if name != "site" or len(sites) > 1}
+
     def phenotype(self) -> list[Sample]:
         """One sample per subject, phenotype, window group and paradigm (:data:`PHENOTYPE_INPUTS`); a
         ``descriptors`` sample has no scans, and its prompt text stands where the scan would."""
         out = []
+        classes = self._phenotype_classes()
+        sites = ", ".join(classes["site"][:-1]) + f" or {classes['site'][-1]}" if "site" in classes else ""
         for s, row in enumerate(self.rest_subjects):
-            for name, (answer_type, choices) in PHENOTYPES.items():
-                value = row.get(name)
+            for name, choices in classes.items():
+                answer_type, value = PHENOTYPES[name][0], row.get(name)
                 if value is None:  # unknown for real runs: no sample rather than a guessed label
                     continue
                 answer = SEX_WORDS.get(value, value) if name == "sex" else (
@@ -260,7 +270,7 @@ class SampleBuilder:
                         j = int(windows[0])
                         key = (name, s, j) if paradigm == "brain" else (name, s, j, paradigm)
                         rng = sample_rng(self.seed, "phenotype", *key)
-                        one = prompt(name, rng)  # one placeholder per window carried
+                        one = prompt(name, rng, sites=sites)  # one placeholder per window carried
                         question = one.replace(SCAN, scan_placeholders(len(windows)))
                         scans = tuple(("rest", s, int(w)) for w in windows)
                         if paradigm != "brain":

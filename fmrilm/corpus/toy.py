@@ -82,7 +82,7 @@ def write_toy_rest(out, atlas: Atlas, n_subjects: int = 8, n_timepoints: int = 1
     """Rest dataset with phenotypes (sex, age, diagnosis, site) per subject."""
     rng = np.random.default_rng(seed + 1)
     subjects = [{"subject": f"sub-{s + 1:04d}", "age": float(rng.uniform(40, 80)), "sex": "FM"[s % 2],
-                 "diagnosis": "patient" if s % 3 == 0 else "control", "site": "site-1"}
+                 "diagnosis": "patient" if s % 3 == 0 else "control", "site": f"site-{s // 4 % 2 + 1}"}
                 for s in range(n_subjects)]
     with DatasetWriter(out, "rest", atlas.describe(), {"toy": "rest"}, seed, overwrite=True) as w:
         w.write_array("timeseries", toy_runs(atlas, n_subjects, n_timepoints, seed))

@@ -138,7 +138,7 @@ def phenotype_section(model, samples: list, rest: Dataset, excluded: set, cfg) -
     features = fc_features(series)
     population = _population(rest)
     out = {}
-    for name in ("sex", "diagnosis", "age"):
+    for name in ("sex", "diagnosis", "site", "age"):
         items = [s for s in samples if s["json"].get("phenotype") == name and not s["json"]["shots"]]
         asked = {s["json"]["subject"] for s in items} | excluded
         train_ages = [float(r["age"]) for r in rows if r["subject"] not in asked and r.get("age") is not None]

@@ -16,7 +16,10 @@ The run is de-scaled, ``z = (x − offset) / gain``; under AR(1) with coefficien
 innovations ``(z_t − ρ z_{t−1}) / √(1 − ρ²)`` are independent draws of N(0, Σ_v), so the log-likelihood is
 a sum over time points. ρ is estimated from the run (lag-1 autocorrelation pooled over parcels). Sex and
 diagnosis: the class of highest posterior (priors: the population's rates). Age: the posterior mean on a
-grid over the uniform prior ``age_range``.
+grid over the uniform prior ``age_range``. Site (uniform prior over the population's sites): each candidate
+site de-scales the run with its own gain and offset, so the likelihood of the raw run adds the Jacobian
+``−T · Σ log gain`` and the AR(1) term ``−(T − 1) · P / 2 · log(1 − ρ²)``. The observer sees the raw run;
+the tokenizer z-scores each parcel of a run, which removes a site's offset and gain and leaves its noise.
 
 It is a reference for what a whole run carries, not a bound a model can reach: it is handed the site and
 the other phenotypes, and it ignores individual variability, so a learner that models that variability
@@ -33,28 +36,35 @@ from fmrilm.errors import InputError
 CLASSES = {"sex": ("F", "M"), "diagnosis": ("patient", "control")}
 
 
-def _descaled(population, row: dict, run: np.ndarray) -> tuple[np.ndarray, float]:
+def _site(population, name) -> dict:
     sites = {s["site"]: s for s in population.sites}
-    if row["site"] not in sites:
-        raise InputError("subjects", "site", f"{row['site']!r} is not one of the population's {sorted(sites)}")
-    site = sites[row["site"]]
-    z = (np.asarray(run, np.float64) - site["offset"]) / site["gain"]
-    return z, site["noise_fraction"]
+    if name not in sites:
+        raise InputError("subjects", "site", f"{name!r} is not one of the population's {sorted(sites)}")
+    return sites[name]
 
 
-def _innovations(z: np.ndarray) -> np.ndarray:
-    """``z_0`` and the scaled AR(1) innovations of a [T, P] run, ρ estimated from the run itself."""
+def _innovations(z: np.ndarray) -> tuple[np.ndarray, float]:
+    """``z_0`` and the scaled AR(1) innovations of a [T, P] run, ρ estimated from the run itself, and the
+    log-Jacobian of that change of variables."""
     centred = z - z.mean(0)
     rho = float(np.clip((centred[1:] * centred[:-1]).sum() / (centred * centred).sum(), -0.99, 0.99))
-    return np.vstack([z[:1], (z[1:] - rho * z[:-1]) / np.sqrt(1.0 - rho**2)])
+    log_jacobian = -0.5 * (len(z) - 1) * z.shape[1] * np.log(1.0 - rho**2)
+    return np.vstack([z[:1], (z[1:] - rho * z[:-1]) / np.sqrt(1.0 - rho**2)]), log_jacobian
 
 
-def _log_likelihood(population, row: dict, innovations: np.ndarray, noise: float) -> float:
+def _log_likelihood(population, row: dict, run: np.ndarray) -> float:
+    """Log-density of the raw run [T, P] under the simulator's model for the phenotypes in `row`."""
+    site = _site(population, row["site"])
+    z = (np.asarray(run, np.float64) - site["offset"]) / site["gain"]
+    innovations, log_jacobian = _innovations(z)
     expected = nearest_correlation(population.group_fc + population.planted_effects(row))
+    noise = site["noise_fraction"]
     cov = (1.0 - noise) * expected + noise * np.eye(len(expected))
     chol = np.linalg.cholesky(cov)
     white = np.linalg.solve(chol, innovations.T)
-    return float(-0.5 * (white**2).sum() - len(innovations) * np.log(np.diag(chol)).sum())
+    log_gain = float(np.log(np.asarray(site["gain"], np.float64)).sum())
+    return float(-0.5 * (white**2).sum() - len(innovations) * (np.log(np.diag(chol)).sum() + log_gain)
+                 + log_jacobian)
 
 
 def _candidates(population, phenotype: str, age_grid: int) -> tuple[list, np.ndarray]:
@@ -62,8 +72,10 @@ def _candidates(population, phenotype: str, age_grid: int) -> tuple[list, np.nda
     cfg = population.cfg
     if phenotype == "age":
         return list(np.linspace(*cfg.age_range, age_grid)), np.zeros(age_grid)
+    if phenotype == "site":
+        return [s["site"] for s in population.sites], np.zeros(len(population.sites))
     if phenotype not in CLASSES:
-        raise InputError("phenotype", "name", f"{phenotype!r}; expected age, {', '.join(CLASSES)}")
+        raise InputError("phenotype", "name", f"{phenotype!r}; expected age, site, {', '.join(CLASSES)}")
     rate = cfg.female_fraction if phenotype == "sex" else cfg.patient_fraction
     return list(CLASSES[phenotype]), np.log(np.clip([rate, 1.0 - rate], 1e-12, None))
 
@@ -78,7 +90,7 @@ def ideal_observer(population, rows: list[dict], series, phenotype: str, age_gri
     rows : list of dict
         The subjects' rows (``subjects.jsonl``), one per run, in order.
     series : float [S, T, P]
-    phenotype : {"sex", "diagnosis", "age"}
+    phenotype : {"sex", "diagnosis", "age", "site"}
     age_grid : int
         Grid points over ``age_range`` for the age posterior.
 
@@ -87,7 +99,7 @@ def ideal_observer(population, rows: list[dict], series, phenotype: str, age_gri
     dict
         ``{"predictions": [...]}`` (class labels or ages) and, for classes, ``"probabilities"``: the
         posterior of the positive class as :func:`~fmrilm.evaluation.regression.classification_scores`
-        takes it, the larger sorted label (``M``, ``patient``).
+        takes it, the larger sorted label (``M``, ``patient``; for site, the last site's).
     """
     series = np.asarray(series)
     if series.ndim != 3 or len(series) != len(rows):
@@ -95,10 +107,8 @@ def ideal_observer(population, rows: list[dict], series, phenotype: str, age_gri
     values, log_prior = _candidates(population, phenotype, age_grid)
     predictions, probabilities = [], []
     for row, run in zip(rows, series, strict=True):
-        z, noise = _descaled(population, row, run)
-        innovations = _innovations(z)
-        log_post = log_prior + np.array([_log_likelihood(population, {**row, phenotype: v}, innovations, noise)
-                                         for v in values])
+        _site(population, row["site"])  # a row naming an unknown site fails here, whatever is asked
+        log_post = log_prior + np.array([_log_likelihood(population, {**row, phenotype: v}, run) for v in values])
         post = np.exp(log_post - log_post.max())
         post /= post.sum()
         if phenotype == "age":
