@@ -11,7 +11,7 @@ site used before the registry existed, so every figure of a published run is unc
 Because those keys are kept, some ids are shared by names that draw for unrelated purposes (e.g.
 ``[seed, 3]`` orders the evaluation's items and thins stage mixtures). The shares are listed, each
 name, in :data:`LEGACY_SHARED`, and a test holds every other name to an id of its own: a new stream
-takes a fresh id (:data:`FIRST_FREE_ID` upward), never one already listed.
+takes an id that no other name holds, never one already listed.
 
 Two kinds of draw are keyed by a counter rather than a name and stay outside the registry:
 ``[seed, epoch]`` (:func:`epoch_order`, :mod:`fmrilm.corpus.reader`) and ``[seed, k]`` (the
@@ -76,7 +76,6 @@ LEGACY_SHARED: dict[int, tuple[str, ...]] = {
     3: ("task_world.subject", "lm.task_weights", "eval.items"),
     7: ("task_world.text_scenes", "corpus.shard_order", "search.train_items"),
 }
-FIRST_FREE_ID = 100  # new streams take ids from here up (every id below is taken or shared)
 
 # name → spawn id: ``spawned_stream(seed, name, *ids)`` is
 # ``default_rng(SeedSequence(seed, spawn_key=(id, *ids)))`` (a key space of its own: brain.rest_world).

@@ -253,26 +253,32 @@ def phenotype_fewshot(model, name: str, pool: list[dict], queries: list[dict], f
     return out
 
 
-def query_subjects(samples: list[dict], n: int, seed: int, name: str) -> list[dict]:
-    """`n` of the samples (one per subject: brain tokens only, no shots), in a seeded order; 0: all."""
+def _one_per_subject(samples: list[dict], name: str) -> list[dict]:
+    """The first of each subject's `name` samples (brain tokens only, no shots), by subject id."""
     mine = sorted((s for s in samples if s["json"].get("phenotype") == name and not s["json"]["shots"]
                    and s["json"].get("paradigm", "brain") == "brain"), key=lambda s: s["json"]["subject"])
     first = {}
     for s in mine:
         first.setdefault(s["json"]["subject"], s)
-    chosen = list(first.values())
+    return list(first.values())
+
+
+def query_subjects(samples: list[dict], n: int, seed: int, name: str) -> list[dict]:
+    """`n` of the samples (one per subject: brain tokens only, no shots), in a seeded order; 0: all."""
+    chosen = _one_per_subject(samples, name)
     order = stream(seed, "eval.rest_fewshot_queries", PHENOTYPE_IDS[name]).permutation(len(chosen))
     return [chosen[i] for i in order[: n or len(chosen)]]
 
 
 def fewshot_pool(corpus: Path, name: str) -> list[dict]:
-    """The corpus's ``fewshot``-split phenotype samples of `name` (one per subject, brain tokens only)."""
+    """The corpus's ``fewshot``-split phenotype samples of `name` (one per subject, brain tokens only), by
+    subject id: the examples are drawn from it by ``eval.rest_fewshot_examples`` under the config's seed."""
     from fmrilm.corpus.reader import read_split
 
     if not (Path(corpus) / "fewshot.manifest.json").is_file():
         raise InputError(corpus, "fewshot", "the corpus has no few-shot split (splits rest_fewshot_subjects = 0)")
     samples, _ = read_split(corpus, "fewshot", ("phenotype",), progress=False)
-    return query_subjects(samples, 0, 0, name)
+    return _one_per_subject(samples, name)
 
 
 def run_rest_fewshot(cfg: RestFewShotConfig, overwrite: bool = False) -> dict:
