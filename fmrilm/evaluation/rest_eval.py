@@ -3,8 +3,8 @@
 Items are the corpus's ``test``-split rest samples (zero-shot ones), so subjects are held out.
 
 - Phenotypes, for each input paradigm the corpus holds (``model``: brain tokens; ``model_brain_descriptors``:
-  tokens + the run's descriptor text; ``model_descriptors``: the text alone, :data:`PARADIGM_KEYS`): sex and
-  diagnosis by constrained decoding among the sample's choices
+  tokens + the run's descriptor text; ``model_descriptors``: the text alone, :data:`PARADIGM_KEYS`): sex,
+  diagnosis and site by constrained decoding among the sample's choices
   (:func:`~fmrilm.llm.generate.choose_answer`), age by greedy generation of digits only
   (:func:`~fmrilm.llm.generate.number_tokens`), as many as the training subjects' ages have, parsed as a
   number; the

@@ -52,19 +52,22 @@ def _innovations(z: np.ndarray) -> tuple[np.ndarray, float]:
     return np.vstack([z[:1], (z[1:] - rho * z[:-1]) / np.sqrt(1.0 - rho**2)]), log_jacobian
 
 
-def _log_likelihood(population, row: dict, run: np.ndarray) -> float:
-    """Log-density of the raw run [T, P] under the simulator's model for the phenotypes in `row`."""
-    site = _site(population, row["site"])
+def _descaled(population, site_name: str, run: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """The raw run [T, P] de-scaled by a site: its AR(1) innovations, the log-Jacobian of raw run →
+    innovations, and the site's noise fraction."""
+    site = _site(population, site_name)
     z = (np.asarray(run, np.float64) - site["offset"]) / site["gain"]
     innovations, log_jacobian = _innovations(z)
+    log_gain = float(np.log(np.asarray(site["gain"], np.float64)).sum())
+    return innovations, log_jacobian - len(z) * log_gain, site["noise_fraction"]
+
+
+def _log_likelihood(population, row: dict, innovations: np.ndarray, noise: float) -> float:
     expected = nearest_correlation(population.group_fc + population.planted_effects(row))
-    noise = site["noise_fraction"]
     cov = (1.0 - noise) * expected + noise * np.eye(len(expected))
     chol = np.linalg.cholesky(cov)
     white = np.linalg.solve(chol, innovations.T)
-    log_gain = float(np.log(np.asarray(site["gain"], np.float64)).sum())
-    return float(-0.5 * (white**2).sum() - len(innovations) * (np.log(np.diag(chol)).sum() + log_gain)
-                 + log_jacobian)
+    return float(-0.5 * (white**2).sum() - len(innovations) * np.log(np.diag(chol)).sum())
 
 
 def _candidates(population, phenotype: str, age_grid: int) -> tuple[list, np.ndarray]:
@@ -107,8 +110,13 @@ def ideal_observer(population, rows: list[dict], series, phenotype: str, age_gri
     values, log_prior = _candidates(population, phenotype, age_grid)
     predictions, probabilities = [], []
     for row, run in zip(rows, series, strict=True):
-        _site(population, row["site"])  # a row naming an unknown site fails here, whatever is asked
-        log_post = log_prior + np.array([_log_likelihood(population, {**row, phenotype: v}, run) for v in values])
+        # de-scaled once per site weighed: every candidate site when site is asked, else the row's own
+        descaled = {s: _descaled(population, s, run) for s in (values if phenotype == "site" else [row["site"]])}
+        log_post = np.array(log_prior, np.float64)
+        for i, v in enumerate(values):
+            candidate = {**row, phenotype: v}
+            innovations, log_jacobian, noise = descaled[candidate["site"]]
+            log_post[i] += _log_likelihood(population, candidate, innovations, noise) + log_jacobian
         post = np.exp(log_post - log_post.max())
         post /= post.sum()
         if phenotype == "age":
