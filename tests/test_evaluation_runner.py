@@ -130,7 +130,7 @@ def test_report_has_every_section_with_controls(report):
     site = rep["rest"]["phenotype"]["site"]
     assert site["fc_baseline"]["n"] == site["model"]["n"] and site["ideal_observer"]["accuracy"] >= 0.5
     for result in rep["rest"]["phenotype"].values():
-        assert {"model", "fc_baseline", "ideal_observer"} <= set(result)  # synthetic population: it has one
+        assert {"model", "fc_baseline", "network_fc_baseline", "ideal_observer"} <= set(result)  # synthetic: it has one
         assert {"model_brain_descriptors", "model_descriptors"} <= set(result)  # fMRI-LM's paradigms b and c
         assert result["model_descriptors"].get("n") == result["model"].get("n")  # the same test subjects
     assert {"model", "persistence", "linear_ar", "tokenizer_ceiling"} <= set(rep["rest"]["temporal"])

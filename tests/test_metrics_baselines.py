@@ -4,7 +4,13 @@ import numpy as np
 import pytest
 
 from fmrilm.errors import InputError
-from fmrilm.evaluation.baselines import RidgeCaptionDecoder, chance_baseline, fc_features, phenotype_baseline
+from fmrilm.evaluation.baselines import (
+    RidgeCaptionDecoder,
+    chance_baseline,
+    fc_features,
+    network_fc_features,
+    phenotype_baseline,
+)
 from fmrilm.evaluation.regression import balanced_accuracy, classification_scores, r2_score, regression_scores, roc_auc
 from fmrilm.evaluation.temporal_baselines import LinearAR, next_scan_targets, persistence_forecast, temporal_baselines
 
@@ -118,6 +124,22 @@ def test_fc_features_are_fisher_z_upper_triangles():
     assert fc.shape == (3, 15)
     r = np.corrcoef(ts[1].T)[np.triu_indices(6, 1)]
     np.testing.assert_allclose(fc[1], np.arctanh(r), atol=1e-5)
+
+
+def test_network_fc_features_are_block_means_of_fisher_z():
+    # networks of unequal size (3, 2, 2, 2, 2, 2, 4 parcels); in subject 1, network 2 shares a signal
+    nets = np.array([0, 0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 6, 6])
+    rng = np.random.default_rng(1)
+    ts = rng.standard_normal((2, 80, 17))
+    ts[1][:, nets == 2] += 2.0 * rng.standard_normal((80, 1))
+    features = network_fc_features(ts, nets)
+    assert features.shape == (2, 28)  # 7 within + 21 between, row-major upper triangle: (2, 2) is entry 13
+    r = np.corrcoef(ts[1].T)
+    np.testing.assert_allclose(features[1, 13], np.arctanh(r[5, 6]), rtol=1e-5)
+    np.testing.assert_allclose(features[1, 2], np.arctanh(r[np.ix_([0, 1, 2], [5, 6])]).mean(), rtol=1e-5)  # (0, 2)
+    assert features[1, 13] > 1.0 > abs(features[0, 13])  # the shared signal is network 2's within FC
+    with pytest.raises(InputError, match="network labels"):
+        network_fc_features(ts, nets[:-1])
 
 
 def test_phenotype_baselines_recover_planted_effects():

@@ -6,6 +6,8 @@
 - :func:`fc_features` + :func:`phenotype_baseline`: Fisher-z functional connectivity (upper
   triangle) of each subject's parcel time series, then cross-validated logistic regression
   (sex, diagnosis) or ridge regression (age) — the standard resting-state phenotype baseline.
+  :func:`network_fc_features` feeds the same predictor the 28 within- and between-network FC means
+  that the rest descriptor text states: what a reader of the description could reach linearly.
 - :func:`chance_baseline`: the base rate a phenotype predictor has to beat, from the training
   subjects' labels alone: their majority class, or their mean age for every test subject.
 
@@ -17,7 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from fmrilm.brain.rest_covariance import fc_edges
+from fmrilm.brain.rest_covariance import fc_edges, fisher_fc
+from fmrilm.corpus.descriptors_rest import network_fc
 from fmrilm.errors import InputError, check_finite
 from fmrilm.evaluation.regression import classification_scores, regression_scores
 from fmrilm.retrieval.index import IndexConfig, SemanticIndex
@@ -95,6 +98,20 @@ def fc_features(timeseries) -> np.ndarray:
         raise InputError("timeseries", "shape", f"{ts.shape}; expected [S, T >= 3, P]")
     check_finite(ts, "timeseries")
     return np.stack([fc_edges(run) for run in ts]).astype(np.float32)
+
+
+def network_fc_features(timeseries, networks) -> np.ndarray:
+    """Within- and between-network mean Fisher-z FC per subject, the FC figures of the rest descriptors
+    (:func:`~fmrilm.corpus.descriptors_rest.network_fc`): [S, T, P] and network index (P,) → float32 [S, 28]."""
+    ts = np.asarray(timeseries)
+    nets = np.asarray(networks)
+    if ts.ndim != 3 or ts.shape[1] < 3 or nets.shape != (ts.shape[2],):
+        raise InputError("timeseries", "shape", f"{ts.shape} with {nets.shape} network labels; expected "
+                         "[S, T >= 3, P] and (P,)")
+    check_finite(ts, "timeseries")
+    blocks = [network_fc(fisher_fc(run), nets) for run in ts]
+    upper = np.triu_indices(blocks[0].shape[0])  # the diagonal is each network's within FC
+    return np.stack([b[upper] for b in blocks]).astype(np.float32)
 
 
 def phenotype_baseline(train_features, train_targets, test_features, test_targets, task: str,

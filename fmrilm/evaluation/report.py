@@ -87,7 +87,8 @@ def _headline_markdown(report: dict) -> list[str]:
             if paradigm in result:
                 rows.append((f"{name} {key} ({label})", _with_interval(result[paradigm], key),
                              f"base rate {_with_interval(base, key)}",
-                             f"FC {_with_interval(result['fc_baseline'], key)}",
+                             f"FC {_with_interval(result['fc_baseline'], key)}; network FC "
+                             f"{_with_interval(result['network_fc_baseline'], key)}",
                              f"ideal observer {_with_interval(result['ideal_observer'], key)}"
                              if "ideal_observer" in result else "—", "subjects resampled"))
     t = rest.get("temporal") if not _skipped(rest) else None
@@ -218,13 +219,16 @@ def _rest_markdown(rest: dict) -> list[str]:
         chance = result.get("constant_mean" if name == "age" else "majority_class", {})
         for key in ("mae",) if name == "age" else ("accuracy", "balanced_accuracy", "auc"):
             lm = [_with_interval(result[p], key) if p in result else "—" for p in PARADIGM_LABELS]
-            rows.append((name, key, *lm, *(_with_interval(scores, key) for scores in (result["fc_baseline"], chance)),
+            baselines = (_with_interval(s, key) for s in (result["fc_baseline"], result["network_fc_baseline"], chance))
+            rows.append((name, key, *lm, *baselines,
                          _with_interval(result["ideal_observer"], key) if "ideal_observer" in result else "—",
                          result["n_subjects"]))
     out += _table(("phenotype", "metric", *(f"LM: {label}" for label in PARADIGM_LABELS.values()), "FC baseline",
-                   "majority class / training mean", "ideal observer", "subjects"), rows)
+                   "network FC baseline", "majority class / training mean", "ideal observer", "subjects"), rows)
     out += ["Phenotype intervals: 95 % bootstrap over the test subjects (the same resamples for every column); the "
-            "base rate is the training subjects' majority class / mean age given to every test subject.", ""]
+            "base rate is the training subjects' majority class / mean age given to every test subject. FC baseline: "
+            "logistic / ridge on every Fisher-z FC edge; network FC baseline: the same on the 28 within- and "
+            "between-network FC means that the descriptor text states.", ""]
     rows, notes = [], []
     for label, key in (("synthetic held-out subjects", "temporal"), ("real brainspace run", "temporal_real_run")):
         t = rest.get(key)

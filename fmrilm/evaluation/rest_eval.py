@@ -10,7 +10,9 @@ Items are the corpus's ``test``-split rest samples (zero-shot ones), so subjects
   number; the
   windows of a subject are pooled (majority vote, mean age). Baseline on the same test subjects:
   logistic / ridge regression on Fisher-z FC, trained on the subjects of neither test, val nor
-  few-shot (:func:`~fmrilm.evaluation.baselines.phenotype_baseline`), and the base rate from those
+  few-shot (:func:`~fmrilm.evaluation.baselines.phenotype_baseline`); the same predictor on the 28
+  network FC means the descriptor text states (``network_fc_baseline``: what a linear reader of the
+  description reaches, the bound of the descriptors-only paradigm's FC); and the base rate from those
   training subjects' labels alone (majority class, mean age:
   :func:`~fmrilm.evaluation.baselines.chance_baseline`). Each reports accuracy, balanced accuracy
   and AUC (the LM's from its constrained-decoding probability of the positive class, averaged over a
@@ -43,11 +45,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fmrilm.brain.atlas import Atlas
 from fmrilm.brain.rest_world import RestPopulation, RestWorldConfig
 from fmrilm.brain.store import Dataset
 from fmrilm.config import from_dict
+from fmrilm.corpus.descriptors_task import network_index
 from fmrilm.errors import InputError
-from fmrilm.evaluation.baselines import chance_baseline, fc_features, phenotype_baseline
+from fmrilm.evaluation.baselines import chance_baseline, fc_features, network_fc_features, phenotype_baseline
 from fmrilm.evaluation.regression import classification_scores, r2_score, regression_scores
 from fmrilm.evaluation.rest_ideal_observer import ideal_observer
 from fmrilm.evaluation.temporal_baselines import LinearAR, PatchAR, persistence_forecast
@@ -136,6 +140,8 @@ def phenotype_section(model, samples: list, rest: Dataset, excluded: set, cfg) -
     index = {r["subject"]: i for i, r in enumerate(rows)}
     series = np.asarray(rest.array("timeseries"))
     features = fc_features(series)
+    # the corpus describes runs on the dataset's Schaefer atlas (corpus.inputs.open_inputs)
+    networks = network_fc_features(series, network_index(Atlas.schaefer(int(rest.atlas_info["n_parcels"]))))
     population = _population(rest)
     out = {}
     for name in ("sex", "diagnosis", "site", "age"):
@@ -157,15 +163,18 @@ def phenotype_section(model, samples: list, rest: Dataset, excluded: set, cfg) -
         test = [index[s] for s in sorted(test_subjects)]
         task = "regression" if name == "age" else "classification"
         target = [rows[i][name] for i in train], [rows[i][name] for i in test]
-        base = phenotype_baseline(features[train], target[0], features[test], target[1], task, cfg.seed)
-        base.pop("predictions")
+        base, network = (phenotype_baseline(x[train], target[0], x[test], target[1], task, cfg.seed)
+                         for x in (features, networks))
+        for scores in (base, network):
+            scores.pop("predictions")
         chance = chance_baseline(target[0], target[1], task, cfg.seed)
-        for scores in (*result.values(), base, chance):
+        for scores in (*result.values(), base, network, chance):
             # Pearson r (constant predictions) and R² (one test subject) can be undefined: JSON gets null.
             for key in ("pearson_r", "r2"):
                 if scores.get(key) is not None and not np.isfinite(scores[key]):
                     scores[key] = None
-        out[name] = {**result, "fc_baseline": base, "constant_mean" if name == "age" else "majority_class": chance,
+        out[name] = {**result, "fc_baseline": base, "network_fc_baseline": network,
+                     "constant_mean" if name == "age" else "majority_class": chance,
                      "n_subjects": len(test)}
         if population is not None:
             out[name]["ideal_observer"] = _ideal_observer_scores(population, rows, series[test], test, name, cfg.seed)
