@@ -61,7 +61,12 @@ def apply_overrides(data: dict, overrides: list[str] | None, cls: type | None = 
         if "=" not in item:
             raise InputError("--set", item, "expected key=value")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as err:
+            # e.g. a stage's set list holding a list, a=[b=[1]]: its items need quotes, a=["b=[1]"]
+            raise InputError("--set", key, f"{raw!r} is not a YAML value ({str(err).splitlines()[0]}); quote list "
+                             "items that hold brackets: key=[\"sub=[x]\"]") from None
         if cls is not None:
             tp = _field_type(cls, key)
             if value is None and not raw.strip() and tp is str:

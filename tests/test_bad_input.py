@@ -99,7 +99,9 @@ def test_set_of_wrong_type_names_set_before_any_work(tmp_path, capsys):
                               ("adaptation.fit.lr=fast", "--set: field 'adaptation.fit.lr': expected float"),
                               ("shots=3", "--set: field 'shots': expected a list"),
                               ("n_itemz=3", "--set: field 'n_itemz': unknown key 'n_itemz' for EvalConfig"),
-                              ("split.x=1", "--set: field 'split.x': 'split' is a str, not a section")):
+                              ("split.x=1", "--set: field 'split.x': 'split' is a str, not a section"),
+                              # a stage's set list holding a list needs quoted items (pipeline --set)
+                              ("shots=[a=[1]]", "--set: field 'shots': '[a=[1]]' is not a YAML value")):
         assert cli(["eval", "--config", tiny_config("eval_tiny"), "--set", f"out={out}", override]) == 2
         assert message in _one_line_error(capsys)
     assert not out.exists()
