@@ -2,6 +2,7 @@
 
     python benchmarks/tokenizer.py            # ~10 min on 2 cores
     python benchmarks/tokenizer.py --quick    # ~3 min: smaller world, fewer steps
+    python benchmarks/tokenizer.py --quick --steps 50   # the test's size: every figure, an undertrained tokenizer
 
 1. Synthetic task world (ground truth known): train the demo tokenizer through the stage entry
    point, then on held-out stimuli report reconstruction R² against the clean (noise-free) signal
@@ -171,7 +172,7 @@ def precision_step_times(model, x: torch.Tensor) -> dict[str, float]:
     return {"step_s_fp32": fp32, "step_s_bf16": bf16, "bf16_speedup": fp32 / bf16}
 
 
-def task_benchmark(root: Path, quick: bool) -> dict:
+def task_benchmark(root: Path, quick: bool, steps: int | None = None) -> dict:
     from fmrilm.brain.task_world import TaskWorldConfig, generate_task_world
 
     overrides = ["n_stimuli=240", "n_subjects=2"] if quick else ["n_stimuli=600", "n_subjects=2"]
@@ -180,9 +181,10 @@ def task_benchmark(root: Path, quick: bool) -> dict:
     splits_path = write_run_splits(load_config(SplitsConfig, "splits_demo", [
         f"task_dataset={world}", f"out={root / 'splits.json'}", "heldout_task_subjects=0"]))
     splits = read_splits(splits_path)
-    steps = 300 if quick else 1500
+    steps = steps or (300 if quick else 1500)
     overrides = [f"data.dataset={world}", f"data.splits={splits_path}", f"engine.max_steps={steps}",
-                 f"engine.warmup_steps={steps // 20}", "engine.checkpoint_every=0", f"engine.log_every={steps // 5}"]
+                 f"engine.warmup_steps={steps // 20}", "engine.checkpoint_every=0",
+                 f"engine.log_every={max(1, steps // 5)}"]
     cfg = load_config(TokenizerStageConfig, "tokenizer_demo", overrides)
     t0 = time.time()
     model = BrainTokenizer.from_pretrained(train_stage(root / "tok", overrides))
@@ -275,10 +277,13 @@ def rest_benchmark(root: Path, quick: bool) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller world and fewer steps")
+    parser.add_argument("--steps", type=int, help="task tokenizer training steps (default: 1500, 300 with --quick)")
     args = parser.parse_args(argv)
+    if args.steps is not None and args.steps < 1:
+        parser.error(f"--steps {args.steps}: expected a positive number of steps")
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
-        task = task_benchmark(Path(tmp), args.quick)
+        task = task_benchmark(Path(tmp), args.quick, args.steps)
         rest = rest_benchmark(Path(tmp), args.quick)
     print(f"\nTask world: {task['n_train_scans']} training / {task['n_heldout_scans']} held-out scans, "
           f"{task['bits_per_scan']} bits per scan, {task['train_steps']} steps in {task['train_s']:.0f} s")

@@ -22,8 +22,10 @@ def test_every_benchmark_is_covered():
 @pytest.mark.parametrize("script", BENCHMARKS, ids=lambda p: p.stem)
 def test_quick_benchmark_prints_its_figures(script, tmp_path):
     env = {**os.environ, "TMPDIR": str(tmp_path)}
-    # the machinery at its smallest: one kill and resume (--quick: 3), two training seeds (an sd; default 3)
-    extra = {"faults": ["--kills", "1"], "seeds": ["--seeds", "0", "1"]}.get(script.stem, [])
+    # the machinery at its smallest: one kill and resume (--quick: 3), two training seeds (an sd; default 3),
+    # 50 task tokenizer steps (--quick: 300)
+    smallest = {"faults": ["--kills", "1"], "seeds": ["--seeds", "0", "1"], "tokenizer": ["--steps", "50"]}
+    extra = smallest.get(script.stem, [])
     if script.stem == "llm":
         # the script's own --backbone path on a tiny Llama: every loop, child process and figure, without
         # the packaged GGUF's conversion and 135M-parameter steps (≈ 6 of the suite's minutes); `make bench`
