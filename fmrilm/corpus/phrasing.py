@@ -132,18 +132,9 @@ def describe_task(desc: TaskDescriptor, rng: np.random.Generator) -> str:
 
 
 # --------------------------------------------------------------------- rest descriptions
-def relative_word(z: float) -> str:
-    """The z-score in words: its sign and whether it passes one SD (a compact LM reads a word it has
-    seen in pretraining more readily than it learns a threshold on digits, docs/experiments.md run 18)."""
-    if z < 0:
-        return "well below average" if z <= -1 else "below average"
-    return "well above average" if z >= 1 else "above average"
-
-
 def _z(z: float) -> str:
-    """``", z = +1.20 (well above average)"`` relative to the population, or nothing without a
-    population reference."""
-    return "" if np.isnan(z) else f", z = {fmt(z, True)} ({relative_word(z)})"
+    """``", z = +1.20"`` relative to the population, or nothing without a population reference."""
+    return "" if np.isnan(z) else f", z = {fmt(z, True)}"
 
 
 def _within_sentence(f: RestFeatures, s: int, rng) -> str:
