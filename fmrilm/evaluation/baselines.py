@@ -7,7 +7,8 @@
   triangle) of each subject's parcel time series, then cross-validated logistic regression
   (sex, diagnosis) or ridge regression (age) — the standard resting-state phenotype baseline.
   :func:`network_fc_features` feeds the same predictor the 28 within- and between-network FC means
-  that the rest descriptor text states: what a reader of the description could reach linearly.
+  the rest descriptors summarise (the text states the 7 within-network values and the most atypical
+  between-network pair): what a linear reader of the descriptors' FC could reach.
 - :func:`chance_baseline`: the base rate a phenotype predictor has to beat, from the training
   subjects' labels alone: their majority class, or their mean age for every test subject.
 

@@ -228,7 +228,8 @@ def _rest_markdown(rest: dict) -> list[str]:
     out += ["Phenotype intervals: 95 % bootstrap over the test subjects (the same resamples for every column); the "
             "base rate is the training subjects' majority class / mean age given to every test subject. FC baseline: "
             "logistic / ridge on every Fisher-z FC edge; network FC baseline: the same on the 28 within- and "
-            "between-network FC means that the descriptor text states.", ""]
+            "between-network FC means the descriptors summarise (the text states the 7 within-network ones and the "
+            "most atypical pair).", ""]
     rows, notes = [], []
     for label, key in (("synthetic held-out subjects", "temporal"), ("real brainspace run", "temporal_real_run")):
         t = rest.get(key)

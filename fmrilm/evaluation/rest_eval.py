@@ -11,8 +11,8 @@ Items are the corpus's ``test``-split rest samples (zero-shot ones), so subjects
   windows of a subject are pooled (majority vote, mean age). Baseline on the same test subjects:
   logistic / ridge regression on Fisher-z FC, trained on the subjects of neither test, val nor
   few-shot (:func:`~fmrilm.evaluation.baselines.phenotype_baseline`); the same predictor on the 28
-  network FC means the descriptor text states (``network_fc_baseline``: what a linear reader of the
-  description reaches, the bound of the descriptors-only paradigm's FC); and the base rate from those
+  network FC means the rest descriptors summarise (``network_fc_baseline``: what a linear reader of the
+  descriptors' FC reaches); and the base rate from those
   training subjects' labels alone (majority class, mean age:
   :func:`~fmrilm.evaluation.baselines.chance_baseline`). Each reports accuracy, balanced accuracy
   and AUC (the LM's from its constrained-decoding probability of the positive class, averaged over a
