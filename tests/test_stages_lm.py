@@ -127,6 +127,7 @@ def test_stages_2_and_3_end_to_end_then_rerun_is_a_no_op(world, tmp_path, capsys
     assert stage3.name == stage2.name.replace("stage2_joint", "stage3_instruct").replace("step000006", "step000004")
     report = read_json(stage3 / "eval.json")
     assert report["n"] > 0 and 0.0 <= report["accuracy"] <= 1.0
+    assert sum(q["n"] for q in report["by_question"].values()) == report["n"]
     model = load_brainlm(stage3)
     text = generate(model, [None], ["Describe a dog."], max_new_tokens=4)
     assert isinstance(text[0], str)
@@ -271,6 +272,18 @@ def test_stage0_records_a_local_checkpoint_instead_of_bootstrapping(tmp_path):
     with pytest.raises(InputError, match="--backbone PATH"):
         backbone.run(load_config(backbone.BackboneStageConfig, tiny_config("backbone_tiny"),
                                  [f"out_dir={tmp_path}", f"backbone={tmp_path / 'missing'}"]))
+
+
+def test_closed_questions_are_scored_per_phenotype_beside_their_majority_rate():
+    meta = [{"task": "phenotype", "phenotype": "sex", "answer": "female"},
+            {"task": "phenotype", "phenotype": "sex", "answer": "female"},
+            {"task": "phenotype", "phenotype": "sex", "answer": "male"},
+            {"task": "phenotype", "phenotype": "diagnosis", "answer": "control"},
+            {"task": "vqa", "answer": "yes"}]
+    report = instruct._by_question(meta, np.array([True, False, False, True, False]))
+    assert report == {"phenotype:diagnosis": {"n": 1, "accuracy": 1.0, "majority": 1.0},
+                      "phenotype:sex": {"n": 3, "accuracy": 1 / 3, "majority": 2 / 3},
+                      "vqa": {"n": 1, "accuracy": 0.0, "majority": 1.0}}
 
 
 def test_task_weights_resample_by_task_and_refuse_unknown_tasks():

@@ -22,7 +22,8 @@ examples included, is written in the chat template of :mod:`fmrilm.llm.formattin
 the answer tokens only; :func:`~fmrilm.llm.formatting.check_answer_mask` verifies that on every
 sample before training starts. After training, closed questions of the validation split (yes/no,
 classes) are answered by constrained decoding (:func:`~fmrilm.llm.generate.choose_answer`) and the
-accuracy is stored in the export's ``eval.json``.
+accuracy is stored in the export's ``eval.json``, per task and per question kind (``phenotype:sex``
+beside its majority rate: a phenotype probe on val reads its figure there).
 
 ``task_weights`` resamples the mixture by task (the demo up-weights captions and VQA, the tasks whose
 answers the retrieved captions carry). With ``retrieved_captions`` > 0 and ``retrieval``
@@ -169,7 +170,21 @@ def closed_question_accuracy(captioner, corpus: str, split: str, tasks, max_samp
     hits = np.array([a == m["answer"] for a, m in zip(answers, meta, strict=True)])
     by_task = {t: float(hits[[m["task"] == t for m in meta]].mean()) for t in sorted({m["task"] for m in meta})}
     return {"n": len(closed), "accuracy": float(hits.mean()), "by_task": by_task,
+            "by_question": _by_question(meta, hits),
             "chance": float(np.mean([1 / len(m["choices"]) for m in meta]))}
+
+
+def _by_question(meta: list[dict], hits: np.ndarray) -> dict:
+    """Accuracy per question kind ("vqa", "phenotype:sex", …) beside the rate of its most common true
+    answer: a probe of one phenotype reads its figure here without the full evaluation."""
+    kinds = [m["task"] + (f":{m['phenotype']}" if m.get("phenotype") else "") for m in meta]
+    out = {}
+    for kind in sorted(set(kinds)):
+        mask = np.array([k == kind for k in kinds])
+        answers = Counter(m["answer"] for m, keep in zip(meta, mask, strict=True) if keep)
+        out[kind] = {"n": int(mask.sum()), "accuracy": float(hits[mask].mean()),
+                     "majority": answers.most_common(1)[0][1] / int(mask.sum())}
+    return out
 
 
 class InstructRecipe(LMRecipe):
