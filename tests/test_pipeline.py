@@ -67,7 +67,15 @@ def test_few_shot_phenotypes_learn_from_held_out_runs_only_and_answer_test_subje
     for condition in ("fc_logistic", "in_context", "lora"):
         assert 0 <= draw[condition]["accuracy"] <= 1, condition
     assert len(draw["lora"]["train_loss"]) == 2 and draw["in_context"]["example_windows"] >= 1
-    assert "## sex" in (Path(state["rest_fewshot"]) / "report.md").read_text()
+    # age: k runs spread over the range, answered as digits, beside the FC ridge and the examples' mean age
+    age = report["phenotypes"]["age"]
+    draw = age["k"]["2"]["draws"][0]
+    assert {splits[s] for s in draw["examples"]} == {"fewshot"} and age["constant_mean"]["mae"] >= 0
+    for condition in ("fc_ridge", "examples_mean", "in_context", "lora"):
+        assert draw[condition]["mae"] >= 0, condition
+    assert sum(draw["in_context"]["answers"].values()) == age["n_queries"]  # one answer per query (3 < 8 kept)
+    markdown = (Path(state["rest_fewshot"]) / "report.md").read_text()
+    assert "## sex" in markdown and "## age" in markdown and "FC ridge MAE" in markdown
 
 
 def test_retrieved_captions_prefix_task_scans_only(tiny_run):

@@ -1,4 +1,4 @@
-"""Few-shot phenotype pieces: window subsets of a run, balanced example draws, LoRA fitted and restored."""
+"""Few-shot phenotype pieces: window subsets of a run, balanced and spread example draws, LoRA fitted and restored."""
 
 import numpy as np
 import pytest
@@ -11,6 +11,7 @@ from fmrilm.evaluation.rest_fewshot import (
     RestFewShotConfig,
     _balanced,
     _in_context,
+    _spread,
     lora_adapted,
     with_windows,
 )
@@ -40,6 +41,15 @@ def test_examples_are_balanced_over_classes_or_the_pool_is_named_short():
     assert len({s["json"]["subject"] for s in chosen}) == 6
     assert "3 runs of class 'female'" in _balanced(pool, 8, ["female", "male"], rng)
     assert "multiple" in _balanced(pool, 3, ["female", "male"], rng)
+
+
+def test_numeric_examples_are_spread_over_the_range_or_the_pool_is_named_short():
+    pool = [{"json": {"subject": f"s{a}", "answer": str(a), "answer_type": "count"}} for a in (90, 20, 60, 40, 80, 30,
+                                                                                              50, 70, 100)]
+    chosen = _spread(pool, 3, stream(0, "eval.rest_fewshot_examples", 1, 3, 0))
+    ages = sorted(int(s["json"]["answer"]) for s in chosen)
+    assert len(ages) == 3 and ages[0] <= 40 and 50 <= ages[1] <= 70 and ages[2] >= 80  # one per third
+    assert "9 runs; k = 10" in _spread(pool, 10, stream(0, "eval.rest_fewshot_examples", 1, 10, 0))
 
 
 def test_lora_is_fitted_to_the_examples_and_restored_afterwards(backbone):  # noqa: F811

@@ -271,17 +271,22 @@ def render_rest_fewshot(report: dict) -> str:
     95 % interval over the queries (draw 0) per k and condition, beside zero-shot and the base rate."""
     out = ["# Few-shot phenotypes on held-out rest subjects", "", report["protocol"]["note"], ""]
     for name, section in report["phenotypes"].items():
-        fixed = (f"zero-shot {_with_interval(section['zero_shot'], 'accuracy')}; majority class "
-                 f"{_with_interval(section['majority_class'], 'accuracy')}; {section['n_queries']} test subjects "
+        numeric = "constant_mean" in section  # age: MAE in years, beside the k examples' mean
+        metric, base, conditions, header = (
+            ("mae", "constant_mean", ("in_context", "lora", "fc_ridge", "examples_mean"),
+             ("k", "in-context MAE", "LoRA MAE", "FC ridge MAE", "examples' mean age MAE")) if numeric else
+            ("accuracy", "majority_class", ("in_context", "lora", "fc_logistic"),
+             ("k", "in-context", "LoRA", "FC logistic")))
+        fixed = (f"zero-shot {_with_interval(section['zero_shot'], metric)}; {base.replace('_', ' ')} "
+                 f"{_with_interval(section[base], metric)}; {section['n_queries']} test subjects "
                  f"answered, {section['pool']} runs in the few-shot pool")
         rows = []
         for k, result in section["k"].items():
             if _skipped(result):
-                rows.append((k, f"skipped: {result['reason']}", "", ""))
+                rows.append((k, f"skipped: {result['reason']}", *[""] * (len(conditions) - 1)))
                 continue
             first = result["draws"][0]
             rows.append((k, *(f"skipped: {first[c]['reason']}" if _skipped(first.get(c, {})) else
-                              _with_interval(first[c], "accuracy") if c in first else "—"
-                              for c in ("in_context", "lora", "fc_logistic"))))
-        out += [f"## {name}", "", fixed, "", *_table(("k", "in-context", "LoRA", "FC logistic"), rows)]
+                              _with_interval(first[c], metric) if c in first else "—" for c in conditions)))
+        out += [f"## {name}", "", fixed, "", *_table(header, rows)]
     return "\n".join(out) + "\n"

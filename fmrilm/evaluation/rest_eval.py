@@ -89,6 +89,21 @@ def _first_windows(items: list, k: int) -> list:
     return kept
 
 
+def number_answers(model, tokens: list, prompts: list[str], train_ages: list[float],
+                   batch_size: int) -> tuple[list[str], list[float], int]:
+    """Greedy numeric answers: (raw answers, values, how many did not parse). A whole number with as many
+    digits as the training ages have (the numeric analogue of ``choose_answer``: free text made the compact
+    LM run on, "755", and stopping after one digit answered "7" for a 70-year-old); an unparsable answer
+    counts as the training ages' median."""
+    digits = [len(str(int(round(a)))) for a in train_ages] or [1, 2]
+    answers = generate(model, tokens, prompts, max_new_tokens=max(digits), batch_size=batch_size,
+                       allowed_tokens=number_tokens(model.tokenizer), min_new_tokens=min(digits))
+    fallback = float(np.median(train_ages)) if train_ages else float("nan")
+    # digit pieces may carry a word-start space ("Ġ7"): "6 8" is the two digits 68
+    parsed = [_number(a.replace(" ", "")) for a in answers]
+    return answers, [fallback if v is None else v for v in parsed], sum(v is None for v in parsed)
+
+
 # report keys of the LM's scores per phenotype input paradigm (fmrilm.corpus.samples.PHENOTYPE_INPUTS)
 PARADIGM_KEYS = {"brain": "model", "brain_descriptors": "model_brain_descriptors",
                  "descriptors": "model_descriptors"}
@@ -102,17 +117,9 @@ def _lm_phenotype(model, items: list, name: str, rows: list[dict], train_ages: l
     tokens = [s["tokens.npy"] for s in items]
     per_subject, positive = defaultdict(list), defaultdict(list)
     if name == "age":
-        # a whole number with as many digits as the training subjects' ages (the numeric analogue of
-        # choose_answer: free text made the compact LM run on, "755", and stopping after one digit
-        # answered "7" for a 70-year-old)
-        digits = [len(str(int(round(a)))) for a in train_ages] or [1, 2]
-        answers = generate(model, tokens, prompts, max_new_tokens=max(digits), batch_size=cfg.batch_size,
-                           allowed_tokens=number_tokens(model.tokenizer), min_new_tokens=min(digits))
-        fallback = float(np.median(train_ages)) if train_ages else float("nan")
-        # digit pieces may carry a word-start space ("Ġ7"): "6 8" is the two digits 68
-        parsed = [_number(a.replace(" ", "")) for a in answers]
-        for s, value in zip(items, parsed):
-            per_subject[s["json"]["subject"]].append(fallback if value is None else value)
+        answers, values, unparsed = number_answers(model, tokens, prompts, train_ages, cfg.batch_size)
+        for s, value in zip(items, values, strict=True):
+            per_subject[s["json"]["subject"]].append(value)
     else:
         choices = [s["json"]["choices"] for s in items]
         answers, log_likelihoods = choose_answer(model, tokens, prompts, choices)
@@ -123,7 +130,6 @@ def _lm_phenotype(model, items: list, name: str, rows: list[dict], train_ages: l
     if name == "age":
         pred = [float(np.mean(per_subject[s])) for s in subjects]
         truth = [float(rows[index[s]]["age"]) for s in subjects]
-        unparsed = sum(v is None for v in parsed)
         return subjects, {**regression_scores(truth, pred, cfg.seed), "unparsed_answers": unparsed,
                           "answers": dict(Counter(answers).most_common(8))}  # what the LM says, for diagnosis
     # Majority vote over a subject's windows; ties go to the first label alphabetically.

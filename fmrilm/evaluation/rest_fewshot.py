@@ -5,25 +5,28 @@
 
 The splits hold some rest subjects out of everything fitted (``rest_fewshot_subjects``: the corpus's
 ``fewshot`` split). For each phenotype and each k in ``ks``, k labelled runs of those subjects, balanced
-over the classes (k / n_classes each; one seeded draw per k and draw index), are all a condition learns
-from:
+over the classes (k / n_classes each) or, for a number (age), spread over its range (one from each of k
+equal-count age bins), one seeded draw per k and draw index, are all a condition learns from:
 
 - ``lora``: the instruction-tuned model's LoRA adapters trained on, in full-batch steps, the k
   examples' phenotype samples (the training template, answer-only loss), then restored;
 - ``in_context``: the k examples (scan tokens and answer) before the question in the corpus's shot
   format, each with as many evenly spaced windows as let every prompt fit the context
   (``example_scans``: 0), or a fixed number; a k that does not fit with one window is reported so;
-- ``fc_logistic``: the FC logistic baseline fitted on the same k runs.
+- ``fc_logistic`` (``fc_ridge`` for a number): the FC baseline fitted on the same k runs; for a number
+  also ``examples_mean``, the k examples' mean age for everyone.
 
 Every condition answers the same query subjects (``n_queries`` of the scored split's test subjects,
-seeded) by constrained decoding, beside the zero-shot model on them and the majority class of the
-training subjects. Intervals: 95 % bootstrap over the queries.
+seeded), classes by constrained decoding and numbers as digits
+(:func:`~fmrilm.evaluation.rest_eval.number_answers`), beside the zero-shot model on them and the
+training subjects' majority class or mean. Intervals: 95 % bootstrap over the queries.
 """
 
 from __future__ import annotations
 
 import contextlib
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,8 +39,8 @@ from fmrilm.corpus.phrasing import scan_placeholders, with_shots
 from fmrilm.corpus.samples import PHENOTYPES, SEX_WORDS
 from fmrilm.errors import InputError
 from fmrilm.evaluation.baselines import chance_baseline, fc_features, phenotype_baseline
-from fmrilm.evaluation.regression import classification_scores
-from fmrilm.evaluation.rest_eval import positive_probability
+from fmrilm.evaluation.regression import classification_scores, regression_scores
+from fmrilm.evaluation.rest_eval import number_answers, positive_probability
 from fmrilm.llm.formatting import collate, encode_instruction, encode_prompt
 from fmrilm.llm.generate import choose_answer
 from fmrilm.seeds import stream
@@ -79,7 +82,7 @@ class RestFewShotConfig:
     ks : tuple of int
         Labelled examples per condition, each a multiple of the phenotype's class count.
     phenotypes : tuple of str
-        Class phenotypes asked (their corpus samples' ``choices``).
+        Phenotypes asked: classes (their corpus samples' ``choices``) or age (a number).
     n_draws : int
         Example sets per k (each condition's accuracy is averaged over them; the intervals are of draw 0).
     n_queries : int
@@ -128,10 +131,26 @@ def with_windows(sample: dict, n: int) -> tuple[str, np.ndarray]:
     return PLACEHOLDER_RUN.sub(scan_placeholders(n), prompt, count=1), tokens[keep]
 
 
-def _answers(model, queries: list[tuple[str, np.ndarray]], choices: list, name: str, cfg) -> tuple[list, list]:
-    answers, ll = choose_answer(model, [t for _, t in queries], [p for p, _ in queries], choices,
-                                batch_size=cfg.batch_size)
-    return answers, [positive_probability(c, x, name) for c, x in zip(choices, ll, strict=True)]
+def _numeric(queries: list[dict]) -> bool:
+    return queries[0]["json"].get("answer_type") == "count"
+
+
+def _truth(samples: list[dict]) -> list:
+    return [float(s["json"]["answer"]) if _numeric(samples) else s["json"]["answer"] for s in samples]
+
+
+def _scored(model, prompts: list[tuple[str, np.ndarray]], queries: list[dict], known: list, name: str, cfg) -> dict:
+    """The model's answers to `prompts` (one per query) scored against the queries' truth; `known`: the
+    labels or ages the condition learnt from (a number's digit count and fallback)."""
+    tokens, texts = [t for _, t in prompts], [p for p, _ in prompts]
+    if _numeric(queries):
+        answers, values, unparsed = number_answers(model, tokens, texts, known, cfg.batch_size)
+        return {**regression_scores(_truth(queries), values, cfg.seed), "unparsed_answers": unparsed,
+                "answers": dict(Counter(answers).most_common(8))}
+    choices = [sorted(q["json"]["choices"]) for q in queries]
+    answers, ll = choose_answer(model, tokens, texts, choices, batch_size=cfg.batch_size)
+    score = [positive_probability(c, x, name) for c, x in zip(choices, ll, strict=True)]
+    return classification_scores(_truth(queries), answers, score, cfg.seed)
 
 
 def _balanced(pool: list[dict], k: int, classes: list[str], rng) -> list[dict] | str:
@@ -144,6 +163,16 @@ def _balanced(pool: list[dict], k: int, classes: list[str], rng) -> list[dict] |
         if len(have) < k // len(classes):
             return f"the few-shot pool has {len(have)} runs of class {c!r}; k = {k} needs {k // len(classes)}"
         chosen += [have[i] for i in rng.choice(len(have), k // len(classes), replace=False)]
+    return [chosen[i] for i in rng.permutation(len(chosen))]
+
+
+def _spread(pool: list[dict], k: int, rng) -> list[dict] | str:
+    """k examples of `pool` spread over its numeric answers (ages): one seeded pick from each of k
+    equal-count bins of the sorted pool, in a seeded order (balance's analogue for a number), or why not."""
+    if len(pool) < k:
+        return f"the few-shot pool has {len(pool)} runs; k = {k} needs {k}"
+    by_value = sorted(pool, key=lambda s: (float(s["json"]["answer"]), s["json"]["subject"]))
+    chosen = [by_value[int(rng.choice(b))] for b in np.array_split(np.arange(len(by_value)), k)]
     return [chosen[i] for i in rng.permutation(len(chosen))]
 
 
@@ -208,48 +237,49 @@ def lora_adapted(model, examples: list[dict], settings: FewShotLoRA, seed: int):
 
 def _conditions(model, examples: list[dict], queries: list[dict], full: list, features, row_of: dict, name: str,
                 cfg) -> dict:
-    """FC logistic, in-context and LoRA scores of one set of examples on the queries (`full`: their prompts
+    """FC baseline, in-context and LoRA scores of one set of examples on the queries (`full`: their prompts
     and tokens as asked zero-shot)."""
-    choices = [sorted(q["json"]["choices"]) for q in queries]
-    truth = [q["json"]["answer"] for q in queries]
-    labels = [s["json"]["answer"] for s in examples]
+    truth, labels, numeric = _truth(queries), _truth(examples), _numeric(queries)
     fc = phenotype_baseline(features[[row_of[s["json"]["subject"]] for s in examples]], labels,
-                            features[[row_of[q["json"]["subject"]] for q in queries]], truth, "classification",
-                            cfg.seed)
+                            features[[row_of[q["json"]["subject"]] for q in queries]], truth,
+                            "regression" if numeric else "classification", cfg.seed)
     fc.pop("predictions")
-    out = {"examples": [s["json"]["subject"] for s in examples], "fc_logistic": fc}
+    out = {"examples": [s["json"]["subject"] for s in examples], "fc_ridge" if numeric else "fc_logistic": fc}
+    if numeric:
+        out["examples_mean"] = chance_baseline(labels, truth, "regression", cfg.seed)
     prompts, used = _in_context(model, examples, queries, cfg)
-    out["in_context"] = {**classification_scores(truth, *_answers(model, prompts, choices, name, cfg), cfg.seed),
-                         **used} if prompts else used
+    out["in_context"] = {**_scored(model, prompts, queries, labels, name, cfg), **used} if prompts else used
     if cfg.lora.steps and not any("lora_" in n for n, _ in model.named_parameters()):
         out["lora"] = {"status": "skipped", "reason": "the model has no LoRA adapters (a merged checkpoint)"}
     elif cfg.lora.steps:
         with lora_adapted(model, examples, cfg.lora, cfg.seed) as losses:
-            out["lora"] = {**classification_scores(truth, *_answers(model, full, choices, name, cfg), cfg.seed),
-                           "train_loss": losses}
+            out["lora"] = {**_scored(model, full, queries, labels, name, cfg), "train_loss": losses}
     return out
 
 
 def phenotype_fewshot(model, name: str, pool: list[dict], queries: list[dict], features: np.ndarray,
                       row_of: dict, train_labels: list, cfg) -> dict:
     """Zero-shot, base rate and every k's conditions for one phenotype (see the module docstring)."""
-    classes = sorted(queries[0]["json"]["choices"])
-    truth = [q["json"]["answer"] for q in queries]
+    numeric = _numeric(queries)
     full = [(q["json"]["prompt"], np.asarray(q["tokens.npy"], np.int64)) for q in queries]
-    zero = classification_scores(truth, *_answers(model, full, [classes] * len(queries), name, cfg), cfg.seed)
-    out = {"n_queries": len(queries), "pool": len(pool), "zero_shot": zero,
-           "majority_class": chance_baseline(train_labels, truth, "classification", cfg.seed), "k": {}}
+    base = chance_baseline(train_labels, _truth(queries), "regression" if numeric else "classification", cfg.seed)
+    out = {"n_queries": len(queries), "pool": len(pool),
+           "zero_shot": _scored(model, full, queries, train_labels, name, cfg),
+           "constant_mean" if numeric else "majority_class": base, "k": {}}
+    metric, conditions = ("mae", ("fc_ridge", "examples_mean", "in_context", "lora")) if numeric else \
+        ("accuracy", ("fc_logistic", "in_context", "lora"))
     for k in cfg.ks:
-        picked = [_balanced(pool, k, classes, stream(cfg.seed, "eval.rest_fewshot_examples", PHENOTYPE_IDS[name], k, d))
-                  for d in range(cfg.n_draws)]
+        rngs = [stream(cfg.seed, "eval.rest_fewshot_examples", PHENOTYPE_IDS[name], k, d) for d in range(cfg.n_draws)]
+        picked = [_spread(pool, k, rng) if numeric else _balanced(pool, k, sorted(queries[0]["json"]["choices"]), rng)
+                  for rng in rngs]
         reason = next((p for p in picked if isinstance(p, str)), None)
         if reason is not None:
             out["k"][str(k)] = {"status": "skipped", "reason": reason}
             continue
         draws = [_conditions(model, examples, queries, full, features, row_of, name, cfg) for examples in picked]
-        scored = [c for c in ("fc_logistic", "in_context", "lora") if all("accuracy" in d.get(c, {}) for d in draws)]
+        scored = [c for c in conditions if all(metric in d.get(c, {}) for d in draws)]
         out["k"][str(k)] = {"draws": draws,
-                            "mean_accuracy": {c: float(np.mean([d[c]["accuracy"] for d in draws])) for c in scored}}
+                            f"mean_{metric}": {c: float(np.mean([d[c][metric] for d in draws])) for c in scored}}
     return out
 
 
@@ -311,20 +341,22 @@ def run_rest_fewshot(cfg: RestFewShotConfig, overwrite: bool = False) -> dict:
     pools, queries = {}, {}
     for name in cfg.phenotypes:
         queries[name] = query_subjects(heldout.test_samples, cfg.n_queries, cfg.seed, name)
-        if not queries[name] or queries[name][0]["json"].get("answer_type") != "class":
-            raise InputError("rest_fewshot config", "phenotypes", f"{name!r}: no class-answer phenotype samples of "
-                                                                 f"it in the corpus's test split")
+        if not queries[name] or queries[name][0]["json"].get("answer_type") not in ("class", "count"):
+            raise InputError("rest_fewshot config", "phenotypes", f"{name!r}: no class- or number-answer phenotype "
+                                                                 f"samples of it in the corpus's test split")
         pools[name] = fewshot_pool(cfg.corpus, name)
     features = fc_features(np.asarray(rest.array("timeseries")))
     model = load_brainlm(model_dir, cfg.backbone or None)
     trained = [r for r in rows if heldout.splits.rest_subjects.get(r["subject"]) == "train"]
     phenotypes = {}
     for name in cfg.phenotypes:
-        labels = [SEX_WORDS.get(r[name], r[name]) if name == "sex" else str(r[name])
+        value = float if _numeric(queries[name]) else str
+        labels = [SEX_WORDS.get(r[name], r[name]) if name == "sex" else value(r[name])
                   for r in trained if r.get(name) is not None]
         phenotypes[name] = phenotype_fewshot(model, name, pools[name], queries[name], features, row_of, labels, cfg)
     report = {"protocol": {"note": "Examples: runs of the splits' few-shot subjects (never trained on), balanced "
-                                   "over classes; queries: test subjects; the same queries for every condition.",
+                                   "over classes (numbers: spread over the range); queries: test subjects; the same "
+                                   "queries for every condition.",
                            "splits": heldout.splits.record(), "max_length": model.max_length},
               "phenotypes": phenotypes, "timings_s": {"total": round(time.time() - t0, 2)}}
     with atomic_dir(cfg.out, overwrite) as tmp:
