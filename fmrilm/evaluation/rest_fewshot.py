@@ -80,7 +80,7 @@ class RestFewShotConfig:
     corpus, tokenizer, model, splits, out, backbone : str
         As for :class:`~fmrilm.evaluation.runner.EvalConfig`.
     ks : tuple of int
-        Labelled examples per condition, each a multiple of the phenotype's class count.
+        Labelled examples per condition, each a multiple of the phenotype's class count (any k for age).
     phenotypes : tuple of str
         Phenotypes asked: classes (their corpus samples' ``choices``) or age (a number).
     n_draws : int
@@ -132,6 +132,7 @@ def with_windows(sample: dict, n: int) -> tuple[str, np.ndarray]:
 
 
 def _numeric(queries: list[dict]) -> bool:
+    """Whether the samples' answers are numbers (age), not classes."""
     return queries[0]["json"].get("answer_type") == "count"
 
 
