@@ -137,7 +137,8 @@ def _numeric(queries: list[dict]) -> bool:
 
 
 def _truth(samples: list[dict]) -> list:
-    return [float(s["json"]["answer"]) if _numeric(samples) else s["json"]["answer"] for s in samples]
+    value = float if _numeric(samples) else str
+    return [value(s["json"]["answer"]) for s in samples]
 
 
 def _scored(model, prompts: list[tuple[str, np.ndarray]], queries: list[dict], known: list, name: str, cfg) -> dict:
@@ -269,10 +270,10 @@ def phenotype_fewshot(model, name: str, pool: list[dict], queries: list[dict], f
            "constant_mean" if numeric else "majority_class": base, "k": {}}
     metric, conditions = ("mae", ("fc_ridge", "examples_mean", "in_context", "lora")) if numeric else \
         ("accuracy", ("fc_logistic", "in_context", "lora"))
+    classes = None if numeric else sorted(queries[0]["json"]["choices"])
     for k in cfg.ks:
         rngs = [stream(cfg.seed, "eval.rest_fewshot_examples", PHENOTYPE_IDS[name], k, d) for d in range(cfg.n_draws)]
-        picked = [_spread(pool, k, rng) if numeric else _balanced(pool, k, sorted(queries[0]["json"]["choices"]), rng)
-                  for rng in rngs]
+        picked = [_spread(pool, k, rng) if numeric else _balanced(pool, k, classes, rng) for rng in rngs]
         reason = next((p for p in picked if isinstance(p, str)), None)
         if reason is not None:
             out["k"][str(k)] = {"status": "skipped", "reason": reason}
